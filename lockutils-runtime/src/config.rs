@@ -1,0 +1,80 @@
+//! Process-wide settings: the lock path and whether external locks are on.
+//!
+//! The lock path is, in order: the lock's own `lock_path`, the directory
+//! given to [`set_lock_path`], `$LOCKUTILS_LOCK_PATH`, `$OSLO_LOCK_PATH`.
+//! The environment is read once, the first time a lock path is needed;
+//! change it at run time with [`set_lock_path`]. There is no temporary
+//! directory default: a world-writable default is how lock files get
+//! planted, and a per-process one would not lock anything.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+/// The environment variables read for the lock path, in order.
+pub const LOCK_PATH_ENV: [&str; 2] = ["LOCKUTILS_LOCK_PATH", "OSLO_LOCK_PATH"];
+
+static LOCK_PATH: LazyLock<RwLock<Option<Arc<Path>>>> =
+    LazyLock::new(|| RwLock::new(lock_path_from_env()));
+
+/// Bumped by every [`set_lock_path`], so open lock files can tell cheaply
+/// whether the path they were opened under is still the configured one.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+static PROCESS_LOCKING: AtomicBool = AtomicBool::new(true);
+
+fn lock_path_from_env() -> Option<Arc<Path>> {
+    LOCK_PATH_ENV.iter().find_map(|var| {
+        std::env::var_os(var).filter(|v| !v.is_empty()).map(|v| Arc::from(PathBuf::from(v)))
+    })
+}
+
+/// Sets the directory where external locks keep their files, for locks that
+/// do not name their own `lock_path`. Takes effect for the next acquisition.
+pub fn set_lock_path(dir: impl Into<PathBuf>) {
+    let dir: PathBuf = dir.into();
+    let mut path = LOCK_PATH.write();
+    *path = Some(Arc::from(dir));
+    GENERATION.fetch_add(1, Ordering::Release);
+}
+
+/// Forgets any [`set_lock_path`] and reads the environment again.
+pub fn reset_lock_path() {
+    let mut path = LOCK_PATH.write();
+    *path = lock_path_from_env();
+    GENERATION.fetch_add(1, Ordering::Release);
+}
+
+/// The configured lock path (from [`set_lock_path`] or the environment).
+pub fn lock_path() -> Option<PathBuf> {
+    LOCK_PATH.read().as_deref().map(Path::to_path_buf)
+}
+
+/// Turns inter-process locking on or off for the whole process.
+///
+/// With `false`, `external` locks take only their in-process lock, exactly
+/// like oslo.concurrency's `disable_process_locking` option. Meant for tests
+/// and single-process deployments.
+pub fn set_process_locking(enabled: bool) {
+    PROCESS_LOCKING.store(enabled, Ordering::Release);
+}
+
+/// Whether `external` locks currently take their lock file.
+pub fn process_locking() -> bool {
+    PROCESS_LOCKING.load(Ordering::Acquire)
+}
+
+/// The configuration generation (see [`GENERATION`]).
+#[inline]
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// The configured lock path and the generation it belongs to.
+pub(crate) fn current_lock_path() -> (u64, Option<Arc<Path>>) {
+    let guard = LOCK_PATH.read();
+    (GENERATION.load(Ordering::Acquire), guard.clone())
+}

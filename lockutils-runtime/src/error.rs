@@ -1,0 +1,119 @@
+//! The one error type of lockutils.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use lockutils_name::NameProblem;
+
+/// Why a lock could not be taken (or removed).
+///
+/// Every variant names the lock; those about lock files also name the path,
+/// and those about the operating system carry its error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The name (or prefix) cannot be a lock name: see [`NameProblem`].
+    #[error("invalid lock name {name:?}: {problem}")]
+    InvalidName {
+        /// The full lock name as given (prefix, separator, name).
+        name: String,
+        /// What is wrong with it.
+        problem: NameProblem,
+    },
+
+    /// `blocking(false)`: the lock is held by someone else right now.
+    #[error("lock {name:?} is busy and blocking = false was asked")]
+    WouldBlock {
+        /// The full lock name.
+        name: String,
+    },
+
+    /// The lock was not free within the timeout.
+    #[error("timed out after {timeout:?} waiting for lock {name:?}")]
+    Timeout {
+        /// The full lock name.
+        name: String,
+        /// The timeout that ran out.
+        timeout: Duration,
+    },
+
+    /// An external lock was asked for, but no lock path is configured.
+    #[error(
+        "no lock path for external lock {name:?}: pass lock_path, call \
+         lockutils::set_lock_path(dir), or set LOCKUTILS_LOCK_PATH (or OSLO_LOCK_PATH)"
+    )]
+    LockPathNotSet {
+        /// The full lock name.
+        name: String,
+    },
+
+    /// Something other than a regular file (a symlink, FIFO, directory,
+    /// socket or device) sits where the lock file should be. It was neither
+    /// followed nor changed.
+    #[error("refusing lock file {path} for lock {name:?}: it is a {kind}, not a regular file")]
+    NotRegularFile {
+        /// The full lock name.
+        name: String,
+        /// The lock file's path.
+        path: PathBuf,
+        /// What was found there: `"symlink"`, `"fifo"`, `"directory"`, ...
+        kind: &'static str,
+    },
+
+    /// The operating system refused an operation on the lock path or file.
+    #[error("cannot {op} {path} for lock {name:?}: {source}")]
+    Io {
+        /// The full lock name.
+        name: String,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What was being done, e.g. `"open lock file"`, `"lock"`, `"create lock directory"`.
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl LockError {
+    /// The full name of the lock the error is about.
+    pub fn lock_name(&self) -> &str {
+        match self {
+            LockError::InvalidName { name, .. }
+            | LockError::WouldBlock { name }
+            | LockError::Timeout { name, .. }
+            | LockError::LockPathNotSet { name }
+            | LockError::NotRegularFile { name, .. }
+            | LockError::Io { name, .. } => name,
+        }
+    }
+
+    /// True for the errors that say "busy": [`LockError::WouldBlock`] and
+    /// [`LockError::Timeout`].
+    pub fn is_busy(&self) -> bool {
+        matches!(self, LockError::WouldBlock { .. } | LockError::Timeout { .. })
+    }
+}
+
+/// Lets functions returning `std::io::Result` use fallible locks.
+impl From<LockError> for io::Error {
+    fn from(e: LockError) -> io::Error {
+        let kind = match &e {
+            LockError::InvalidName { .. } => io::ErrorKind::InvalidInput,
+            LockError::WouldBlock { .. } => io::ErrorKind::WouldBlock,
+            LockError::Timeout { .. } => io::ErrorKind::TimedOut,
+            LockError::LockPathNotSet { .. } => io::ErrorKind::NotFound,
+            LockError::NotRegularFile { .. } => io::ErrorKind::InvalidInput,
+            LockError::Io { source, .. } => source.kind(),
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// Lets functions returning `Result<_, String>` use fallible locks.
+impl From<LockError> for String {
+    fn from(e: LockError) -> String {
+        e.to_string()
+    }
+}

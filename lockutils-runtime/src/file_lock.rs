@@ -1,0 +1,334 @@
+//! The raw lock-file primitive: open a lock file safely, lock it, unlock it.
+//!
+//! Linux: open-file-description locks (`F_OFD_SETLK`/`F_OFD_SETLKW`, see
+//! fcntl(2) "Open file description locks") on the whole file. They belong to
+//! the open file, not the process, so two descriptors in one process exclude
+//! each other, and they conflict with classic POSIX record locks, which is
+//! what `fcntl.lockf` takes in oslo.concurrency and fasteners. (`flock(2)`,
+//! used by fs2 and std's `File::lock`, conflicts with neither.)
+//!
+//! Other Unix: classic `F_SETLK`/`F_SETLKW`. These are per process, so the
+//! in-process lock in front of them is what excludes threads.
+//!
+//! Windows: `LockFileEx` on byte 0, as oslo's `msvcrt.locking` does.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+/// Why a lock file could not be opened.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// Something that is not a regular file is at the path.
+    NotRegular(&'static str),
+    /// The operating system refused; the string says what we were doing.
+    Io(&'static str, io::Error),
+}
+
+/// An open lock file. Closing it releases any lock held through it.
+#[derive(Debug)]
+pub(crate) struct LockFile {
+    file: File,
+}
+
+impl LockFile {
+    /// Opens `path`, creating it (mode 0644 less the umask) if missing.
+    ///
+    /// Never follows a symlink, never blocks on a FIFO, never truncates or
+    /// writes; refuses anything that is not a regular file.
+    pub(crate) fn open(path: &Path) -> Result<LockFile, OpenError> {
+        // Look before opening, so a device or FIFO planted at the path is
+        // never opened at all (opening some devices has side effects). The
+        // O_NOFOLLOW open and the fstat below close the race this leaves.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => sys::check_kind(&m)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(OpenError::Io("inspect lock file", e)),
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true);
+        sys::harden(&mut opts);
+        let file = opts.open(path).map_err(sys::open_error)?;
+        let meta = file.metadata().map_err(|e| OpenError::Io("inspect lock file", e))?;
+        sys::check_kind(&meta)?;
+        Ok(LockFile { file })
+    }
+
+    /// Takes the lock if no one else holds it. `Ok(false)`: busy.
+    pub(crate) fn try_lock(&self) -> io::Result<bool> {
+        sys::lock(&self.file, false)
+    }
+
+    /// Waits in the kernel until the lock is ours.
+    pub(crate) fn lock(&self) -> io::Result<()> {
+        sys::lock(&self.file, true).map(|_| ())
+    }
+
+    /// Releases the lock.
+    pub(crate) fn unlock(&self) -> io::Result<()> {
+        sys::unlock(&self.file)
+    }
+
+    /// Whether the file still has a name (was not removed while we waited).
+    pub(crate) fn is_linked(&self) -> io::Result<bool> {
+        sys::is_linked(&self.file)
+    }
+}
+
+/// Creates the lock directory and its parents (mode 0755 less the umask).
+pub(crate) fn create_dir(path: &Path) -> io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o755);
+    b.create(path)
+}
+
+#[cfg(unix)]
+mod sys {
+    use super::OpenError;
+    use std::fs::{File, Metadata, OpenOptions};
+    use std::io;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const SETLK: libc::c_int = libc::F_OFD_SETLK;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const SETLKW: libc::c_int = libc::F_OFD_SETLKW;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const SETLK: libc::c_int = libc::F_SETLK;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const SETLKW: libc::c_int = libc::F_SETLKW;
+
+    pub(super) fn harden(opts: &mut OpenOptions) {
+        // std adds O_CLOEXEC itself.
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).mode(0o644);
+    }
+
+    pub(super) fn open_error(e: io::Error) -> OpenError {
+        match e.raw_os_error() {
+            Some(libc::ELOOP) => OpenError::NotRegular("symlink"),
+            Some(libc::EISDIR) => OpenError::NotRegular("directory"),
+            Some(libc::ENXIO) => OpenError::NotRegular("socket or device"),
+            _ => OpenError::Io("open lock file", e),
+        }
+    }
+
+    pub(super) fn check_kind(m: &Metadata) -> Result<(), OpenError> {
+        let t = m.file_type();
+        let kind = if t.is_file() {
+            return Ok(());
+        } else if t.is_symlink() {
+            "symlink"
+        } else if t.is_dir() {
+            "directory"
+        } else if t.is_fifo() {
+            "fifo"
+        } else if t.is_socket() {
+            "socket"
+        } else if t.is_char_device() {
+            "character device"
+        } else if t.is_block_device() {
+            "block device"
+        } else {
+            "special file"
+        };
+        Err(OpenError::NotRegular(kind))
+    }
+
+    fn whole_file(kind: libc::c_short) -> libc::flock {
+        // SAFETY: `flock` is a plain C struct; all-zero is a valid value
+        // (and l_pid must be 0 for OFD locks).
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = 0;
+        fl.l_len = 0; // to end of file, however long it grows
+        fl
+    }
+
+    fn fcntl_lock(file: &File, cmd: libc::c_int, kind: libc::c_short) -> io::Result<()> {
+        let fl = whole_file(kind);
+        loop {
+            // SAFETY: valid descriptor and a valid `flock` for the call.
+            let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
+            if r != -1 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    pub(super) fn lock(file: &File, wait: bool) -> io::Result<bool> {
+        let cmd = if wait { SETLKW } else { SETLK };
+        match fcntl_lock(file, cmd, libc::F_WRLCK as libc::c_short) {
+            Ok(()) => Ok(true),
+            Err(e) if !wait && matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn unlock(file: &File) -> io::Result<()> {
+        fcntl_lock(file, SETLK, libc::F_UNLCK as libc::c_short)
+    }
+
+    pub(super) fn is_linked(file: &File) -> io::Result<bool> {
+        Ok(file.metadata()?.nlink() > 0)
+    }
+}
+
+#[cfg(windows)]
+mod sys {
+    use super::OpenError;
+    use std::fs::{File, Metadata, OpenOptions};
+    use std::io;
+    use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::{ERROR_IO_PENDING, ERROR_LOCK_VIOLATION, HANDLE};
+    use windows_sys::Win32::Storage::FileSystem::{
+        BY_HANDLE_FILE_INFORMATION, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT,
+        FILE_FLAG_OPEN_REPARSE_POINT, FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE,
+        GetFileInformationByHandle, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
+        LockFileEx, UnlockFileEx,
+    };
+    use windows_sys::Win32::System::IO::OVERLAPPED;
+
+    pub(super) fn harden(opts: &mut OpenOptions) {
+        // Open a symlink itself, not its target, so check_kind can refuse it.
+        opts.custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+            .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE);
+    }
+
+    pub(super) fn open_error(e: io::Error) -> OpenError {
+        OpenError::Io("open lock file", e)
+    }
+
+    pub(super) fn check_kind(m: &Metadata) -> Result<(), OpenError> {
+        let attrs = m.file_attributes();
+        if attrs & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
+            Err(OpenError::NotRegular("symlink"))
+        } else if attrs & FILE_ATTRIBUTE_DIRECTORY != 0 {
+            Err(OpenError::NotRegular("directory"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn handle(file: &File) -> HANDLE {
+        file.as_raw_handle() as HANDLE
+    }
+
+    pub(super) fn lock(file: &File, wait: bool) -> io::Result<bool> {
+        let mut flags = LOCKFILE_EXCLUSIVE_LOCK;
+        if !wait {
+            flags |= LOCKFILE_FAIL_IMMEDIATELY;
+        }
+        // SAFETY: a zeroed OVERLAPPED means "offset 0"; the handle is
+        // synchronous, so the call completes before returning.
+        let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
+        let ok = unsafe { LockFileEx(handle(file), flags, 0, 1, 0, &mut ov) };
+        if ok != 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error().map(|c| c as u32) {
+            Some(ERROR_LOCK_VIOLATION) | Some(ERROR_IO_PENDING) if !wait => Ok(false),
+            _ => Err(e),
+        }
+    }
+
+    pub(super) fn unlock(file: &File) -> io::Result<()> {
+        // SAFETY: as in `lock`.
+        let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
+        if unsafe { UnlockFileEx(handle(file), 0, 1, 0, &mut ov) } != 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    pub(super) fn is_linked(file: &File) -> io::Result<bool> {
+        // SAFETY: a zeroed BY_HANDLE_FILE_INFORMATION is a valid out-param.
+        let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+        if unsafe { GetFileInformationByHandle(handle(file), &mut info) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info.nNumberOfLinks > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_descriptors_in_one_process_exclude_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l");
+        let a = LockFile::open(&p).unwrap();
+        let b = LockFile::open(&p).unwrap();
+        assert!(a.try_lock().unwrap());
+        assert!(!b.try_lock().unwrap(), "OFD locks must exclude a second descriptor");
+        a.unlock().unwrap();
+        assert!(b.try_lock().unwrap());
+        b.unlock().unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_symlink_fifo_directory_and_leaves_them_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"precious").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(LockFile::open(&link), Err(OpenError::NotRegular("symlink"))));
+        // A dangling symlink must not create its target either.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(matches!(LockFile::open(&dangling), Err(OpenError::NotRegular("symlink"))));
+        assert!(!dir.path().join("nowhere").exists());
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(matches!(LockFile::open(&fifo), Err(OpenError::NotRegular("fifo"))));
+
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(matches!(LockFile::open(&sub), Err(OpenError::NotRegular("directory"))));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn created_mode_and_no_truncation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l");
+        drop(LockFile::open(&p).unwrap());
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o644, 0, "mode {mode:o} wider than 0644");
+        std::fs::write(&p, b"content").unwrap();
+        let l = LockFile::open(&p).unwrap();
+        assert!(l.try_lock().unwrap());
+        l.unlock().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"content");
+    }
+
+    #[test]
+    fn unlinked_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l");
+        let l = LockFile::open(&p).unwrap();
+        assert!(l.is_linked().unwrap());
+        std::fs::remove_file(&p).unwrap();
+        assert!(!l.is_linked().unwrap());
+    }
+}

@@ -1,0 +1,307 @@
+//! Taking a lock: the run-time builder, and the acquisition steps that the
+//! builder and `#[synchronized]` call sites share.
+
+use std::future::Future;
+use std::panic::Location;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::error::LockError;
+use crate::external::{self, Attempt, Dir, FileWait, Handoff};
+use crate::guard::{AsyncLockGuard, LockGuard, check_reentry};
+use crate::hold::{EntryRef, Hold};
+use crate::registry;
+use crate::timer::Sleep;
+use crate::trace::{self, Site};
+
+/// How long to wait for a busy lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    Block,
+    Try,
+    Timeout(Duration),
+}
+
+/// One acquisition's options, borrowed from a builder or a call site.
+#[derive(Clone, Copy)]
+pub(crate) struct Request<'a> {
+    pub(crate) external: bool,
+    /// Take the lock file even when process locking is switched off.
+    pub(crate) force_file: bool,
+    pub(crate) dir: Dir<'a>,
+    pub(crate) wait: Wait,
+    pub(crate) site: Site,
+}
+
+impl Request<'_> {
+    fn busy(&self, name: &str) -> LockError {
+        match self.wait {
+            Wait::Timeout(timeout) => LockError::Timeout { name: name.to_owned(), timeout },
+            _ => LockError::WouldBlock { name: name.to_owned() },
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.wait {
+            Wait::Timeout(t) => Some(Instant::now() + t),
+            _ => None,
+        }
+    }
+
+    fn file_wait(&self, deadline: Option<Instant>) -> FileWait {
+        match (self.wait, deadline) {
+            (Wait::Try, _) => FileWait::Try,
+            (_, Some(d)) => FileWait::Until(d),
+            (_, None) => FileWait::Block,
+        }
+    }
+
+    fn wants_file(&self) -> bool {
+        self.external && (self.force_file || external::enabled())
+    }
+}
+
+/// Takes the in-process lock, then (for external locks) the lock file.
+#[inline]
+pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, LockError> {
+    let started = trace::start();
+    let mut deadline = None;
+    if !entry.mutex.try_lock() {
+        deadline = req.deadline();
+        wait_in_process(&entry, req, deadline)?;
+    }
+    // SAFETY: we just took the mutex.
+    let hold = unsafe { Hold::new(entry) };
+    let hold = if req.wants_file() { lock_file(hold, req, deadline)? } else { hold };
+    Ok(LockGuard::new(hold, req.site, started))
+}
+
+#[cold]
+fn wait_in_process(
+    entry: &registry::Entry,
+    req: &Request<'_>,
+    deadline: Option<Instant>,
+) -> Result<(), LockError> {
+    if req.wait == Wait::Try {
+        return Err(req.busy(entry.name()));
+    }
+    check_reentry(entry);
+    if entry.mutex.lock_until(deadline) { Ok(()) } else { Err(req.busy(entry.name())) }
+}
+
+fn lock_file(hold: Hold, req: &Request<'_>, deadline: Option<Instant>) -> Result<Hold, LockError> {
+    let deadline = deadline.or_else(|| req.deadline());
+    let name = || hold.entry().name().to_owned();
+    let name = name();
+    external::lock(hold, req.dir, req.file_wait(deadline))?.ok_or_else(|| req.busy(&name))
+}
+
+/// The async counterpart of [`acquire`]: waits without blocking the thread,
+/// for the in-process lock and (on a helper thread) for the lock file.
+pub(crate) async fn acquire_async(
+    entry: EntryRef,
+    req: Request<'_>,
+) -> Result<AsyncLockGuard, LockError> {
+    let started = trace::start();
+    let deadline = req.deadline();
+    if !entry.mutex.try_lock()
+        && (req.wait == Wait::Try || !entry.mutex.lock_async(deadline).await) {
+            return Err(req.busy(entry.name()));
+        }
+    // SAFETY: we just took the mutex.
+    let mut hold = unsafe { Hold::new(entry) };
+    if req.wants_file()
+        && let Attempt::Busy = external::lock_step(&mut hold, req.dir, FileWait::Try)? {
+            if req.wait == Wait::Try {
+                return Err(req.busy(hold.entry().name()));
+            }
+            let name = hold.entry().name().to_owned();
+            let wait = WaitForFile { handoff: Handoff::start(hold, req.dir)?, sleep: deadline.map(Sleep::new) };
+            hold = wait.await?.ok_or_else(|| req.busy(&name))?;
+        }
+    Ok(AsyncLockGuard::new(hold, req.site, started))
+}
+
+/// Waits for a [`Handoff`]; `Ok(None)` when the deadline passes first.
+/// Dropping it abandons the wait (the helper releases what it gets).
+struct WaitForFile {
+    handoff: Handoff,
+    sleep: Option<Sleep>,
+}
+
+impl Future for WaitForFile {
+    type Output = Result<Option<Hold>, LockError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.handoff.poll(cx.waker()) {
+            return Poll::Ready(r.map(Some));
+        }
+        if let Some(sleep) = &mut self.sleep
+            && sleep.poll_expired(cx) {
+                // The helper may have finished just now; take it if so.
+                return Poll::Ready(match self.handoff.poll(cx.waker()) {
+                    Some(r) => r.map(Some),
+                    None => Ok(None),
+                });
+            }
+        Poll::Pending
+    }
+}
+
+/// Starts describing a lock named `name`; finish with
+/// [`acquire`](Lock::acquire) or [`acquire_async`](Lock::acquire_async).
+///
+/// ```
+/// # use lockutils_runtime as lockutils;
+/// # fn main() -> Result<(), lockutils::LockError> {
+/// let guard = lockutils::lock("iptables").prefix("nova-").acquire()?;
+/// assert_eq!(guard.name(), "nova-iptables");
+/// # Ok(()) }
+/// ```
+pub fn lock(name: &str) -> Lock<'_> {
+    Lock { name, prefix: "", external: false, lock_path: None, wait: Wait::Block }
+}
+
+/// A lock to take, built by [`lock`]. It can be kept and acquired many times.
+#[must_use = "a Lock does nothing until acquired"]
+#[derive(Clone, Debug)]
+pub struct Lock<'a> {
+    name: &'a str,
+    prefix: &'a str,
+    external: bool,
+    lock_path: Option<&'a Path>,
+    wait: Wait,
+}
+
+impl<'a> Lock<'a> {
+    /// Prefix for the lock: joined to the name with `-` unless empty or
+    /// already ending in `-` (oslo's rule). Part of the lock's identity.
+    pub fn prefix(mut self, prefix: &'a str) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// Also take the inter-process lock file `<lock path>/<prefix><name>`.
+    pub fn external(mut self) -> Self {
+        self.external = true;
+        self
+    }
+
+    /// Directory of the lock file, instead of the configured lock path.
+    /// Implies nothing by itself: add [`external`](Lock::external).
+    pub fn lock_path(mut self, dir: &'a (impl AsRef<Path> + ?Sized)) -> Self {
+        self.lock_path = Some(dir.as_ref());
+        self
+    }
+
+    /// `false`: fail with [`LockError::WouldBlock`] instead of waiting.
+    /// Overrides an earlier [`timeout`](Lock::timeout).
+    pub fn blocking(mut self, blocking: bool) -> Self {
+        self.wait = if blocking { Wait::Block } else { Wait::Try };
+        self
+    }
+
+    /// Wait at most `timeout`, then fail with [`LockError::Timeout`].
+    /// Overrides an earlier [`blocking`](Lock::blocking).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.wait = Wait::Timeout(timeout);
+        self
+    }
+
+    /// The full lock name: prefix, separator, name.
+    pub fn full_name(&self) -> Result<String, LockError> {
+        lockutils_name::check(self.prefix, self.name).map_err(|problem| LockError::InvalidName {
+            name: lockutils_name::full_name(self.prefix, self.name),
+            problem,
+        })?;
+        Ok(lockutils_name::full_name(self.prefix, self.name))
+    }
+
+    fn entry(&self) -> Result<EntryRef, LockError> {
+        let handle = if self.prefix.is_empty() {
+            lockutils_name::check("", self.name).map_err(|problem| LockError::InvalidName {
+                name: self.name.to_owned(),
+                problem,
+            })?;
+            registry::get(self.name)
+        } else {
+            registry::get(&self.full_name()?)
+        };
+        Ok(EntryRef::Owned(handle))
+    }
+
+    fn request(&self, site: Site) -> Request<'_> {
+        let dir = match self.lock_path {
+            Some(p) => Dir::Explicit(p),
+            None => Dir::Configured,
+        };
+        Request { external: self.external, force_file: false, dir, wait: self.wait, site }
+    }
+
+    /// Takes the lock, blocking this thread while it waits.
+    ///
+    /// # Panics
+    /// If this thread already holds the lock and would have to wait for
+    /// itself (locks are not re-entrant).
+    #[track_caller]
+    pub fn acquire(&self) -> Result<LockGuard, LockError> {
+        let site = Site::Caller(Location::caller());
+        acquire(self.entry()?, &self.request(site))
+    }
+
+    /// Takes the lock without blocking the thread: waiting tasks park their
+    /// waker, and a lock file is waited for on a helper thread. Works on any
+    /// executor.
+    #[track_caller]
+    pub fn acquire_async(
+        &self,
+    ) -> impl Future<Output = Result<AsyncLockGuard, LockError>> + Send + '_ {
+        let site = Site::Caller(Location::caller());
+        async move { acquire_async(self.entry()?, self.request(site)).await }
+    }
+}
+
+/// Removes an external lock's file safely: takes the lock (in-process and
+/// file), unlinks the file, releases. Processes waiting on the old file
+/// notice it was removed when they get it, and retry on a new one.
+///
+/// A missing file is not an error. `lock_path` `None` means the configured
+/// lock path.
+#[track_caller]
+pub fn remove_external_lock_file(
+    name: &str,
+    prefix: &str,
+    lock_path: Option<&Path>,
+) -> Result<(), LockError> {
+    let lock = Lock { name, prefix, external: true, lock_path, wait: Wait::Block };
+    let full = lock.full_name()?;
+    let dir = match lock_path {
+        Some(p) => p.to_path_buf(),
+        None => crate::config::lock_path()
+            .ok_or_else(|| LockError::LockPathNotSet { name: full.clone() })?,
+    };
+    let path = dir.join(lockutils_name::file_name(prefix, name));
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        _ => {}
+    }
+    let req = Request {
+        external: true,
+        // Removal must not race a holder in another process, even when this
+        // process has process locking switched off.
+        force_file: true,
+        dir: Dir::Explicit(&dir),
+        wait: Wait::Block,
+        site: Site::Caller(Location::caller()),
+    };
+    let mut guard = acquire(lock.entry()?, &req)?;
+    let removed = std::fs::remove_file(&path);
+    guard.hold_mut().forget_file();
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LockError::Io { name: full, path, op: "remove lock file", source }),
+    }
+}

@@ -1,0 +1,158 @@
+//! The registry of named locks: full name -> shared [`Entry`].
+//!
+//! oslo keeps its semaphores in a `WeakValueDictionary`, so a name nobody
+//! uses costs nothing. Here a [`Handle`] is a counted reference to an entry,
+//! and dropping the last handle removes the entry from the map, with its
+//! name and (for external locks) its open lock file.
+//!
+//! The map is split into 64 shards, each behind its own small mutex and
+//! picked by the top bits of the name's hash, so threads locking different
+//! names almost never meet. Code that names a lock with a literal or a
+//! `const` skips the registry after the first call: its call site keeps a
+//! handle (see `private::CallSite`).
+
+use std::hash::BuildHasher;
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::LazyLock;
+
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+
+use crate::external::ExternalSlot;
+use crate::semaphore::RawMutex;
+
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+/// One named lock: its in-process mutex and its lock-file slot.
+pub(crate) struct Entry {
+    name: Box<str>,
+    hash: u64,
+    pub(crate) mutex: RawMutex,
+    /// Lock-file state; only touched by whoever holds `mutex`.
+    pub(crate) external: ExternalSlot,
+}
+
+impl Entry {
+    /// The full lock name (prefix, separator, name).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[repr(align(128))] // keep shards on separate cache lines
+struct Shard(Mutex<HashTable<Arc<Entry>>>);
+
+pub(crate) struct Registry {
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Shard]>,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
+    hasher: foldhash::fast::RandomState::default(),
+    shards: (0..SHARDS).map(|_| Shard(Mutex::new(HashTable::new()))).collect(),
+});
+
+impl Registry {
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> (64 - SHARD_BITS)) as usize]
+    }
+}
+
+/// Returns the entry for `full_name`, creating it if nobody holds it.
+pub(crate) fn get(full_name: &str) -> Handle {
+    let reg = &*REGISTRY;
+    let hash = reg.hasher.hash_one(full_name);
+    let mut map = reg.shard(hash).0.lock();
+    if let Some(e) = map.find(hash, |e| &*e.name == full_name) {
+        return Handle(ManuallyDrop::new(e.clone()));
+    }
+    let entry = Arc::new(Entry {
+        name: full_name.into(),
+        hash,
+        mutex: RawMutex::new(),
+        external: ExternalSlot::new(),
+    });
+    map.insert_unique(hash, entry.clone(), |e| e.hash);
+    Handle(ManuallyDrop::new(entry))
+}
+
+/// Number of live entries (for tests and the memory benchmark).
+pub fn live_entries() -> usize {
+    REGISTRY.shards.iter().map(|s| s.0.lock().len()).sum()
+}
+
+/// A counted reference to a registry entry. The last one dropped removes
+/// the entry from the registry.
+pub(crate) struct Handle(ManuallyDrop<Arc<Entry>>);
+
+impl Deref for Handle {
+    type Target = Entry;
+    #[inline]
+    fn deref(&self) -> &Entry {
+        &self.0
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is not used again after this.
+        let arc = unsafe { ManuallyDrop::take(&mut self.0) };
+        let shard = REGISTRY.shard(arc.hash);
+        let mut map = shard.0.lock();
+        // New references are only made under this shard's lock, and ours is
+        // dropped before the lock is released, so a count of 2 (the map's
+        // and ours) means nobody else can still reach the entry.
+        if Arc::strong_count(&arc) == 2
+            && let Ok(slot) = map.find_entry(arc.hash, |e| Arc::ptr_eq(e, &arc)) {
+                slot.remove();
+            }
+        drop(arc);
+        drop(map);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_name_same_entry_and_dead_names_go() {
+        let a = get("registry-test-a");
+        let b = get("registry-test-a");
+        assert!(std::ptr::eq(&*a, &*b));
+        let c = get("registry-test-b");
+        assert!(!std::ptr::eq(&*a, &*c));
+        drop((a, b, c));
+        let reg = &*REGISTRY;
+        for n in ["registry-test-a", "registry-test-b"] {
+            let h = reg.hasher.hash_one(n);
+            assert!(reg.shard(h).0.lock().find(h, |e| &*e.name == n).is_none());
+        }
+    }
+
+    #[test]
+    fn concurrent_get_and_drop_keeps_no_dead_entries() {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        let h = get(&format!("registry-churn-{}", (i + t) % 7));
+                        assert_eq!(h.name(), format!("registry-churn-{}", (i + t) % 7));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let reg = &*REGISTRY;
+        for i in 0..7 {
+            let n = format!("registry-churn-{i}");
+            let h = reg.hasher.hash_one(n.as_str());
+            assert!(reg.shard(h).0.lock().find(h, |e| *e.name == *n).is_none(), "{n} stayed");
+        }
+    }
+}
