@@ -23,20 +23,21 @@ thread_local! {
 /// Locks held by async code are not listed: a future can move between
 /// threads while it holds one.
 pub fn locks_held() -> Vec<String> {
-    HELD.with(|h| {
+    HELD.try_with(|h| {
         h.borrow()
             .iter()
             // SAFETY: listed entries are alive (see `HELD`).
             .map(|&e| unsafe { &*e }.name().to_owned())
             .collect()
     })
+    .unwrap_or_default()
 }
 
 /// Panics if this thread holds `entry`: waiting for it would never end.
 #[cold]
 pub(crate) fn check_reentry(entry: &Entry) {
     let me: *const Entry = entry;
-    if HELD.with(|h| h.borrow().contains(&me)) {
+    if HELD.try_with(|h| h.borrow().contains(&me)).unwrap_or(false) {
         panic!(
             "lockutils: this thread already holds lock {:?} and tried to take it again; \
              locks are not re-entrant, so waiting would deadlock",
@@ -73,7 +74,9 @@ impl LockGuard {
     #[inline]
     pub(crate) fn new(hold: Hold, site: Site, started: Option<Instant>) -> LockGuard {
         let e: *const Entry = hold.entry();
-        HELD.with(|h| h.borrow_mut().push(e));
+        // `try_with`: a guard taken in a thread-local destructor is simply
+        // not listed.
+        let _ = HELD.try_with(|h| h.borrow_mut().push(e));
         let trace = start_trace(&hold, site, started);
         LockGuard { hold, trace, _not_send: PhantomData }
     }
@@ -98,7 +101,7 @@ impl Drop for LockGuard {
     #[inline]
     fn drop(&mut self) {
         let me: *const Entry = self.hold.entry();
-        HELD.with(|h| {
+        let _ = HELD.try_with(|h| {
             let mut h = h.borrow_mut();
             if let Some(i) = h.iter().rposition(|&e| e == me) {
                 h.remove(i);

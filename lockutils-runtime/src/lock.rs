@@ -45,7 +45,8 @@ impl Request<'_> {
 
     fn deadline(&self) -> Option<Instant> {
         match self.wait {
-            Wait::Timeout(t) => Some(Instant::now() + t),
+            // A deadline past the clock's range is no deadline.
+            Wait::Timeout(t) => Instant::now().checked_add(t),
             _ => None,
         }
     }
