@@ -1,0 +1,10 @@
+use lockutils::{LockName, synchronized};
+
+const NAME: LockName = LockName::new("..");
+
+#[synchronized(NAME)]
+fn f() {}
+
+fn main() {
+    f();
+}

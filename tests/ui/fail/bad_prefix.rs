@@ -1,0 +1,6 @@
+use lockutils::synchronized;
+
+#[synchronized("iptables", prefix = "../nova")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use lockutils::synchronized;
+
+trait Apply {
+    #[synchronized("iptables")]
+    fn apply(&self);
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use lockutils::synchronized;
+
+#[synchronized("iptables")]
+const fn answer() -> u32 {
+    42
+}
+
+fn main() {
+    let _ = answer();
+}

@@ -1,0 +1,9 @@
+use lockutils::synchronized;
+
+#[synchronized(".")]
+fn here() {}
+
+#[synchronized("..", prefix = "")]
+fn parent() {}
+
+fn main() {}

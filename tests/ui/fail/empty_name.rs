@@ -1,0 +1,6 @@
+use lockutils::synchronized;
+
+#[synchronized("")]
+fn f() {}
+
+fn main() {}

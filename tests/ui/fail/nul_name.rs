@@ -1,0 +1,6 @@
+use lockutils::synchronized;
+
+#[synchronized("iptables\0")]
+fn f() {}
+
+fn main() {}

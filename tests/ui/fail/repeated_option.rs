@@ -1,0 +1,6 @@
+use lockutils::synchronized;
+
+#[synchronized("iptables", external, prefix = "a", external, prefix = "b")]
+fn f() {}
+
+fn main() {}
