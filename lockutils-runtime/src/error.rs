@@ -61,6 +61,31 @@ pub enum LockError {
         kind: &'static str,
     },
 
+    /// The name is already used as another kind of lock (fair or not, a
+    /// semaphore with another number of permits): every user of a name
+    /// must use it the same way.
+    #[error(
+        "lock {name:?} was asked for as a {this}, but it is in use as a {other}; \
+         every user of a lock name must ask for the same kind"
+    )]
+    KindMismatch {
+        /// The full lock name.
+        name: String,
+        /// What this acquisition asked for.
+        this: String,
+        /// What the name is in use as.
+        other: String,
+    },
+
+    /// The options contradict each other (e.g. `shared` with `permits`).
+    #[error("invalid options for lock {name:?}: {reason}")]
+    InvalidOptions {
+        /// The full lock name.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
     /// The operating system refused an operation on the lock path or file.
     #[error("cannot {op} {path} for lock {name:?}: {source}")]
     Io {
@@ -85,6 +110,8 @@ impl LockError {
             | LockError::Timeout { name, .. }
             | LockError::LockPathNotSet { name }
             | LockError::NotRegularFile { name, .. }
+            | LockError::KindMismatch { name, .. }
+            | LockError::InvalidOptions { name, .. }
             | LockError::Io { name, .. } => name,
         }
     }
@@ -105,6 +132,9 @@ impl From<LockError> for io::Error {
             LockError::Timeout { .. } => io::ErrorKind::TimedOut,
             LockError::LockPathNotSet { .. } => io::ErrorKind::NotFound,
             LockError::NotRegularFile { .. } => io::ErrorKind::InvalidInput,
+            LockError::KindMismatch { .. } | LockError::InvalidOptions { .. } => {
+                io::ErrorKind::InvalidInput
+            }
             LockError::Io { source, .. } => source.kind(),
         };
         io::Error::new(kind, e)

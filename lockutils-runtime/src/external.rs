@@ -1,10 +1,20 @@
 //! The lock-file half of an external lock.
 //!
-//! Each registry entry has an [`ExternalSlot`]: the lock file it has open,
-//! kept open between acquisitions (no open+close per acquisition) and
-//! closed with the entry, so dynamic names never pile up descriptors. The
-//! slot is only touched by whoever holds the entry's in-process mutex, which
-//! is why it needs no lock of its own.
+//! Each registry entry has a [`FilePool`]: lock files opened for it and
+//! kept open between acquisitions (no open+close per acquisition), closed
+//! with the entry, so dynamic names never pile up descriptors. A holder
+//! takes a file from the pool for as long as it holds the lock: an
+//! exclusive holder (there is one at a time per process) reuses the same
+//! file every time, while concurrent shared holders or semaphore holders
+//! each get their own open file, so the kernel sees them as separate
+//! owners and their locks can neither merge nor release each other.
+//!
+//! What is locked:
+//! * a lock (reader/writer): the whole file, `F_WRLCK` for a writer,
+//!   `F_RDLCK` for a reader (the ranges `lockf` and fasteners use);
+//! * a semaphore of N permits: one byte per permit (slot i = byte i).
+//!   A holder tries each slot without waiting, and if all are taken waits
+//!   in the kernel on one of them.
 //!
 //! After every acquisition we check that the file we locked still has a
 //! name: `remove_external_lock_file` unlinks the file while holding its
@@ -12,17 +22,18 @@
 //! nothing with a newcomer who creates a new file. Such a waiter reopens
 //! and tries again.
 
-use std::cell::UnsafeCell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
 use std::time::Instant;
 
 use crate::config;
 use crate::error::LockError;
-use crate::file_lock::{self, LockFile, OpenError};
+use crate::file_lock::{self, LockFile, OpenError, Range};
 use crate::hold::Hold;
 use crate::registry::Entry;
+use crate::semaphore::Mode;
 
 /// Where a lock's directory comes from.
 #[derive(Clone, Copy)]
@@ -33,82 +44,46 @@ pub(crate) enum Dir<'a> {
     Configured,
 }
 
-struct Open {
+/// An open lock file and the directory it was opened in.
+pub(crate) struct Open {
     file: LockFile,
     dir: Arc<Path>,
     /// The config generation `dir` was read under; `None` for an explicit dir.
     generation: Option<u64>,
 }
 
-/// The lock file of one registry entry.
-pub(crate) struct ExternalSlot(UnsafeCell<Option<Open>>);
+impl Open {
+    fn matches(&self, dir: Dir<'_>) -> bool {
+        match dir {
+            Dir::Explicit(p) => self.generation.is_none() && *self.dir == *p,
+            Dir::Configured => self.generation == Some(config::generation()),
+        }
+    }
+}
 
-// SAFETY: the cell is only accessed by the holder of the entry's mutex,
-// which serialises all access (see the module docs).
-unsafe impl Sync for ExternalSlot {}
+/// The lock files of one registry entry.
+pub(crate) struct FilePool {
+    idle: parking_lot::Mutex<Vec<Open>>,
+    /// Spreads semaphore waiters over the slots.
+    turn: AtomicU32,
+}
 
-impl ExternalSlot {
+impl FilePool {
     pub(crate) const fn new() -> Self {
-        ExternalSlot(UnsafeCell::new(None))
+        FilePool { idle: parking_lot::Mutex::new(Vec::new()), turn: AtomicU32::new(0) }
     }
 
-    /// # Safety
-    /// The caller must hold the entry's in-process mutex.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self) -> &mut Option<Open> {
-        // SAFETY: exclusive by the caller's contract.
-        unsafe { &mut *self.0.get() }
-    }
-
-    /// Unlocks the file. Errors are ignored: closing the descriptor (which
-    /// happens at the latest when the entry goes) releases the lock anyway.
-    ///
-    /// # Safety
-    /// The caller must hold the entry's in-process mutex.
-    pub(crate) unsafe fn unlock(&self) {
-        // SAFETY: forwarded.
-        if let Some(open) = unsafe { self.get() }
-            && open.file.unlock().is_err() {
-                // Don't keep a descriptor whose lock state we no longer know.
-                unsafe { *self.get() = None };
+    /// An idle file for `dir`, or a newly opened one. Files opened under
+    /// another lock path are closed on the way.
+    fn take(&self, entry: &Entry, dir: Dir<'_>) -> Result<Open, LockError> {
+        let stale = {
+            let mut idle = self.idle.lock();
+            match idle.iter().rposition(|o| o.matches(dir)) {
+                Some(i) => return Ok(idle.swap_remove(i)),
+                None => std::mem::take(&mut *idle),
             }
-    }
-
-    /// Closes the lock file (releasing any lock on it).
-    ///
-    /// # Safety
-    /// The caller must hold the entry's in-process mutex.
-    pub(crate) unsafe fn close(&self) {
-        unsafe { *self.get() = None };
-    }
-
-    /// The path of the open lock file, for messages.
-    ///
-    /// # Safety
-    /// The caller must hold the entry's in-process mutex.
-    pub(crate) unsafe fn path(&self, entry: &Entry) -> Option<PathBuf> {
-        unsafe { self.get() }.as_ref().map(|o| o.dir.join(file_name(entry)))
-    }
-}
-
-fn file_name(entry: &Entry) -> String {
-    // The prefix cannot contain '/', so replacing in the full name only
-    // touches the name part, as oslo does.
-    entry.name().replace('/', "_")
-}
-
-/// Makes sure the slot holds the right lock file open and returns it.
-fn open_file<'s>(
-    slot: &'s mut Option<Open>,
-    entry: &Entry,
-    dir: Dir<'_>,
-) -> Result<&'s LockFile, LockError> {
-    let reuse = match (dir, &*slot) {
-        (_, None) => false,
-        (Dir::Explicit(p), Some(o)) => o.generation.is_none() && *o.dir == *p,
-        (Dir::Configured, Some(o)) => o.generation == Some(config::generation()),
-    };
-    if !reuse {
+        };
+        drop(stale); // closed outside the pool's lock
         let (generation, dir) = match dir {
             Dir::Explicit(p) => (None, Arc::from(p)),
             Dir::Configured => match config::current_lock_path() {
@@ -118,11 +93,44 @@ fn open_file<'s>(
                 }
             },
         };
-        *slot = None; // close the old file before opening another
         let file = open_creating_dir(entry, &dir)?;
-        *slot = Some(Open { file, dir, generation });
+        Ok(Open { file, dir, generation })
     }
-    Ok(&slot.as_ref().unwrap_or_else(|| unreachable!()).file)
+
+    fn give_back(&self, open: Open) {
+        self.idle.lock().push(open);
+    }
+}
+
+/// The lock-file part of a held lock.
+pub(crate) struct FileHold {
+    open: Open,
+    range: Range,
+}
+
+impl FileHold {
+    /// Unlocks and returns the file to the entry's pool. If unlocking fails
+    /// the file is closed instead, which releases the lock anyway.
+    pub(crate) fn release(self, entry: &Entry) {
+        if self.open.file.unlock(self.range).is_ok() {
+            entry.files.give_back(self.open);
+        }
+    }
+
+    /// Unlocks and closes the file (after removing it).
+    pub(crate) fn close(self) {
+        let _ = self.open.file.unlock(self.range);
+    }
+
+    pub(crate) fn path(&self, entry: &Entry) -> PathBuf {
+        self.open.dir.join(file_name(entry))
+    }
+}
+
+fn file_name(entry: &Entry) -> String {
+    // The prefix cannot contain '/', so replacing in the full name only
+    // touches the name part, as oslo does.
+    entry.name().replace('/', "_")
 }
 
 fn open_creating_dir(entry: &Entry, dir: &Path) -> Result<LockFile, LockError> {
@@ -149,14 +157,8 @@ fn open_creating_dir(entry: &Entry, dir: &Path) -> Result<LockFile, LockError> {
     }
 }
 
-fn io_error(entry: &Entry, op: &'static str, source: std::io::Error) -> LockError {
-    // SAFETY (of the callers): they hold the mutex.
-    let path = unsafe { entry.external.path(entry) }.unwrap_or_default();
-    LockError::Io { name: entry.name().to_owned(), path, op, source }
-}
-
 /// How long to wait for the lock file.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileWait {
     Try,
     Block,
@@ -192,50 +194,83 @@ pub(crate) fn lock(mut hold: Hold, dir: Dir<'_>, wait: FileWait) -> Result<Optio
     }
 }
 
-/// One attempt: open if needed, lock (waiting in the kernel for `Block`),
-/// then check the file is still linked, retrying if it was removed.
+/// One attempt: take a file, lock it (waiting in the kernel for `Block`),
+/// then check it is still linked, retrying with a fresh file if it was
+/// removed. `Try` and `Block` only.
 pub(crate) fn lock_step(hold: &mut Hold, dir: Dir<'_>, wait: FileWait) -> Result<Attempt, LockError> {
+    let block = wait == FileWait::Block;
     loop {
         let entry = hold.entry();
-        // SAFETY: a Hold owns the mutex.
-        let slot = unsafe { entry.external.get() };
-        let file = open_file(slot, entry, dir)?;
-        let locked = match wait {
-            FileWait::Block => file.lock().map(|()| true),
-            _ => file.try_lock(),
-        }
-        .map_err(|e| io_error(entry, "lock", e))?;
-        if !locked {
+        let open = entry.files.take(entry, dir)?;
+        let io = |op, source| LockError::Io {
+            name: entry.name().to_owned(),
+            path: open.dir.join(file_name(entry)),
+            op,
+            source,
+        };
+        let got = match entry.kind().permits {
+            None => {
+                let ok = if block {
+                    open.file.lock(hold.mode(), Range::Whole).map(|()| true)
+                } else {
+                    open.file.try_lock(hold.mode(), Range::Whole)
+                };
+                ok.map_err(|e| io("lock", e))?.then_some(Range::Whole)
+            }
+            Some(n) => lock_slot(entry, &open, n, block).map_err(|e| match e {
+                SlotError::Io(e) => io("lock", e),
+                SlotError::Mismatch => LockError::KindMismatch {
+                    name: entry.name().to_owned(),
+                    this: entry.kind().to_string(),
+                    other: "another kind or number of permits by another process".to_owned(),
+                },
+            })?,
+        };
+        let Some(range) = got else {
+            entry.files.give_back(open);
             return Ok(Attempt::Busy);
-        }
-        hold.set_file_locked();
-        if still_linked(hold)? {
-            return Ok(Attempt::Locked);
+        };
+        match open.file.is_linked() {
+            Ok(true) => {
+                hold.set_file(FileHold { open, range });
+                return Ok(Attempt::Locked);
+            }
+            // Removed while we waited: drop this file and start over.
+            Ok(false) => FileHold { open, range }.close(),
+            Err(e) => {
+                let err = io("inspect lock file", e);
+                FileHold { open, range }.close();
+                return Err(err);
+            }
         }
     }
 }
 
-/// After locking: is the file still the one at its path? If it was removed
-/// while we waited, release it, close it, and say no so the caller retries.
-fn still_linked(hold: &mut Hold) -> Result<bool, LockError> {
-    let entry = hold.entry();
-    // SAFETY: a Hold owns the mutex.
-    let slot = unsafe { entry.external.get() };
-    let Some(open) = slot else { return Ok(false) };
-    match open.file.is_linked() {
-        Ok(true) => Ok(true),
-        Ok(false) => {
-            hold.release_file();
-            // SAFETY: as above; `release_file` is done with the slot.
-            unsafe { *hold.entry().external.get() = None };
-            Ok(false)
-        }
-        Err(e) => {
-            let err = io_error(entry, "inspect lock file", e);
-            hold.release_file();
-            Err(err)
+enum SlotError {
+    Io(std::io::Error),
+    Mismatch,
+}
+
+/// Locks one of the `n` slot bytes; `Ok(None)` if all are busy and
+/// `block` is false.
+fn lock_slot(entry: &Entry, open: &Open, n: u32, block: bool) -> Result<Option<Range>, SlotError> {
+    for i in 0..u64::from(n) {
+        if open.file.try_lock(Mode::Exclusive, Range::Byte(i)).map_err(SlotError::Io)? {
+            return Ok(Some(Range::Byte(i)));
         }
     }
+    // All busy. Anything locked at or past slot n is someone using this
+    // file differently: more permits, or the whole file as a plain lock.
+    if open.file.others_hold_from(u64::from(n)).map_err(SlotError::Io)? {
+        return Err(SlotError::Mismatch);
+    }
+    if !block {
+        return Ok(None);
+    }
+    let turn = entry.files.turn.fetch_add(1, Ordering::Relaxed);
+    let slot = u64::from(std::process::id().wrapping_add(turn) % n);
+    open.file.lock(Mode::Exclusive, Range::Byte(slot)).map_err(SlotError::Io)?;
+    Ok(Some(Range::Byte(slot)))
 }
 
 /// A wait for the lock file on a helper thread, for callers that must not
@@ -312,17 +347,19 @@ impl Handoff {
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let State::Done(_) = &*st {
-                return match std::mem::replace(&mut *st, State::Taken) {
-                    State::Done(r) => Some(r),
-                    _ => unreachable!(),
-                };
+                return take_done(&mut st);
             }
             let now = Instant::now();
             if now >= deadline {
                 *st = State::Abandoned;
                 return None;
             }
-            st = self.shared.done.wait_timeout(st, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .shared
+                .done
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -338,11 +375,18 @@ impl Handoff {
                 }
                 None
             }
-            State::Done(_) => match std::mem::replace(&mut *st, State::Taken) {
-                State::Done(r) => Some(r),
-                _ => unreachable!(),
-            },
+            State::Done(_) => take_done(&mut st),
             State::Taken | State::Abandoned => None,
+        }
+    }
+}
+
+fn take_done(st: &mut State) -> Option<Result<Hold, LockError>> {
+    match std::mem::replace(st, State::Taken) {
+        State::Done(r) => Some(r),
+        other => {
+            *st = other;
+            None
         }
     }
 }

@@ -16,6 +16,18 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
+use crate::semaphore::Mode;
+
+/// What part of the file a lock covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Range {
+    /// The whole file (from byte 0, however long it grows): what oslo's
+    /// `lockf` and fasteners lock. On Windows, byte 0.
+    Whole,
+    /// One byte: a semaphore slot, or a marker.
+    Byte(u64),
+}
+
 /// Why a lock file could not be opened.
 #[derive(Debug)]
 pub(crate) enum OpenError {
@@ -55,18 +67,24 @@ impl LockFile {
     }
 
     /// Takes the lock if no one else holds it. `Ok(false)`: busy.
-    pub(crate) fn try_lock(&self) -> io::Result<bool> {
-        sys::lock(&self.file, false)
+    pub(crate) fn try_lock(&self, mode: Mode, range: Range) -> io::Result<bool> {
+        sys::lock(&self.file, mode, range, false)
     }
 
     /// Waits in the kernel until the lock is ours.
-    pub(crate) fn lock(&self) -> io::Result<()> {
-        sys::lock(&self.file, true).map(|_| ())
+    pub(crate) fn lock(&self, mode: Mode, range: Range) -> io::Result<()> {
+        sys::lock(&self.file, mode, range, true).map(|_| ())
     }
 
-    /// Releases the lock.
-    pub(crate) fn unlock(&self) -> io::Result<()> {
-        sys::unlock(&self.file)
+    /// Releases the lock on `range`.
+    pub(crate) fn unlock(&self, range: Range) -> io::Result<()> {
+        sys::unlock(&self.file, range)
+    }
+
+    /// Whether another open file holds a lock on any byte from `start` on
+    /// (`F_OFD_GETLK`). Always `false` on Windows, which cannot tell.
+    pub(crate) fn others_hold_from(&self, start: u64) -> io::Result<bool> {
+        sys::others_hold(&self.file, start, 0)
     }
 
     /// Whether the file still has a name (was not removed while we waited).
@@ -86,7 +104,8 @@ pub(crate) fn create_dir(path: &Path) -> io::Result<()> {
 
 #[cfg(unix)]
 mod sys {
-    use super::OpenError;
+    use super::{OpenError, Range};
+    use crate::semaphore::Mode;
     use std::fs::{File, Metadata, OpenOptions};
     use std::io;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -137,22 +156,33 @@ mod sys {
         Err(OpenError::NotRegular(kind))
     }
 
-    fn whole_file(kind: libc::c_short) -> libc::flock {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const GETLK: libc::c_int = libc::F_OFD_GETLK;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const GETLK: libc::c_int = libc::F_GETLK;
+
+    fn flock(kind: libc::c_int, start: u64, len: u64) -> libc::flock {
         // SAFETY: `flock` is a plain C struct; all-zero is a valid value
         // (and l_pid must be 0 for OFD locks).
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = kind;
+        fl.l_type = kind as libc::c_short;
         fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = 0;
-        fl.l_len = 0; // to end of file, however long it grows
+        fl.l_start = start as libc::off_t;
+        fl.l_len = len as libc::off_t; // 0: to end of file, however long it grows
         fl
     }
 
-    fn fcntl_lock(file: &File, cmd: libc::c_int, kind: libc::c_short) -> io::Result<()> {
-        let fl = whole_file(kind);
+    fn span(range: Range) -> (u64, u64) {
+        match range {
+            Range::Whole => (0, 0),
+            Range::Byte(i) => (i, 1),
+        }
+    }
+
+    fn fcntl(file: &File, cmd: libc::c_int, fl: &mut libc::flock) -> io::Result<()> {
         loop {
             // SAFETY: valid descriptor and a valid `flock` for the call.
-            let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
+            let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, fl as *mut libc::flock) };
             if r != -1 {
                 return Ok(());
             }
@@ -163,9 +193,14 @@ mod sys {
         }
     }
 
-    pub(super) fn lock(file: &File, wait: bool) -> io::Result<bool> {
+    pub(super) fn lock(file: &File, mode: Mode, range: Range, wait: bool) -> io::Result<bool> {
         let cmd = if wait { SETLKW } else { SETLK };
-        match fcntl_lock(file, cmd, libc::F_WRLCK as libc::c_short) {
+        let kind = match mode {
+            Mode::Exclusive => libc::F_WRLCK,
+            Mode::Shared => libc::F_RDLCK,
+        };
+        let (start, len) = span(range);
+        match fcntl(file, cmd, &mut flock(kind as libc::c_int, start, len)) {
             Ok(()) => Ok(true),
             Err(e) if !wait && matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
                 Ok(false)
@@ -174,8 +209,15 @@ mod sys {
         }
     }
 
-    pub(super) fn unlock(file: &File) -> io::Result<()> {
-        fcntl_lock(file, SETLK, libc::F_UNLCK as libc::c_short)
+    pub(super) fn unlock(file: &File, range: Range) -> io::Result<()> {
+        let (start, len) = span(range);
+        fcntl(file, SETLK, &mut flock(libc::F_UNLCK as libc::c_int, start, len))
+    }
+
+    pub(super) fn others_hold(file: &File, start: u64, len: u64) -> io::Result<bool> {
+        let mut fl = flock(libc::F_WRLCK as libc::c_int, start, len);
+        fcntl(file, GETLK, &mut fl)?;
+        Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
     }
 
     pub(super) fn is_linked(file: &File) -> io::Result<bool> {
@@ -185,7 +227,8 @@ mod sys {
 
 #[cfg(windows)]
 mod sys {
-    use super::OpenError;
+    use super::{OpenError, Range};
+    use crate::semaphore::Mode;
     use std::fs::{File, Metadata, OpenOptions};
     use std::io;
     use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
@@ -197,7 +240,7 @@ mod sys {
         GetFileInformationByHandle, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
         LockFileEx, UnlockFileEx,
     };
-    use windows_sys::Win32::System::IO::OVERLAPPED;
+    use windows_sys::Win32::System::IO::{OVERLAPPED, OVERLAPPED_0_0};
 
     pub(super) fn harden(opts: &mut OpenOptions) {
         // Open a symlink itself, not its target, so check_kind can refuse it.
@@ -224,14 +267,28 @@ mod sys {
         file.as_raw_handle() as HANDLE
     }
 
-    pub(super) fn lock(file: &File, wait: bool) -> io::Result<bool> {
-        let mut flags = LOCKFILE_EXCLUSIVE_LOCK;
+    fn overlapped(range: Range) -> OVERLAPPED {
+        // SAFETY: all-zero is a valid OVERLAPPED ("offset 0").
+        let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
+        let at = match range {
+            Range::Whole => 0,
+            Range::Byte(i) => i,
+        };
+        ov.Anonymous.Anonymous = OVERLAPPED_0_0 { Offset: at as u32, OffsetHigh: (at >> 32) as u32 };
+        ov
+    }
+
+    pub(super) fn lock(file: &File, mode: Mode, range: Range, wait: bool) -> io::Result<bool> {
+        let mut flags = 0;
+        if mode == Mode::Exclusive {
+            flags |= LOCKFILE_EXCLUSIVE_LOCK;
+        }
         if !wait {
             flags |= LOCKFILE_FAIL_IMMEDIATELY;
         }
-        // SAFETY: a zeroed OVERLAPPED means "offset 0"; the handle is
-        // synchronous, so the call completes before returning.
-        let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
+        let mut ov = overlapped(range);
+        // SAFETY: the handle is synchronous, so the call completes before
+        // returning and `ov` outlives it.
         let ok = unsafe { LockFileEx(handle(file), flags, 0, 1, 0, &mut ov) };
         if ok != 0 {
             return Ok(true);
@@ -243,9 +300,13 @@ mod sys {
         }
     }
 
-    pub(super) fn unlock(file: &File) -> io::Result<()> {
+    pub(super) fn others_hold(_file: &File, _start: u64, _len: u64) -> io::Result<bool> {
+        Ok(false) // Windows has no way to ask
+    }
+
+    pub(super) fn unlock(file: &File, range: Range) -> io::Result<()> {
+        let mut ov = overlapped(range);
         // SAFETY: as in `lock`.
-        let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
         if unsafe { UnlockFileEx(handle(file), 0, 1, 0, &mut ov) } != 0 {
             Ok(())
         } else {
@@ -273,11 +334,33 @@ mod tests {
         let p = dir.path().join("l");
         let a = LockFile::open(&p).unwrap();
         let b = LockFile::open(&p).unwrap();
-        assert!(a.try_lock().unwrap());
-        assert!(!b.try_lock().unwrap(), "OFD locks must exclude a second descriptor");
-        a.unlock().unwrap();
-        assert!(b.try_lock().unwrap());
-        b.unlock().unwrap();
+        let (x, w) = (Mode::Exclusive, Range::Whole);
+        assert!(a.try_lock(x, w).unwrap());
+        assert!(!b.try_lock(x, w).unwrap(), "OFD locks must exclude a second descriptor");
+        assert!(b.others_hold_from(0).unwrap());
+        a.unlock(w).unwrap();
+        assert!(!b.others_hold_from(0).unwrap());
+        assert!(b.try_lock(x, w).unwrap());
+        b.unlock(w).unwrap();
+    }
+
+    #[test]
+    fn shared_locks_share_and_byte_slots_are_independent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l");
+        let (a, b) = (LockFile::open(&p).unwrap(), LockFile::open(&p).unwrap());
+        assert!(a.try_lock(Mode::Shared, Range::Whole).unwrap());
+        assert!(b.try_lock(Mode::Shared, Range::Whole).unwrap());
+        assert!(!b.try_lock(Mode::Exclusive, Range::Byte(3)).unwrap());
+        a.unlock(Range::Whole).unwrap();
+        b.unlock(Range::Whole).unwrap();
+        assert!(a.try_lock(Mode::Exclusive, Range::Byte(0)).unwrap());
+        assert!(b.try_lock(Mode::Exclusive, Range::Byte(1)).unwrap());
+        assert!(!b.try_lock(Mode::Exclusive, Range::Byte(0)).unwrap());
+        assert!(b.others_hold_from(0).unwrap());
+        assert!(!b.others_hold_from(1).unwrap(), "our own slot 1 counted as someone else's");
+        drop(a);
+        assert!(!b.others_hold_from(0).unwrap());
     }
 
     #[cfg(unix)]
@@ -317,8 +400,8 @@ mod tests {
         assert_eq!(mode & !0o644, 0, "mode {mode:o} wider than 0644");
         std::fs::write(&p, b"content").unwrap();
         let l = LockFile::open(&p).unwrap();
-        assert!(l.try_lock().unwrap());
-        l.unlock().unwrap();
+        assert!(l.try_lock(Mode::Exclusive, Range::Whole).unwrap());
+        l.unlock(Range::Whole).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"content");
     }
 

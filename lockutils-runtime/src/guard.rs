@@ -54,7 +54,7 @@ struct Trace {
 fn start_trace(hold: &Hold, site: Site, started: Option<Instant>) -> Option<Trace> {
     let started = started?;
     let path = lock_file(hold);
-    let acquired = trace::acquired(hold.entry().name(), site, path.as_deref(), started);
+    let acquired = trace::acquired(hold, site, path.as_deref(), started);
     Some(Trace { site, acquired })
 }
 
@@ -162,10 +162,5 @@ impl std::fmt::Debug for AsyncLockGuard {
 }
 
 fn lock_file(hold: &Hold) -> Option<PathBuf> {
-    if !hold.file_locked() {
-        return None;
-    }
-    let entry = hold.entry();
-    // SAFETY: `hold` owns the entry's mutex.
-    unsafe { entry.external.path(entry) }
+    hold.file_path()
 }

@@ -1,8 +1,11 @@
 //! What a held lock is made of, below the public guards.
 
 use std::ops::Deref;
+use std::path::PathBuf;
 
+use crate::external::FileHold;
 use crate::registry::{Entry, Handle};
+use crate::semaphore::Mode;
 
 /// A reference to a registry entry: borrowed forever by a call site's
 /// cache, or counted (for names looked up at run time).
@@ -22,22 +25,25 @@ impl Deref for EntryRef {
     }
 }
 
-/// An entry whose in-process mutex is held, and maybe its lock file too.
-/// Dropping it releases the lock file first, then the mutex.
+/// An entry whose in-process lock is held in some mode, and maybe a lock
+/// file too. Dropping it releases the lock file first, then the
+/// in-process lock.
 ///
 /// It is `Send`, so the ownership of a held lock can move to the thread
 /// that waits for the lock file on an async or timed caller's behalf.
 pub(crate) struct Hold {
     entry: EntryRef,
-    file_locked: bool,
+    mode: Mode,
+    file: Option<FileHold>,
 }
 
 impl Hold {
     /// # Safety
-    /// The caller must have just taken `entry.mutex`; the `Hold` now owns it.
+    /// The caller must have just taken `entry`'s in-process lock in `mode`;
+    /// the `Hold` now owns it.
     #[inline]
-    pub(crate) unsafe fn new(entry: EntryRef) -> Hold {
-        Hold { entry, file_locked: false }
+    pub(crate) unsafe fn new(entry: EntryRef, mode: Mode) -> Hold {
+        Hold { entry, mode, file: None }
     }
 
     #[inline]
@@ -45,41 +51,38 @@ impl Hold {
         &self.entry
     }
 
-    /// Whether the lock file is locked through this hold.
-    pub(crate) fn file_locked(&self) -> bool {
-        self.file_locked
+    #[inline]
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
     }
 
-    /// Records that the entry's lock file is locked through this hold.
-    pub(crate) fn set_file_locked(&mut self) {
-        self.file_locked = true;
+    /// Records the lock file held through this hold.
+    pub(crate) fn set_file(&mut self, file: FileHold) {
+        debug_assert!(self.file.is_none());
+        self.file = Some(file);
     }
 
-    /// Releases the lock file now (keeping the mutex), e.g. to retry after
-    /// the file was removed.
-    pub(crate) fn release_file(&mut self) {
-        if std::mem::take(&mut self.file_locked) {
-            // SAFETY: we hold the mutex, which guards the slot.
-            unsafe { self.entry.external.unlock() };
-        }
+    /// The lock file's path, if one is held.
+    pub(crate) fn file_path(&self) -> Option<PathBuf> {
+        self.file.as_ref().map(|f| f.path(&self.entry))
     }
-}
 
-impl Hold {
     /// Releases and closes the lock file (after it was removed), keeping
-    /// the mutex.
+    /// the in-process lock.
     pub(crate) fn forget_file(&mut self) {
-        self.release_file();
-        // SAFETY: we hold the mutex, which guards the slot.
-        unsafe { self.entry.external.close() };
+        if let Some(f) = self.file.take() {
+            f.close();
+        }
     }
 }
 
 impl Drop for Hold {
     #[inline]
     fn drop(&mut self) {
-        self.release_file();
-        // SAFETY: a Hold owns the mutex (see `Hold::new`).
-        unsafe { self.entry.mutex.unlock() };
+        if let Some(f) = self.file.take() {
+            f.release(&self.entry);
+        }
+        // SAFETY: a Hold owns the in-process lock in `mode` (see `new`).
+        unsafe { self.entry.local.unlock(self.mode) };
     }
 }

@@ -9,9 +9,11 @@
 mod config;
 mod error;
 mod external;
+mod fifo;
 mod file_lock;
 mod guard;
 mod hold;
+mod local;
 mod lock;
 mod name;
 mod registry;

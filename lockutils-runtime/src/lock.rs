@@ -12,7 +12,9 @@ use crate::error::LockError;
 use crate::external::{self, Attempt, Dir, FileWait, Handoff};
 use crate::guard::{AsyncLockGuard, LockGuard, check_reentry};
 use crate::hold::{EntryRef, Hold};
+use crate::local::Kind;
 use crate::registry;
+use crate::semaphore::Mode;
 use crate::timer::Sleep;
 use crate::trace::{self, Site};
 
@@ -27,6 +29,7 @@ pub(crate) enum Wait {
 /// One acquisition's options, borrowed from a builder or a call site.
 #[derive(Clone, Copy)]
 pub(crate) struct Request<'a> {
+    pub(crate) mode: Mode,
     pub(crate) external: bool,
     /// Take the lock file even when process locking is switched off.
     pub(crate) force_file: bool,
@@ -69,12 +72,12 @@ impl Request<'_> {
 pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, LockError> {
     let started = trace::start();
     let mut deadline = None;
-    if !entry.mutex.try_lock() {
+    if !entry.local.try_lock(req.mode) {
         deadline = req.deadline();
         wait_in_process(&entry, req, deadline)?;
     }
-    // SAFETY: we just took the mutex.
-    let hold = unsafe { Hold::new(entry) };
+    // SAFETY: we just took the in-process lock in `req.mode`.
+    let hold = unsafe { Hold::new(entry, req.mode) };
     let hold = if req.wants_file() { lock_file(hold, req, deadline)? } else { hold };
     Ok(LockGuard::new(hold, req.site, started))
 }
@@ -89,7 +92,11 @@ fn wait_in_process(
         return Err(req.busy(entry.name()));
     }
     check_reentry(entry);
-    if entry.mutex.lock_until(deadline) { Ok(()) } else { Err(req.busy(entry.name())) }
+    if entry.local.lock_until(req.mode, deadline) {
+        Ok(())
+    } else {
+        Err(req.busy(entry.name()))
+    }
 }
 
 fn lock_file(hold: Hold, req: &Request<'_>, deadline: Option<Instant>) -> Result<Hold, LockError> {
@@ -107,21 +114,24 @@ pub(crate) async fn acquire_async(
 ) -> Result<AsyncLockGuard, LockError> {
     let started = trace::start();
     let deadline = req.deadline();
-    if !entry.mutex.try_lock()
-        && (req.wait == Wait::Try || !entry.mutex.lock_async(deadline).await) {
-            return Err(req.busy(entry.name()));
-        }
-    // SAFETY: we just took the mutex.
-    let mut hold = unsafe { Hold::new(entry) };
+    if !entry.local.try_lock(req.mode)
+        && (req.wait == Wait::Try || !entry.local.lock_async(req.mode, deadline).await)
+    {
+        return Err(req.busy(entry.name()));
+    }
+    // SAFETY: we just took the in-process lock in `req.mode`.
+    let mut hold = unsafe { Hold::new(entry, req.mode) };
     if req.wants_file()
-        && let Attempt::Busy = external::lock_step(&mut hold, req.dir, FileWait::Try)? {
-            if req.wait == Wait::Try {
-                return Err(req.busy(hold.entry().name()));
-            }
-            let name = hold.entry().name().to_owned();
-            let wait = WaitForFile { handoff: Handoff::start(hold, req.dir)?, sleep: deadline.map(Sleep::new) };
-            hold = wait.await?.ok_or_else(|| req.busy(&name))?;
+        && let Attempt::Busy = external::lock_step(&mut hold, req.dir, FileWait::Try)?
+    {
+        if req.wait == Wait::Try {
+            return Err(req.busy(hold.entry().name()));
         }
+        let name = hold.entry().name().to_owned();
+        let handoff = Handoff::start(hold, req.dir)?;
+        let wait = WaitForFile { handoff, sleep: deadline.map(Sleep::new) };
+        hold = wait.await?.ok_or_else(|| req.busy(&name))?;
+    }
     Ok(AsyncLockGuard::new(hold, req.site, started))
 }
 
@@ -162,7 +172,15 @@ impl Future for WaitForFile {
 /// # Ok(()) }
 /// ```
 pub fn lock(name: &str) -> Lock<'_> {
-    Lock { name, prefix: "", external: false, lock_path: None, wait: Wait::Block }
+    Lock {
+        name,
+        prefix: "",
+        external: false,
+        lock_path: None,
+        wait: Wait::Block,
+        mode: Mode::Exclusive,
+        kind: Kind::MUTEX,
+    }
 }
 
 /// A lock to take, built by [`lock`]. It can be kept and acquired many times.
@@ -174,6 +192,8 @@ pub struct Lock<'a> {
     external: bool,
     lock_path: Option<&'a Path>,
     wait: Wait,
+    mode: Mode,
+    kind: Kind,
 }
 
 impl<'a> Lock<'a> {
@@ -211,6 +231,33 @@ impl<'a> Lock<'a> {
         self
     }
 
+    /// Take the lock as a reader: readers share it, a writer (the default,
+    /// exclusive mode) excludes everyone. Across processes this is a
+    /// `F_RDLCK` on the lock file, which fasteners'
+    /// `InterProcessReaderWriterLock` also understands. While a writer
+    /// waits, new readers queue behind it (no writer starvation).
+    pub fn shared(mut self) -> Self {
+        self.mode = Mode::Shared;
+        self
+    }
+
+    /// First come, first served: waiters of this process get the lock in
+    /// the order they asked (oslo's `fair=True`). Every user of the name
+    /// must say `fair`.
+    pub fn fair(mut self) -> Self {
+        self.kind.fair = true;
+        self
+    }
+
+    /// A counted semaphore: at most `permits` holders at once in this
+    /// process, and with [`external`](Lock::external) at most `permits`
+    /// across every process using the lock file. Every user of the name
+    /// must give the same number.
+    pub fn permits(mut self, permits: u32) -> Self {
+        self.kind.permits = Some(permits);
+        self
+    }
+
     /// The full lock name: prefix, separator, name.
     pub fn full_name(&self) -> Result<String, LockError> {
         lockutils_name::check(self.prefix, self.name).map_err(|problem| LockError::InvalidName {
@@ -226,9 +273,9 @@ impl<'a> Lock<'a> {
                 name: self.name.to_owned(),
                 problem,
             })?;
-            registry::get(self.name)
+            entry_for(self.name, self.kind, self.mode)?
         } else {
-            registry::get(&self.full_name()?)
+            entry_for(&self.full_name()?, self.kind, self.mode)?
         };
         Ok(EntryRef::Owned(handle))
     }
@@ -238,7 +285,14 @@ impl<'a> Lock<'a> {
             Some(p) => Dir::Explicit(p),
             None => Dir::Configured,
         };
-        Request { external: self.external, force_file: false, dir, wait: self.wait, site }
+        Request {
+            mode: self.mode,
+            external: self.external,
+            force_file: false,
+            dir,
+            wait: self.wait,
+            site,
+        }
     }
 
     /// Takes the lock, blocking this thread while it waits.
@@ -264,19 +318,41 @@ impl<'a> Lock<'a> {
     }
 }
 
+/// The registry entry for a full name, checking the options agree with
+/// each other and with the name's other users.
+pub(crate) fn entry_for(
+    full_name: &str,
+    kind: Kind,
+    mode: Mode,
+) -> Result<registry::Handle, LockError> {
+    let invalid = |reason| LockError::InvalidOptions { name: full_name.to_owned(), reason };
+    match kind.permits {
+        Some(0) => return Err(invalid("permits must be at least 1")),
+        Some(_) if mode == Mode::Shared => {
+            return Err(invalid("a semaphore (permits) has no shared mode"));
+        }
+        _ => {}
+    }
+    registry::get(full_name, kind).map_err(|other| LockError::KindMismatch {
+        name: full_name.to_owned(),
+        this: kind.to_string(),
+        other: other.to_string(),
+    })
+}
+
 /// Removes an external lock's file safely: takes the lock (in-process and
 /// file), unlinks the file, releases. Processes waiting on the old file
 /// notice it was removed when they get it, and retry on a new one.
 ///
 /// A missing file is not an error. `lock_path` `None` means the configured
-/// lock path.
+/// lock path. Only for plain (not fair, not semaphore) locks.
 #[track_caller]
 pub fn remove_external_lock_file(
     name: &str,
     prefix: &str,
     lock_path: Option<&Path>,
 ) -> Result<(), LockError> {
-    let lock = Lock { name, prefix, external: true, lock_path, wait: Wait::Block };
+    let lock = lock(name).prefix(prefix).external();
     let full = lock.full_name()?;
     let dir = match lock_path {
         Some(p) => p.to_path_buf(),
@@ -284,11 +360,13 @@ pub fn remove_external_lock_file(
             .ok_or_else(|| LockError::LockPathNotSet { name: full.clone() })?,
     };
     let path = dir.join(lockutils_name::file_name(prefix, name));
-    match std::fs::symlink_metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        _ => {}
+    if let Err(e) = std::fs::symlink_metadata(&path)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Ok(());
     }
     let req = Request {
+        mode: Mode::Exclusive,
         external: true,
         // Removal must not race a holder in another process, even when this
         // process has process locking switched off.

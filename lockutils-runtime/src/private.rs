@@ -10,10 +10,12 @@ use crate::error::LockError;
 use crate::external::Dir;
 use crate::guard::{AsyncLockGuard, LockGuard};
 use crate::hold::EntryRef;
+use crate::local::Kind;
 use crate::lock::{self, Request, Wait};
+use crate::semaphore::Mode;
 pub use crate::name::LockName;
 use crate::name::const_panic;
-use crate::registry::{self, Entry, Handle};
+use crate::registry::{Entry, Handle};
 use crate::trace::Site;
 
 /// A `#[synchronized]` attribute's arguments, checked during constant
@@ -26,6 +28,8 @@ pub struct LockSpec {
     external: bool,
     lock_path: Option<&'static str>,
     wait: Wait,
+    mode: Mode,
+    kind: Kind,
 }
 
 impl LockSpec {
@@ -34,7 +38,35 @@ impl LockSpec {
         if let Err(problem) = lockutils_name::check(prefix, name) {
             const_panic(problem);
         }
-        LockSpec { name, prefix, function, external: false, lock_path: None, wait: Wait::Block }
+        LockSpec {
+            name,
+            prefix,
+            function,
+            external: false,
+            lock_path: None,
+            wait: Wait::Block,
+            mode: Mode::Exclusive,
+            kind: Kind::MUTEX,
+        }
+    }
+
+    /// `shared`.
+    pub const fn shared(mut self) -> Self {
+        self.mode = Mode::Shared;
+        self
+    }
+
+    /// `fair`.
+    pub const fn fair(mut self) -> Self {
+        self.kind.fair = true;
+        self
+    }
+
+    /// `permits = n`; `n` is checked (at least 1) during constant evaluation.
+    pub const fn permits(mut self, n: u32) -> Self {
+        assert!(n >= 1, "lockutils: permits must be at least 1");
+        self.kind.permits = Some(n);
+        self
     }
 
     /// `external`.
@@ -69,6 +101,9 @@ pub struct CallSite {
     entry: OnceLock<Handle>,
 }
 
+// A call site whose name is in use as another kind gets an error on every
+// call (nothing is cached then).
+
 impl CallSite {
     /// A call site for `spec`.
     pub const fn new(spec: LockSpec) -> Self {
@@ -76,10 +111,20 @@ impl CallSite {
     }
 
     #[inline]
-    fn entry(&'static self) -> &'static Entry {
-        self.entry.get_or_init(|| {
-            registry::get(&lockutils_name::full_name(self.spec.prefix, self.spec.name))
-        })
+    fn entry(&'static self) -> Result<&'static Entry, LockError> {
+        match self.entry.get() {
+            Some(h) => Ok(h),
+            None => self.resolve(),
+        }
+    }
+
+    #[cold]
+    fn resolve(&'static self) -> Result<&'static Entry, LockError> {
+        let s = &self.spec;
+        let full = lockutils_name::full_name(s.prefix, s.name);
+        let handle = lock::entry_for(&full, s.kind, s.mode)?;
+        // Another thread may have won the race; either handle is the entry.
+        Ok(self.entry.get_or_init(|| handle))
     }
 
     #[inline]
@@ -89,6 +134,7 @@ impl CallSite {
             None => Dir::Configured,
         };
         Request {
+            mode: self.spec.mode,
             external: self.spec.external,
             force_file: false,
             dir,
@@ -100,7 +146,7 @@ impl CallSite {
     /// Takes the lock for a synchronous function.
     #[inline]
     pub fn acquire(&'static self) -> Result<LockGuard, LockError> {
-        lock::acquire(EntryRef::Static(self.entry()), &self.request())
+        lock::acquire(EntryRef::Static(self.entry()?), &self.request())
     }
 
     /// Takes the lock, or panics with the lock's name, path and the cause.
@@ -116,7 +162,9 @@ impl CallSite {
     pub fn acquire_async(
         &'static self,
     ) -> impl Future<Output = Result<AsyncLockGuard, LockError>> + Send + 'static {
-        lock::acquire_async(EntryRef::Static(self.entry()), self.request())
+        let entry = self.entry();
+        let req = self.request();
+        async move { lock::acquire_async(EntryRef::Static(entry?), req).await }
     }
 
     /// Like [`CallSite::acquire_async`], panicking on failure.
@@ -131,6 +179,18 @@ impl CallSite {
             }
         }
     }
+}
+
+/// Waiters queued for a fair lock (0 for other kinds), `None` if nobody
+/// uses the name. For tests.
+pub fn queued(full_name: &str) -> Option<usize> {
+    crate::registry::peek(full_name, |e| e.local.queued())
+}
+
+/// Holders of a lock in this process (a writer counts as one), `None` if
+/// nobody uses the name. For tests.
+pub fn holders(full_name: &str) -> Option<usize> {
+    crate::registry::peek(full_name, |e| e.local.holders())
 }
 
 /// Converts the error for a function returning `Result<_, E>`.

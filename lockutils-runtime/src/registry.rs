@@ -20,25 +20,29 @@ use std::sync::LazyLock;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use crate::external::ExternalSlot;
-use crate::semaphore::RawMutex;
+use crate::external::FilePool;
+use crate::local::{Kind, Local};
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
-/// One named lock: its in-process mutex and its lock-file slot.
+/// One named lock: its kind, in-process primitive and lock files.
 pub(crate) struct Entry {
     name: Box<str>,
     hash: u64,
-    pub(crate) mutex: RawMutex,
-    /// Lock-file state; only touched by whoever holds `mutex`.
-    pub(crate) external: ExternalSlot,
+    kind: Kind,
+    pub(crate) local: Local,
+    pub(crate) files: FilePool,
 }
 
 impl Entry {
     /// The full lock name (prefix, separator, name).
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
     }
 }
 
@@ -61,22 +65,35 @@ impl Registry {
     }
 }
 
-/// Returns the entry for `full_name`, creating it if nobody holds it.
-pub(crate) fn get(full_name: &str) -> Handle {
+/// Returns the entry for `full_name`, creating it as a `kind` lock if
+/// nobody uses the name. `Err(kind)`: the name is in use as another kind.
+pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
     let reg = &*REGISTRY;
     let hash = reg.hasher.hash_one(full_name);
     let mut map = reg.shard(hash).0.lock();
     if let Some(e) = map.find(hash, |e| &*e.name == full_name) {
-        return Handle(ManuallyDrop::new(e.clone()));
+        if e.kind != kind {
+            return Err(e.kind);
+        }
+        return Ok(Handle(ManuallyDrop::new(e.clone())));
     }
     let entry = Arc::new(Entry {
         name: full_name.into(),
         hash,
-        mutex: RawMutex::new(),
-        external: ExternalSlot::new(),
+        kind,
+        local: Local::new(kind),
+        files: FilePool::new(),
     });
     map.insert_unique(hash, entry.clone(), |e| e.hash);
-    Handle(ManuallyDrop::new(entry))
+    Ok(Handle(ManuallyDrop::new(entry)))
+}
+
+/// Runs `f` on the entry for `full_name` if it exists, without creating it.
+pub(crate) fn peek<R>(full_name: &str, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+    let reg = &*REGISTRY;
+    let hash = reg.hasher.hash_one(full_name);
+    let map = reg.shard(hash).0.lock();
+    map.find(hash, |e| &*e.name == full_name).map(|e| f(e))
 }
 
 /// Number of live entries (for tests and the memory benchmark).
@@ -120,10 +137,12 @@ mod tests {
 
     #[test]
     fn same_name_same_entry_and_dead_names_go() {
-        let a = get("registry-test-a");
-        let b = get("registry-test-a");
+        let a = get("registry-test-a", Kind::MUTEX).unwrap();
+        let b = get("registry-test-a", Kind::MUTEX).unwrap();
         assert!(std::ptr::eq(&*a, &*b));
-        let c = get("registry-test-b");
+        let fair = Kind { fair: true, permits: None };
+        assert_eq!(get("registry-test-a", fair).err(), Some(Kind::MUTEX));
+        let c = get("registry-test-b", Kind::MUTEX).unwrap();
         assert!(!std::ptr::eq(&*a, &*c));
         drop((a, b, c));
         let reg = &*REGISTRY;
@@ -139,7 +158,8 @@ mod tests {
             .map(|t| {
                 std::thread::spawn(move || {
                     for i in 0..20_000 {
-                        let h = get(&format!("registry-churn-{}", (i + t) % 7));
+                        let h = get(&format!("registry-churn-{}", (i + t) % 7), Kind::MUTEX)
+                            .unwrap();
                         assert_eq!(h.name(), format!("registry-churn-{}", (i + t) % 7));
                     }
                 })

@@ -37,11 +37,18 @@ pub(crate) fn start() -> Option<Instant> {
 /// Emits "acquired" and returns the moment the lock was taken.
 #[cold]
 pub(crate) fn acquired(
-    name: &str,
+    hold: &crate::hold::Hold,
     site: Site,
     lock_path: Option<&std::path::Path>,
     started: Instant,
 ) -> Instant {
+    let name = hold.entry().name();
+    let mode = match hold.mode() {
+        crate::semaphore::Mode::Exclusive => "exclusive",
+        crate::semaphore::Mode::Shared => "shared",
+    };
+    let permits = hold.entry().kind().permits.unwrap_or(1);
+    let fair = hold.entry().kind().fair;
     let now = Instant::now();
     let waited = now.duration_since(started).as_secs_f64();
     let path = lock_path.map(|p| p.display().to_string()).unwrap_or_default();
@@ -50,6 +57,9 @@ pub(crate) fn acquired(
         lock = name,
         function = %site,
         lock_path = path,
+        mode,
+        permits,
+        fair,
         waited,
         "Lock {name:?} acquired by {:?} :: waited {waited:.3}s",
         site.to_string()
