@@ -1,7 +1,10 @@
-//! Process-wide settings: the lock path and whether external locks are on.
+//! Process-wide settings: where external locks live, and whether they are on.
 //!
+//! External locks go to the lock server chosen with [`set_backend`] or
+//! `$LOCKUTILS_BACKEND` (`postgres://...`, `etcd://...`), else to lock files.
 //! The lock path is, in order: the lock's own `lock_path`, the directory
-//! given to [`set_lock_path`], `$LOCKUTILS_LOCK_PATH`, `$OSLO_LOCK_PATH`.
+//! given to [`set_lock_path`] (or `set_backend("file:///dir")`),
+//! `$LOCKUTILS_LOCK_PATH`, `$OSLO_LOCK_PATH`, a `file://` `$LOCKUTILS_BACKEND`.
 //! The environment is read once, the first time a lock path is needed;
 //! change it at run time with [`set_lock_path`]. There is no temporary
 //! directory default: a world-writable default is how lock files get
@@ -14,8 +17,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::backend::{self, Backend};
+use crate::error::LockError;
+
 /// The environment variables read for the lock path, in order.
 pub const LOCK_PATH_ENV: [&str; 2] = ["LOCKUTILS_LOCK_PATH", "OSLO_LOCK_PATH"];
+
+/// The environment variable naming the backend URL.
+pub const BACKEND_ENV: &str = "LOCKUTILS_BACKEND";
+
+/// The configured lock server's URL, if any (read from the environment on
+/// first use).
+static BACKEND: LazyLock<RwLock<Option<String>>> = LazyLock::new(|| {
+    let url = std::env::var(BACKEND_ENV)
+        .ok()
+        .filter(|u| !u.is_empty() && backend::scheme(u).as_deref() != Some("file"));
+    REMOTE.store(url.is_some(), Ordering::Release);
+    RwLock::new(url)
+});
+
+/// Whether a lock server is configured: lets file-only processes skip the
+/// backend lookup.
+static REMOTE: AtomicBool = AtomicBool::new(false);
 
 static LOCK_PATH: LazyLock<RwLock<Option<Arc<Path>>>> =
     LazyLock::new(|| RwLock::new(lock_path_from_env()));
@@ -27,9 +50,57 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static PROCESS_LOCKING: AtomicBool = AtomicBool::new(true);
 
 fn lock_path_from_env() -> Option<Arc<Path>> {
-    LOCK_PATH_ENV.iter().find_map(|var| {
-        std::env::var_os(var).filter(|v| !v.is_empty()).map(|v| Arc::from(PathBuf::from(v)))
-    })
+    let from_backend = || {
+        let url = std::env::var(BACKEND_ENV).ok()?;
+        file_url_path(&url).map(|p| Arc::from(PathBuf::from(p)))
+    };
+    LOCK_PATH_ENV
+        .iter()
+        .find_map(|var| {
+            std::env::var_os(var).filter(|v| !v.is_empty()).map(|v| Arc::from(PathBuf::from(v)))
+        })
+        .or_else(from_backend)
+}
+
+/// `/dir` for `file:///dir`.
+fn file_url_path(url: &str) -> Option<&str> {
+    if backend::scheme(url).as_deref() != Some("file") {
+        return None;
+    }
+    let path = &url[url.find("://")? + 3..];
+    path.starts_with('/').then_some(path)
+}
+
+/// Chooses where external locks without their own `lock_path` live:
+/// `file:///dir` (lock files in `dir`, like [`set_lock_path`]),
+/// `postgres://user:password@host:port/db` or `etcd://host:port`.
+///
+/// A lock server is contacted when first used; errors in the URL itself
+/// (unknown scheme, a backend this build lacks) are reported here.
+pub fn set_backend(url: &str) -> Result<(), LockError> {
+    if let Some(dir) = file_url_path(url) {
+        set_lock_path(dir);
+        *BACKEND.write() = None;
+        REMOTE.store(false, Ordering::Release);
+        return Ok(());
+    }
+    backend::get(url)?;
+    *BACKEND.write() = Some(url.to_owned());
+    REMOTE.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// The configured lock server, or `None` for lock files.
+#[inline]
+pub(crate) fn backend() -> Result<Option<Arc<dyn Backend>>, LockError> {
+    let setting = &*BACKEND;
+    if !REMOTE.load(Ordering::Acquire) {
+        return Ok(None);
+    }
+    match &*setting.read() {
+        Some(url) => backend::get(url).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Sets the directory where external locks keep their files, for locks that

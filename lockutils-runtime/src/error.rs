@@ -86,6 +86,19 @@ pub enum LockError {
         reason: &'static str,
     },
 
+    /// A lock server (PostgreSQL, etcd) failed or could not be reached.
+    #[error("lock {name:?} on {backend}: cannot {op}: {cause}")]
+    Backend {
+        /// The full lock name (empty when configuring a backend).
+        name: String,
+        /// The backend's URL, password removed.
+        backend: String,
+        /// What was being done, e.g. `"connect"`, `"lock"`.
+        op: &'static str,
+        /// What went wrong.
+        cause: String,
+    },
+
     /// The operating system refused an operation on the lock path or file.
     #[error("cannot {op} {path} for lock {name:?}: {source}")]
     Io {
@@ -112,6 +125,7 @@ impl LockError {
             | LockError::NotRegularFile { name, .. }
             | LockError::KindMismatch { name, .. }
             | LockError::InvalidOptions { name, .. }
+            | LockError::Backend { name, .. }
             | LockError::Io { name, .. } => name,
         }
     }
@@ -135,6 +149,7 @@ impl From<LockError> for io::Error {
             LockError::KindMismatch { .. } | LockError::InvalidOptions { .. } => {
                 io::ErrorKind::InvalidInput
             }
+            LockError::Backend { .. } => io::ErrorKind::Other,
             LockError::Io { source, .. } => source.kind(),
         };
         io::Error::new(kind, e)

@@ -28,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
 use std::time::Instant;
 
+use crate::backend::{self, Backend, RemoteHold};
 use crate::config;
 use crate::error::LockError;
 use crate::file_lock::{self, LockFile, OpenError, Range};
@@ -35,13 +36,87 @@ use crate::hold::Hold;
 use crate::registry::Entry;
 use crate::semaphore::Mode;
 
-/// Where a lock's directory comes from.
+/// Where an external lock lives.
 #[derive(Clone, Copy)]
 pub(crate) enum Dir<'a> {
-    /// The lock's own `lock_path`.
+    /// Lock files in the lock's own `lock_path`.
     Explicit(&'a Path),
-    /// The process configuration (`set_lock_path` or the environment).
+    /// The lock server at this URL (the lock's own `backend`).
+    Backend(&'a str),
+    /// The process configuration: the configured lock server if any, else
+    /// lock files in the configured lock path.
     Configured,
+}
+
+/// A [`Dir`] that owns its parts, to send to a helper thread.
+enum OwnedDir {
+    Explicit(PathBuf),
+    Backend(String),
+    Configured,
+}
+
+impl OwnedDir {
+    fn new(dir: Dir<'_>) -> OwnedDir {
+        match dir {
+            Dir::Explicit(p) => OwnedDir::Explicit(p.to_path_buf()),
+            Dir::Backend(u) => OwnedDir::Backend(u.to_owned()),
+            Dir::Configured => OwnedDir::Configured,
+        }
+    }
+
+    fn borrow(&self) -> Dir<'_> {
+        match self {
+            OwnedDir::Explicit(p) => Dir::Explicit(p),
+            OwnedDir::Backend(u) => Dir::Backend(u),
+            OwnedDir::Configured => Dir::Configured,
+        }
+    }
+}
+
+/// The lock server for `dir`, or `None` for lock files.
+fn server(dir: Dir<'_>) -> Result<Option<Arc<dyn Backend>>, LockError> {
+    match dir {
+        Dir::Explicit(_) => Ok(None),
+        Dir::Backend(url) => backend::get(url).map(Some),
+        Dir::Configured => config::backend(),
+    }
+}
+
+/// What an external lock holds: a lock file, or a lock on a server.
+pub(crate) enum ExternalHold {
+    File(FileHold),
+    Remote(Box<dyn RemoteHold>),
+}
+
+impl ExternalHold {
+    pub(crate) fn release(self, entry: &Entry) {
+        match self {
+            ExternalHold::File(f) => f.release(entry),
+            ExternalHold::Remote(r) => r.release(),
+        }
+    }
+
+    /// Releases and closes (after the file was removed).
+    pub(crate) fn close(self) {
+        match self {
+            ExternalHold::File(f) => f.close(),
+            ExternalHold::Remote(r) => r.release(),
+        }
+    }
+
+    pub(crate) fn describe(&self, entry: &Entry) -> PathBuf {
+        match self {
+            ExternalHold::File(f) => f.path(entry),
+            ExternalHold::Remote(r) => PathBuf::from(r.describe()),
+        }
+    }
+
+    pub(crate) fn remote(&self) -> Option<&dyn RemoteHold> {
+        match self {
+            ExternalHold::File(_) => None,
+            ExternalHold::Remote(r) => Some(&**r),
+        }
+    }
 }
 
 /// An open lock file and the directory it was opened in.
@@ -57,6 +132,7 @@ impl Open {
         match dir {
             Dir::Explicit(p) => self.generation.is_none() && *self.dir == *p,
             Dir::Configured => self.generation == Some(config::generation()),
+            Dir::Backend(_) => false,
         }
     }
 }
@@ -86,6 +162,7 @@ impl FilePool {
         drop(stale); // closed outside the pool's lock
         let (generation, dir) = match dir {
             Dir::Explicit(p) => (None, Arc::from(p)),
+            Dir::Backend(_) => unreachable!("lock servers use no files"),
             Dir::Configured => match config::current_lock_path() {
                 (g, Some(d)) => (Some(g), d),
                 (_, None) => {
@@ -194,10 +271,33 @@ pub(crate) fn lock(mut hold: Hold, dir: Dir<'_>, wait: FileWait) -> Result<Optio
     }
 }
 
-/// One attempt: take a file, lock it (waiting in the kernel for `Block`),
-/// then check it is still linked, retrying with a fresh file if it was
-/// removed. `Try` and `Block` only.
+/// One attempt on the lock server or lock file for `dir`. `Try` and
+/// `Block` only.
 pub(crate) fn lock_step(hold: &mut Hold, dir: Dir<'_>, wait: FileWait) -> Result<Attempt, LockError> {
+    match server(dir)? {
+        None => file_step(hold, dir, wait),
+        Some(server) => {
+            let entry = hold.entry();
+            if entry.kind().permits.is_some() {
+                return Err(LockError::InvalidOptions {
+                    name: entry.name().to_owned(),
+                    reason: "semaphores (permits) work with lock files only, not lock servers",
+                });
+            }
+            match server.lock(entry.name(), hold.mode(), wait)? {
+                Some(r) => {
+                    hold.set_external(ExternalHold::Remote(r));
+                    Ok(Attempt::Locked)
+                }
+                None => Ok(Attempt::Busy),
+            }
+        }
+    }
+}
+
+/// Takes a file, locks it (waiting in the kernel for `Block`), then checks
+/// it is still linked, retrying with a fresh file if it was removed.
+fn file_step(hold: &mut Hold, dir: Dir<'_>, wait: FileWait) -> Result<Attempt, LockError> {
     let block = wait == FileWait::Block;
     loop {
         let entry = hold.entry();
@@ -232,7 +332,7 @@ pub(crate) fn lock_step(hold: &mut Hold, dir: Dir<'_>, wait: FileWait) -> Result
         };
         match open.file.is_linked() {
             Ok(true) => {
-                hold.set_file(FileHold { open, range });
+                hold.set_external(ExternalHold::File(FileHold { open, range }));
                 return Ok(Attempt::Locked);
             }
             // Removed while we waited: drop this file and start over.
@@ -299,19 +399,13 @@ impl Handoff {
         let shared =
             Arc::new(Shared { state: Mutex::new(State::Waiting(None)), done: Condvar::new() });
         let theirs = shared.clone();
-        let dir_owned: Option<PathBuf> = match dir {
-            Dir::Explicit(p) => Some(p.to_path_buf()),
-            Dir::Configured => None,
-        };
+        let dir_owned = OwnedDir::new(dir);
         let name = hold.entry().name().to_owned();
         std::thread::Builder::new()
             .name("lockutils-wait".into())
             .spawn(move || {
                 let mut hold = hold;
-                let dir = match &dir_owned {
-                    Some(p) => Dir::Explicit(p),
-                    None => Dir::Configured,
-                };
+                let dir = dir_owned.borrow();
                 let r = loop {
                     match lock_step(&mut hold, dir, FileWait::Block) {
                         Ok(Attempt::Locked) => break Ok(hold),

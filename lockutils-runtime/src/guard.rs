@@ -87,9 +87,23 @@ impl LockGuard {
     }
 
     /// The lock file held, for an external lock (`None` when in-process
-    /// only, or with process locking disabled).
+    /// only, or with process locking disabled). For a lock on a lock
+    /// server, a description of it (URL and key).
     pub fn lock_file(&self) -> Option<PathBuf> {
         lock_file(&self.hold)
+    }
+
+    /// For a lock held on a lock server that provides one (etcd): a token
+    /// that grows with every acquisition, to fence writes with.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.hold.remote().and_then(|r| r.fencing_token())
+    }
+
+    /// For a lock held on a lock server: whether the server may have given
+    /// it to someone else since (the session or lease was lost). Lock files
+    /// cannot be lost this way: always `false`.
+    pub fn is_lost(&self) -> bool {
+        self.hold.remote().is_some_and(|r| r.is_lost())
     }
 
     pub(crate) fn hold_mut(&mut self) -> &mut Hold {
@@ -144,6 +158,16 @@ impl AsyncLockGuard {
     /// The lock file held, for an external lock.
     pub fn lock_file(&self) -> Option<PathBuf> {
         lock_file(&self.hold)
+    }
+
+    /// See [`LockGuard::fencing_token`].
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.hold.remote().and_then(|r| r.fencing_token())
+    }
+
+    /// See [`LockGuard::is_lost`].
+    pub fn is_lost(&self) -> bool {
+        self.hold.remote().is_some_and(|r| r.is_lost())
     }
 }
 

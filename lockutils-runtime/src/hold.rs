@@ -3,7 +3,8 @@
 use std::ops::Deref;
 use std::path::PathBuf;
 
-use crate::external::FileHold;
+use crate::backend::RemoteHold;
+use crate::external::ExternalHold;
 use crate::registry::{Entry, Handle};
 use crate::semaphore::Mode;
 
@@ -34,7 +35,7 @@ impl Deref for EntryRef {
 pub(crate) struct Hold {
     entry: EntryRef,
     mode: Mode,
-    file: Option<FileHold>,
+    external: Option<ExternalHold>,
 }
 
 impl Hold {
@@ -43,7 +44,7 @@ impl Hold {
     /// the `Hold` now owns it.
     #[inline]
     pub(crate) unsafe fn new(entry: EntryRef, mode: Mode) -> Hold {
-        Hold { entry, mode, file: None }
+        Hold { entry, mode, external: None }
     }
 
     #[inline]
@@ -56,21 +57,26 @@ impl Hold {
         self.mode
     }
 
-    /// Records the lock file held through this hold.
-    pub(crate) fn set_file(&mut self, file: FileHold) {
-        debug_assert!(self.file.is_none());
-        self.file = Some(file);
+    /// Records the lock file or server lock held through this hold.
+    pub(crate) fn set_external(&mut self, external: ExternalHold) {
+        debug_assert!(self.external.is_none());
+        self.external = Some(external);
     }
 
-    /// The lock file's path, if one is held.
+    /// The lock file's path (or the server lock's description), if held.
     pub(crate) fn file_path(&self) -> Option<PathBuf> {
-        self.file.as_ref().map(|f| f.path(&self.entry))
+        self.external.as_ref().map(|f| f.describe(&self.entry))
+    }
+
+    /// The server lock, if this is one.
+    pub(crate) fn remote(&self) -> Option<&dyn RemoteHold> {
+        self.external.as_ref().and_then(ExternalHold::remote)
     }
 
     /// Releases and closes the lock file (after it was removed), keeping
     /// the in-process lock.
     pub(crate) fn forget_file(&mut self) {
-        if let Some(f) = self.file.take() {
+        if let Some(f) = self.external.take() {
             f.close();
         }
     }
@@ -79,7 +85,7 @@ impl Hold {
 impl Drop for Hold {
     #[inline]
     fn drop(&mut self) {
-        if let Some(f) = self.file.take() {
+        if let Some(f) = self.external.take() {
             f.release(&self.entry);
         }
         // SAFETY: a Hold owns the in-process lock in `mode` (see `new`).

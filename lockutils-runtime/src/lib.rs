@@ -6,6 +6,7 @@
 //! describes the semantics.
 #![warn(missing_docs)]
 
+mod backend;
 mod config;
 mod error;
 mod external;
@@ -24,8 +25,9 @@ mod trace;
 #[doc(hidden)]
 pub mod private;
 
+pub use backend::redact as redact_url;
 pub use config::{
-    LOCK_PATH_ENV, lock_path, process_locking, reset_lock_path, set_lock_path,
+    BACKEND_ENV, LOCK_PATH_ENV, lock_path, set_backend, process_locking, reset_lock_path, set_lock_path,
     set_process_locking,
 };
 pub use error::{LockError, NameProblem};

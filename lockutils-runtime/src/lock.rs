@@ -180,6 +180,7 @@ pub fn lock(name: &str) -> Lock<'_> {
         wait: Wait::Block,
         mode: Mode::Exclusive,
         kind: Kind::MUTEX,
+        backend: None,
     }
 }
 
@@ -194,9 +195,18 @@ pub struct Lock<'a> {
     wait: Wait,
     mode: Mode,
     kind: Kind,
+    backend: Option<&'a str>,
 }
 
 impl<'a> Lock<'a> {
+    /// Take the external lock on this lock server (`postgres://...`,
+    /// `etcd://...`) instead of the configured backend. A `lock_path`
+    /// given too wins (lock files).
+    pub fn backend(mut self, url: &'a str) -> Self {
+        self.backend = Some(url);
+        self
+    }
+
     /// Prefix for the lock: joined to the name with `-` unless empty or
     /// already ending in `-` (oslo's rule). Part of the lock's identity.
     pub fn prefix(mut self, prefix: &'a str) -> Self {
@@ -281,9 +291,10 @@ impl<'a> Lock<'a> {
     }
 
     fn request(&self, site: Site) -> Request<'_> {
-        let dir = match self.lock_path {
-            Some(p) => Dir::Explicit(p),
-            None => Dir::Configured,
+        let dir = match (self.lock_path, self.backend) {
+            (Some(p), _) => Dir::Explicit(p),
+            (None, Some(url)) => Dir::Backend(url),
+            (None, None) => Dir::Configured,
         };
         Request {
             mode: self.mode,

@@ -30,6 +30,7 @@ pub struct LockSpec {
     wait: Wait,
     mode: Mode,
     kind: Kind,
+    backend: Option<&'static str>,
 }
 
 impl LockSpec {
@@ -47,7 +48,14 @@ impl LockSpec {
             wait: Wait::Block,
             mode: Mode::Exclusive,
             kind: Kind::MUTEX,
+            backend: None,
         }
+    }
+
+    /// `backend = "postgres://..."`.
+    pub const fn backend(mut self, url: &'static str) -> Self {
+        self.backend = Some(url);
+        self
     }
 
     /// `shared`.
@@ -129,9 +137,10 @@ impl CallSite {
 
     #[inline]
     fn request(&'static self) -> Request<'static> {
-        let dir = match self.spec.lock_path {
-            Some(p) => Dir::Explicit(Path::new(p)),
-            None => Dir::Configured,
+        let dir = match (self.spec.lock_path, self.spec.backend) {
+            (Some(p), _) => Dir::Explicit(Path::new(p)),
+            (None, Some(url)) => Dir::Backend(url),
+            (None, None) => Dir::Configured,
         };
         Request {
             mode: self.spec.mode,
