@@ -108,6 +108,7 @@ impl RawLock {
         }
     }
 
+    #[inline]
     fn is_writer(&self, mode: Mode) -> bool {
         self.cap == WRITER && mode == Mode::Exclusive
     }
@@ -154,8 +155,13 @@ impl RawLock {
     /// The caller must hold `mode` (have taken it and not released it).
     #[inline]
     pub(crate) unsafe fn unlock(&self, mode: Mode) {
-        let n = units(self.cap, mode);
-        let before = self.used.fetch_sub(n, Ordering::Release);
+        let before = if self.is_writer(mode) {
+            // A writer holds everything: nobody else can change `used` now.
+            self.used.store(0, Ordering::Release);
+            WRITER
+        } else {
+            self.used.fetch_sub(1, Ordering::Release)
+        };
         if self.mixed.load(Ordering::SeqCst) {
             // Only the last reader out can let a writer in.
             if mode == Mode::Exclusive || self.cap != WRITER || before == 1 {
