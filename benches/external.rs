@@ -1,0 +1,641 @@
+//! Inter-process benchmarks (SPEC §7): `cargo bench --bench external`.
+//!
+//! 1. Uncontended external acquire+release against raw `F_OFD_SETLK` +
+//!    `F_UNLCK` on an already-open descriptor (bar: ≤ 1.5×), with
+//!    open+lock+close (what naive libraries do) for reference.
+//! 2. Cross-process handoff: the holder unlocks while the other process is
+//!    asleep in the kernel waiting for the lock; latency from the unlock to
+//!    the waiter holding the lock, CLOCK_MONOTONIC on both sides, through a
+//!    shared mmap'd file (bar: median ≤ 1.5× raw `F_OFD_SETLKW`).
+//! 3. Throughput: 4 processes × 2 threads incrementing a counter file under
+//!    the lock, raw OFD (a descriptor per thread) against lockutils.
+//!
+//! The helper processes are this binary, re-run with `LOCKUTILS_BENCH_CHILD`
+//! set. `BENCH_ONLY=uncontended|handoff|throughput|python` runs one part;
+//! `BENCH_RUNS=n` sets the throughput runs (default 5);
+//! `BENCH_ONLY=strace` (or `strace-dynamic`) runs 100,000 uncontended
+//! lockutils acquisitions and nothing else, for `strace -c -f`.
+
+mod support;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use lockutils::__private::{CallSite, LockSpec};
+use support::{mono_ns, percentile, print_table, run_group, variant};
+
+const CHILD_ENV: &str = "LOCKUTILS_BENCH_CHILD";
+
+// ---- raw OFD primitives ---------------------------------------------------
+
+fn flock_whole(kind: libc::c_int) -> libc::flock {
+    // SAFETY: plain C struct, all-zero is valid (l_pid must be 0 for OFD).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl
+}
+
+#[inline]
+fn ofd(fd: libc::c_int, cmd: libc::c_int, kind: libc::c_int) {
+    let fl = flock_whole(kind);
+    // SAFETY: valid descriptor and flock.
+    let r = unsafe { libc::fcntl(fd, cmd, &fl) };
+    assert_eq!(r, 0, "fcntl: {}", std::io::Error::last_os_error());
+}
+
+fn open_rw(path: &Path) -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .expect("open lock file")
+}
+
+/// open(O_CREAT) + lock + close (closing the descriptor releases the lock).
+#[inline(never)]
+fn naive_open_lock_close(path: &CString, c: &mut u64) {
+    // SAFETY: valid C string; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    assert!(fd >= 0);
+    ofd(fd, libc::F_OFD_SETLK, libc::F_WRLCK);
+    *black_box(c) += 1;
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+}
+
+/// The floor for a design that keeps descriptors open across acquisitions:
+/// after locking it must check the file was not removed meanwhile.
+#[inline(never)]
+fn raw_ofd_fstat(fd: libc::c_int, c: &mut u64) {
+    ofd(fd, libc::F_OFD_SETLK, libc::F_WRLCK);
+    // SAFETY: valid descriptor and buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    assert!(black_box(st.st_nlink) > 0);
+    *black_box(c) += 1;
+    ofd(fd, libc::F_OFD_SETLK, libc::F_UNLCK);
+}
+
+#[inline(never)]
+fn raw_ofd(fd: libc::c_int, c: &mut u64) {
+    ofd(fd, libc::F_OFD_SETLK, libc::F_WRLCK);
+    *black_box(c) += 1;
+    ofd(fd, libc::F_OFD_SETLK, libc::F_UNLCK);
+}
+
+// ---- lockutils ------------------------------------------------------------
+
+/// A `#[synchronized(name, external, lock_path = dir)]` call site, built at
+/// run time so that `dir` can be a temporary directory.
+fn call_site(name: &'static str, dir: &Path) -> &'static CallSite {
+    let dir: &'static str = Box::leak(
+        dir.to_str()
+            .expect("utf-8 path")
+            .to_owned()
+            .into_boxed_str(),
+    );
+    Box::leak(Box::new(CallSite::new(
+        LockSpec::new(name, "", "external::bench")
+            .external()
+            .lock_path(dir),
+    )))
+}
+
+#[inline(never)]
+fn lockutils_site(site: &'static CallSite, c: &mut u64) {
+    let _g = site.acquire_or_panic();
+    *black_box(c) += 1;
+}
+
+#[inline(never)]
+#[lockutils::synchronized("bench-macro", external)]
+fn lockutils_macro(c: &mut u64) {
+    *black_box(c) += 1;
+}
+
+#[inline(never)]
+fn lockutils_builder(name: &str, dir: &Path, c: &mut u64) {
+    let _g = lockutils::lock(name)
+        .external()
+        .lock_path(dir)
+        .acquire()
+        .expect("lock");
+    *black_box(c) += 1;
+}
+
+// ---- 1. uncontended -------------------------------------------------------
+
+fn uncontended(dir: &Path, samples: usize) {
+    let raw_file = open_rw(&dir.join("raw"));
+    let raw_fd = raw_file.as_raw_fd();
+    let naive_path = CString::new(dir.join("naive").as_os_str().as_bytes()).expect("path");
+    let site = call_site("bench-site", dir);
+    lockutils::set_lock_path(dir);
+    let mut c = 0;
+    lockutils_site(site, &mut c); // opens the file once; the call site keeps it
+    lockutils_macro(&mut c);
+    let dyn_name: String = black_box(String::from("bench-dynamic"));
+    let [mut c0, mut c1, mut c2, mut c3, mut c4, mut c5, mut c6] = [0u64; 7];
+    let mut vs = vec![
+        variant("raw F_OFD_SETLK + F_UNLCK, fd kept open (raw)", || {
+            raw_ofd(raw_fd, &mut c0)
+        }),
+        variant("static call site, external, lock_path = dir", || {
+            lockutils_site(site, &mut c1)
+        }),
+        variant("#[synchronized(.., external)], set_lock_path(dir)", || {
+            lockutils_macro(&mut c2)
+        }),
+        variant(
+            "lock(\"bench-site\").external().lock_path(dir), entry kept",
+            || lockutils_builder("bench-site", dir, &mut c3),
+        ),
+        variant(
+            "lock(dyn).external().lock_path(dir), entry created+freed",
+            || lockutils_builder(&dyn_name, dir, &mut c4),
+        ),
+        variant(
+            "open(O_CREAT) + F_OFD_SETLK + close (naive, reference)",
+            || naive_open_lock_close(&naive_path, &mut c5),
+        ),
+        variant(
+            "raw F_OFD_SETLK + fstat + F_UNLCK (floor with a check)",
+            || raw_ofd_fstat(raw_fd, &mut c6),
+        ),
+    ];
+    let stats = run_group(&mut vs, samples, Duration::from_millis(2));
+    print_table(
+        "## 1. Uncontended external acquire + body + release, one thread (ns/op; ratio vs raw OFD)",
+        &stats,
+        0,
+    );
+    verdict(
+        "static call site / raw OFD (median)",
+        stats[1].median() / stats[0].median(),
+        1.5,
+    );
+    verdict(
+        "#[synchronized] / raw OFD (median)",
+        stats[2].median() / stats[0].median(),
+        1.5,
+    );
+}
+
+fn verdict(what: &str, ratio: f64, bar: f64) {
+    let ok = if ratio <= bar { "MET" } else { "MISSED" };
+    println!("{what}: {ratio:.2}x  (bar <= {bar}x) -> {ok}");
+}
+
+// ---- 2. handoff latency ----------------------------------------------------
+
+const ROUNDS: usize = 4000;
+
+/// Shared between the two processes through a `MAP_SHARED` file mapping.
+#[repr(C)]
+struct Shm {
+    ready: AtomicU64,
+    /// `waiting[side]`: round + 1 that `side` is waiting for.
+    waiting: [AtomicU64; 2],
+    /// Last round whose waiter holds the lock, + 1.
+    acquired: AtomicU64,
+    released_at: [AtomicU64; ROUNDS],
+    acquired_at: [AtomicU64; ROUNDS],
+}
+
+fn map_shm(path: &Path, create: bool) -> &'static Shm {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .open(path)
+        .expect("shm");
+    let len = std::mem::size_of::<Shm>();
+    if create {
+        f.set_len(len as u64).expect("shm size");
+    }
+    // SAFETY: a fresh shared mapping of `len` bytes of a file that size;
+    // zero bytes are valid atomics. Leaked: lives as long as the process.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    unsafe { &*(p as *const Shm) }
+}
+
+/// Whether `pid`'s main thread is asleep (state `S`): blocked in the kernel.
+fn asleep(pid: u32) -> bool {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit(')')
+        .next()
+        .map(|r| r.trim_start().starts_with('S'))
+        .unwrap_or(false)
+}
+
+enum Locker {
+    Raw(File),
+    Lockutils(&'static CallSite, Option<lockutils::LockGuard>),
+}
+
+impl Locker {
+    fn new(kind: &str, dir: &Path) -> Locker {
+        match kind {
+            "raw" => Locker::Raw(open_rw(&dir.join("handoff-raw"))),
+            _ => Locker::Lockutils(call_site("handoff-lu", dir), None),
+        }
+    }
+    #[inline]
+    fn lock(&mut self) {
+        match self {
+            Locker::Raw(f) => ofd(f.as_raw_fd(), libc::F_OFD_SETLKW, libc::F_WRLCK),
+            Locker::Lockutils(site, g) => *g = Some(site.acquire_or_panic()),
+        }
+    }
+    #[inline]
+    fn unlock(&mut self) {
+        match self {
+            Locker::Raw(f) => ofd(f.as_raw_fd(), libc::F_OFD_SETLK, libc::F_UNLCK),
+            Locker::Lockutils(_, g) => *g = None,
+        }
+    }
+}
+
+/// One side of the ping-pong. Side 0 holds the lock first; in round `r`
+/// side `r % 2` releases (once the other side sleeps in the kernel waiting)
+/// and the other side acquires.
+fn handoff_side(me: usize, peer: u32, locker: &mut Locker, shm: &Shm) {
+    let other = 1 - me;
+    if me == 0 {
+        locker.lock();
+        shm.ready.store(1, Ordering::SeqCst);
+    } else {
+        while shm.ready.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+    }
+    for r in 0..ROUNDS {
+        let tag = r as u64 + 1;
+        if r % 2 == me {
+            while shm.waiting[other].load(Ordering::SeqCst) != tag || !asleep(peer) {
+                std::thread::yield_now();
+            }
+            shm.released_at[r].store(mono_ns(), Ordering::SeqCst);
+            locker.unlock();
+            while shm.acquired.load(Ordering::SeqCst) < tag {
+                std::thread::yield_now();
+            }
+        } else {
+            shm.waiting[me].store(tag, Ordering::SeqCst);
+            locker.lock();
+            shm.acquired_at[r].store(mono_ns(), Ordering::SeqCst);
+            shm.acquired.store(tag, Ordering::SeqCst);
+        }
+    }
+    locker.unlock();
+}
+
+fn handoff_run(exe: &Path, dir: &Path, kind: &str, run: usize) -> Vec<f64> {
+    let shm_path = dir.join(format!("shm-{kind}-{run}"));
+    let shm = map_shm(&shm_path, true);
+    let mut child = Command::new(exe)
+        .env(CHILD_ENV, format!("handoff-{kind}"))
+        .env("BENCH_DIR", dir)
+        .env("BENCH_SHM", &shm_path)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let mut locker = Locker::new(kind, dir);
+    handoff_side(0, child.id(), &mut locker, shm);
+    assert!(
+        child.wait().expect("child").success(),
+        "handoff child failed"
+    );
+    (0..ROUNDS)
+        .map(|r| {
+            let a = shm.acquired_at[r].load(Ordering::SeqCst);
+            let b = shm.released_at[r].load(Ordering::SeqCst);
+            a.saturating_sub(b) as f64
+        })
+        .collect()
+}
+
+fn handoff(exe: &Path, dir: &Path, runs: usize) {
+    let mut raw = Vec::new();
+    let mut lu = Vec::new();
+    for run in 0..runs {
+        raw.extend(handoff_run(exe, dir, "raw", run));
+        lu.extend(handoff_run(exe, dir, "lu", run));
+    }
+    println!(
+        "\n## 2. Cross-process handoff: holder unlocks -> waiter (asleep in the kernel) holds \
+         the lock (us; {} handoffs each, {runs} runs interleaved)",
+        raw.len()
+    );
+    println!(
+        "| {:<44} | {:>8} | {:>8} | {:>8} | {:>8} | {:>9} |",
+        "variant", "median", "p90", "p99", "min", "x median"
+    );
+    println!(
+        "|{:-<46}|{:->10}|{:->10}|{:->10}|{:->10}|{:->11}|",
+        "", ":", ":", ":", ":", ":"
+    );
+    let base = percentile(&raw, 50.0);
+    for (name, xs) in [
+        ("raw F_OFD_SETLKW / F_UNLCK (raw)", &raw),
+        ("lockutils static call site, external", &lu),
+    ] {
+        let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "| {:<44} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.2}x |",
+            name,
+            percentile(xs, 50.0) / 1e3,
+            percentile(xs, 90.0) / 1e3,
+            percentile(xs, 99.0) / 1e3,
+            min / 1e3,
+            percentile(xs, 50.0) / base
+        );
+    }
+    verdict(
+        "handoff median lockutils / raw",
+        percentile(&lu, 50.0) / base,
+        1.5,
+    );
+}
+
+fn handoff_child(kind: &str) {
+    let dir = PathBuf::from(std::env::var_os("BENCH_DIR").expect("BENCH_DIR"));
+    let shm = map_shm(
+        Path::new(&std::env::var_os("BENCH_SHM").expect("BENCH_SHM")),
+        false,
+    );
+    let mut locker = Locker::new(kind, &dir);
+    handoff_side(1, std::os::unix::process::parent_id(), &mut locker, shm);
+}
+
+// ---- 3. throughput --------------------------------------------------------
+
+const PROCS: usize = 4;
+const THREADS: usize = 2;
+
+fn throughput_run(exe: &Path, dir: &Path, kind: &str, ops: u64) -> f64 {
+    let counter = dir.join(format!("counter-{kind}"));
+    std::fs::write(&counter, 0u64.to_le_bytes()).expect("counter");
+    let mut children: Vec<_> = (0..PROCS)
+        .map(|_| {
+            Command::new(exe)
+                .env(CHILD_ENV, format!("throughput-{kind}"))
+                .env("BENCH_DIR", dir)
+                .env("BENCH_COUNTER", &counter)
+                .env("BENCH_OPS", ops.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut outs: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().expect("stdout")))
+        .collect();
+    for o in &mut outs {
+        let mut line = String::new();
+        o.read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+    }
+    for c in &mut children {
+        c.stdin.take().expect("stdin").write_all(b"g").expect("go");
+    }
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for o in outs {
+        for line in o.lines() {
+            let line = line.expect("line");
+            let mut it = line
+                .split_whitespace()
+                .map(|x| x.parse::<u64>().expect("num"));
+            if let (Some(a), Some(b)) = (it.next(), it.next()) {
+                start = start.min(a);
+                end = end.max(b);
+            }
+        }
+    }
+    for mut c in children {
+        assert!(c.wait().expect("wait").success(), "throughput child failed");
+    }
+    let total = (PROCS * THREADS) as u64 * ops;
+    let bytes = std::fs::read(&counter).expect("counter");
+    let got = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    assert_eq!(got, total, "lost increments under the {kind} lock");
+    total as f64 / ((end - start) as f64 / 1e9)
+}
+
+fn throughput(exe: &Path, dir: &Path, runs: usize) {
+    let ops = 25_000;
+    let (mut raw, mut lu) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        raw.push(throughput_run(exe, dir, "raw", ops));
+        lu.push(throughput_run(exe, dir, "lu", ops));
+    }
+    println!(
+        "\n## 3. Throughput: {PROCS} processes x {THREADS} threads, {ops} locked increments \
+         of a counter file each (k ops/s; median of {runs} runs, totals verified)"
+    );
+    println!(
+        "| {:<52} | {:>10} | {:>10} | {:>9} |",
+        "variant", "median", "best", "x median"
+    );
+    println!("|{:-<54}|{:->12}|{:->12}|{:->11}|", "", ":", ":", ":");
+    let base = percentile(&raw, 50.0);
+    for (name, xs) in [
+        ("raw OFD, a descriptor per thread (raw)", &raw),
+        ("lockutils static call site, external", &lu),
+    ] {
+        let best = xs.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {:<52} | {:>10.1} | {:>10.1} | {:>8.2}x |",
+            name,
+            percentile(xs, 50.0) / 1e3,
+            best / 1e3,
+            percentile(xs, 50.0) / base
+        );
+    }
+}
+
+fn increment(counter: &File) {
+    let mut b = [0u8; 8];
+    // SAFETY: valid descriptor and buffer.
+    let n = unsafe { libc::pread(counter.as_raw_fd(), b.as_mut_ptr().cast(), 8, 0) };
+    assert_eq!(n, 8);
+    let v = u64::from_le_bytes(b) + 1;
+    let n = unsafe { libc::pwrite(counter.as_raw_fd(), v.to_le_bytes().as_ptr().cast(), 8, 0) };
+    assert_eq!(n, 8);
+}
+
+fn throughput_child(kind: &str) {
+    let dir = PathBuf::from(std::env::var_os("BENCH_DIR").expect("BENCH_DIR"));
+    let counter = PathBuf::from(std::env::var_os("BENCH_COUNTER").expect("BENCH_COUNTER"));
+    let ops: u64 = std::env::var("BENCH_OPS")
+        .expect("BENCH_OPS")
+        .parse()
+        .expect("ops");
+    let site = call_site("throughput-lu", &dir);
+    let barrier = Arc::new(Barrier::new(THREADS + 1));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (barrier, dir, counter, kind) = (
+                barrier.clone(),
+                dir.clone(),
+                counter.clone(),
+                kind.to_owned(),
+            );
+            std::thread::spawn(move || {
+                let counter = open_rw(&counter);
+                let raw = open_rw(&dir.join("throughput-raw"));
+                barrier.wait();
+                let t0 = mono_ns();
+                for _ in 0..ops {
+                    if kind == "raw" {
+                        ofd(raw.as_raw_fd(), libc::F_OFD_SETLKW, libc::F_WRLCK);
+                        increment(&counter);
+                        ofd(raw.as_raw_fd(), libc::F_OFD_SETLK, libc::F_UNLCK);
+                    } else {
+                        let _g = site.acquire_or_panic();
+                        increment(&counter);
+                    }
+                }
+                (t0, mono_ns())
+            })
+        })
+        .collect();
+    println!("ready");
+    let mut go = [0u8; 1];
+    std::io::Read::read_exact(&mut std::io::stdin(), &mut go).expect("go");
+    barrier.wait();
+    for t in threads {
+        let (a, b) = t.join().expect("thread");
+        println!("{a} {b}");
+    }
+}
+
+// ---- python anchor --------------------------------------------------------
+
+fn python_anchor(dir: &Path) {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lockutils-pyenv/bin/python");
+    if !py.exists() {
+        return;
+    }
+    let script = r#"
+import sys, time
+from oslo_concurrency import lockutils
+d = sys.argv[1]
+n = 2000
+for _ in range(100):
+    with lockutils.lock("bench-py", external=True, lock_path=d):
+        pass
+best = []
+for _ in range(5):
+    t = time.perf_counter()
+    for _ in range(n):
+        with lockutils.lock("bench-py", external=True, lock_path=d):
+            pass
+    best.append((time.perf_counter() - t) / n * 1e9)
+best.sort()
+print(best[len(best) // 2])
+"#;
+    match Command::new(&py).arg("-c").arg(script).arg(dir).output() {
+        Ok(o) if o.status.success() => {
+            let ns: f64 = String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(f64::NAN);
+            println!(
+                "\n## Reference: Python oslo.concurrency lockutils.lock(name, external=True) \
+                 uncontended acquire+release: {:.1} us/op (median of 5 x 2000)",
+                ns / 1e3
+            );
+        }
+        _ => {}
+    }
+}
+
+// ---- main -----------------------------------------------------------------
+
+fn strace_loop(dir: &Path, dynamic: bool) {
+    let site = call_site("bench-strace", dir);
+    let mut c = 0;
+    let n = 100_000;
+    if dynamic {
+        for _ in 0..n {
+            lockutils_builder("bench-strace-dyn", dir, &mut c);
+        }
+    } else {
+        lockutils_site(site, &mut c);
+        for _ in 0..n {
+            lockutils_site(site, &mut c);
+        }
+    }
+    println!("{n} acquisitions");
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        match role.split_once('-') {
+            Some(("handoff", kind)) => handoff_child(kind),
+            Some(("throughput", kind)) => throughput_child(kind),
+            _ => panic!("unknown child role {role}"),
+        }
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.starts_with("strace") {
+        strace_loop(dir, only == "strace-dynamic");
+        return;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let run = |part: &str| only.is_empty() || only == part;
+    println!("# lockutils external (lock file) benchmarks");
+    println!("machine: {}", support::machine());
+    println!("lock files in {} ", dir.display());
+    if run("uncontended") {
+        uncontended(dir, support::samples(200));
+    }
+    if run("handoff") {
+        handoff(&exe, dir, 4);
+    }
+    if run("throughput") {
+        let runs = std::env::var("BENCH_RUNS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        throughput(&exe, dir, runs);
+    }
+    if run("python") {
+        python_anchor(dir);
+    }
+}
