@@ -30,7 +30,10 @@ fn same_name_excludes_across_threads() {
     let ev = events.lock().unwrap();
     assert_eq!(ev.len(), 4 * 200 * 2);
     for pair in ev.chunks(2) {
-        assert_eq!(pair[0].0, pair[1].0, "another thread entered while one held the lock");
+        assert_eq!(
+            pair[0].0, pair[1].0,
+            "another thread entered while one held the lock"
+        );
         assert!(pair[0].1 && !pair[1].1);
     }
 }
@@ -59,10 +62,21 @@ fn prefix_is_part_of_the_identity() {
     let g = lock("api-pfx").prefix("nova").acquire().unwrap();
     assert_eq!(g.name(), "nova-api-pfx");
     // Same full name written another way: busy.
-    let e = lock("api-pfx").prefix("nova-").blocking(false).acquire().unwrap_err();
-    assert!(matches!(e, LockError::WouldBlock { ref name } if name == "nova-api-pfx"), "{e}");
+    let e = lock("api-pfx")
+        .prefix("nova-")
+        .blocking(false)
+        .acquire()
+        .unwrap_err();
+    assert!(
+        matches!(e, LockError::WouldBlock { ref name } if name == "nova-api-pfx"),
+        "{e}"
+    );
     // Other prefix, other lock.
-    let _other = lock("api-pfx").prefix("neutron-").blocking(false).acquire().unwrap();
+    let _other = lock("api-pfx")
+        .prefix("neutron-")
+        .blocking(false)
+        .acquire()
+        .unwrap();
     drop(g);
 }
 
@@ -82,19 +96,28 @@ fn nonblocking_and_timeout_report_busy() {
     assert!(e.is_busy());
 
     let t0 = Instant::now();
-    let e = lock("api-busy").timeout(Duration::from_millis(100)).acquire().unwrap_err();
+    let e = lock("api-busy")
+        .timeout(Duration::from_millis(100))
+        .acquire()
+        .unwrap_err();
     let waited = t0.elapsed();
     assert!(
         matches!(e, LockError::Timeout { timeout, .. } if timeout == Duration::from_millis(100)),
         "{e}"
     );
-    assert!(waited >= Duration::from_millis(100), "gave up early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(100),
+        "gave up early: {waited:?}"
+    );
     assert!(waited < Duration::from_secs(5), "gave up late: {waited:?}");
     assert!(e.to_string().contains("api-busy"));
 
     done_tx.send(()).unwrap();
     holder.join().unwrap();
-    let _g = lock("api-busy").timeout(Duration::from_secs(10)).acquire().unwrap();
+    let _g = lock("api-busy")
+        .timeout(Duration::from_secs(10))
+        .acquire()
+        .unwrap();
 }
 
 #[test]
@@ -108,7 +131,12 @@ fn a_timed_waiter_gets_the_lock_when_released_in_time() {
         drop(g);
     });
     held_rx.recv().unwrap();
-    let waiter = thread::spawn(|| lock("api-timed").timeout(Duration::from_secs(30)).acquire().map(drop));
+    let waiter = thread::spawn(|| {
+        lock("api-timed")
+            .timeout(Duration::from_secs(30))
+            .acquire()
+            .map(drop)
+    });
     go_tx.send(()).unwrap();
     waiter.join().unwrap().unwrap();
     holder.join().unwrap();
@@ -153,14 +181,20 @@ fn panic_while_holding_releases_without_poisoning() {
     })
     .join();
     assert!(r.is_err());
-    let _g = lock("api-panic").blocking(false).acquire().expect("lock stayed held after a panic");
+    let _g = lock("api-panic")
+        .blocking(false)
+        .acquire()
+        .expect("lock stayed held after a panic");
 }
 
 #[test]
 fn invalid_names_are_errors_not_panics() {
     for (name, prefix) in [("", ""), ("a\0b", ""), (".", ""), ("..", ""), ("x", "a/b")] {
         let e = lock(name).prefix(prefix).acquire().unwrap_err();
-        assert!(matches!(e, LockError::InvalidName { .. }), "{name:?}/{prefix:?}: {e}");
+        assert!(
+            matches!(e, LockError::InvalidName { .. }),
+            "{name:?}/{prefix:?}: {e}"
+        );
     }
     let long = "x".repeat(256);
     let e = lock(&long).acquire().unwrap_err();
@@ -180,7 +214,10 @@ fn kept_builder_can_be_acquired_repeatedly() {
 fn async_waiter_does_not_block_the_executor() {
     // One executor thread: if waiting blocked it, the holder task could
     // never run to release the lock.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let g = lock("api-async").acquire_async().await.unwrap();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -201,7 +238,10 @@ fn async_waiter_does_not_block_the_executor() {
 
 #[test]
 fn async_guard_is_held_across_await_on_a_multi_thread_runtime() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     let inside = Arc::new(Mutex::new(0u32));
     let max_inside = Arc::new(Mutex::new(0u32));
     rt.block_on(async {
@@ -235,11 +275,17 @@ fn async_guard_is_held_across_await_on_a_multi_thread_runtime() {
 
 #[test]
 fn async_timeout_and_nonblocking() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let _g = lock("api-async-to").acquire_async().await.unwrap();
         let t0 = Instant::now();
-        let e = lock("api-async-to").timeout(Duration::from_millis(50)).acquire_async().await;
+        let e = lock("api-async-to")
+            .timeout(Duration::from_millis(50))
+            .acquire_async()
+            .await;
         assert!(matches!(e, Err(LockError::Timeout { .. })), "{e:?}");
         assert!(t0.elapsed() >= Duration::from_millis(50));
         let e = lock("api-async-to").blocking(false).acquire_async().await;
@@ -249,7 +295,10 @@ fn async_timeout_and_nonblocking() {
 
 #[test]
 fn dropped_async_waiter_leaves_the_lock_usable() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let g = lock("api-async-cancel").acquire_async().await.unwrap();
         // A waiter that is polled (queued) and then dropped.
@@ -258,17 +307,23 @@ fn dropped_async_waiter_leaves_the_lock_usable() {
         assert!(r.is_err(), "acquired a held lock");
         drop(g);
         // The next waiter must not be starved by the dropped one.
-        let g2 = tokio::time::timeout(Duration::from_secs(10), lock("api-async-cancel").acquire_async())
-            .await
-            .expect("wake-up lost after a cancelled waiter")
-            .unwrap();
+        let g2 = tokio::time::timeout(
+            Duration::from_secs(10),
+            lock("api-async-cancel").acquire_async(),
+        )
+        .await
+        .expect("wake-up lost after a cancelled waiter")
+        .unwrap();
         drop(g2);
     });
 }
 
 #[test]
 fn threads_and_tasks_share_one_lock() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     let counter = Arc::new(Mutex::new((0u64, false)));
     let thread_side = {
         let counter = counter.clone();

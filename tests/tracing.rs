@@ -34,7 +34,11 @@ fn acquire_and_release_events_carry_lock_function_and_durations() {
     let dir = tempfile::tempdir().unwrap();
     tracing::subscriber::with_default(subscriber, || {
         assert_eq!(traced_fn(), 7);
-        let g = lockutils::lock("traced-ext").external().lock_path(dir.path()).acquire().unwrap();
+        let g = lockutils::lock("traced-ext")
+            .external()
+            .lock_path(dir.path())
+            .acquire()
+            .unwrap();
         drop(g);
     });
     let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
@@ -42,15 +46,31 @@ fn acquire_and_release_events_carry_lock_function_and_durations() {
     assert_eq!(lines.len(), 4, "{out}");
 
     assert!(lines[0].contains("DEBUG lockutils"), "{}", lines[0]);
-    assert!(lines[0].contains("Lock \"nova-traced\" acquired by"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("Lock \"nova-traced\" acquired by"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains("lock=\"nova-traced\""), "{}", lines[0]);
-    assert!(lines[0].contains("function=tracing::traced_fn"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("function=tracing::traced_fn"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains("waited="), "{}", lines[0]);
     assert!(lines[1].contains("\"released\""), "{}", lines[1]);
     assert!(lines[1].contains("held="), "{}", lines[1]);
 
     let file = dir.path().join("traced-ext");
-    assert!(lines[2].contains(&format!("lock_path=\"{}\"", file.display())), "{}", lines[2]);
-    assert!(lines[2].contains("function=tests/tracing.rs:"), "{}", lines[2]);
+    assert!(
+        lines[2].contains(&format!("lock_path=\"{}\"", file.display())),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[2].contains("function=tests/tracing.rs:"),
+        "{}",
+        lines[2]
+    );
     assert!(lines[3].contains("lock=\"traced-ext\""), "{}", lines[3]);
 }

@@ -34,10 +34,21 @@ use proc_macro::TokenStream;
 /// | `lock_path = "/dir"` or `lock_path = CONST` | the lock file's directory, instead of the configured one |
 /// | `blocking = false` | do not wait: a busy lock is `Err(LockError::WouldBlock { .. })` |
 /// | `timeout = "250ms"` | wait at most this long, then `Err(LockError::Timeout { .. })`; units `ns`, `us`, `ms`, `s`, `m`, `h`, decimals allowed (`"1.5s"`) |
+/// | `fair` | first come, first served: this process's waiters get the lock in the order they asked (oslo's `fair=True`) |
+/// | `shared` | take the lock as a reader: readers overlap, a writer (the default, exclusive mode) excludes everyone; with `external`, an `F_RDLCK` on the lock file (fasteners' `InterProcessReaderWriterLock` understands it). While a writer waits, new readers wait behind it |
+/// | `permits = 4` or `permits = CONST` | a counted semaphore: at most that many holders at once, in this process, and with `external` across every process using the lock file; at least 1 (`0` is a compile error); `CONST` is a `u32`, checked during constant evaluation. Not with `shared` |
 /// | `crate = path` | where the generated code finds `lockutils` (default `::lockutils`), for crates that rename or re-export it |
 ///
-/// A const name or prefix must be nameable from an item inside the function
-/// (a module-level or block-level `const`, not `Self::NAME` or a generic).
+/// A const name, prefix or `permits` must be nameable from an item inside
+/// the function (a module-level or block-level `const`, not `Self::NAME` or
+/// a generic).
+///
+/// `fair` and `permits` say what kind of lock a name is, and every user of
+/// the name, in this process and (for `permits`) in the others sharing the
+/// lock file, must say the same. Taking a name as another kind than it is
+/// in use as fails with `LockError::KindMismatch`, which is returned where
+/// lock errors are (see below) and is otherwise a panic naming the lock. A
+/// reader (`shared`) and a writer of one name are the same kind of lock.
 ///
 /// # Errors and panics
 ///

@@ -50,9 +50,7 @@ impl NameProblem {
             NameProblem::Nul => "a lock name must not contain a NUL byte",
             NameProblem::Dot => "a lock name must not be `.` or `..`",
             NameProblem::BadPrefix => "a lock prefix must not contain `/` or a NUL byte",
-            NameProblem::TooLong => {
-                "the lock file name (prefix + name) is longer than 255 bytes"
-            }
+            NameProblem::TooLong => "the lock file name (prefix + name) is longer than 255 bytes",
         }
     }
 }

@@ -57,7 +57,9 @@ fn lock_path_from_env() -> Option<Arc<Path>> {
     LOCK_PATH_ENV
         .iter()
         .find_map(|var| {
-            std::env::var_os(var).filter(|v| !v.is_empty()).map(|v| Arc::from(PathBuf::from(v)))
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(|v| Arc::from(PathBuf::from(v)))
         })
         .or_else(from_backend)
 }

@@ -133,7 +133,10 @@ impl LockError {
     /// True for the errors that say "busy": [`LockError::WouldBlock`] and
     /// [`LockError::Timeout`].
     pub fn is_busy(&self) -> bool {
-        matches!(self, LockError::WouldBlock { .. } | LockError::Timeout { .. })
+        matches!(
+            self,
+            LockError::WouldBlock { .. } | LockError::Timeout { .. }
+        )
     }
 }
 

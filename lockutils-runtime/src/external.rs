@@ -146,7 +146,10 @@ pub(crate) struct FilePool {
 
 impl FilePool {
     pub(crate) const fn new() -> Self {
-        FilePool { idle: parking_lot::Mutex::new(Vec::new()), turn: AtomicU32::new(0) }
+        FilePool {
+            idle: parking_lot::Mutex::new(Vec::new()),
+            turn: AtomicU32::new(0),
+        }
     }
 
     /// An idle file for `dir`, or a newly opened one. Files opened under
@@ -166,12 +169,18 @@ impl FilePool {
             Dir::Configured => match config::current_lock_path() {
                 (g, Some(d)) => (Some(g), d),
                 (_, None) => {
-                    return Err(LockError::LockPathNotSet { name: entry.name().to_owned() });
+                    return Err(LockError::LockPathNotSet {
+                        name: entry.name().to_owned(),
+                    });
                 }
             },
         };
         let file = open_creating_dir(entry, &dir)?;
-        Ok(Open { file, dir, generation })
+        Ok(Open {
+            file,
+            dir,
+            generation,
+        })
     }
 
     fn give_back(&self, open: Open) {
@@ -213,12 +222,17 @@ fn file_name(entry: &Entry) -> String {
 fn open_creating_dir(entry: &Entry, dir: &Path) -> Result<LockFile, LockError> {
     let path = dir.join(file_name(entry));
     let err = |e: OpenError| match e {
-        OpenError::NotRegular(kind) => {
-            LockError::NotRegularFile { name: entry.name().to_owned(), path: path.clone(), kind }
-        }
-        OpenError::Io(op, source) => {
-            LockError::Io { name: entry.name().to_owned(), path: path.clone(), op, source }
-        }
+        OpenError::NotRegular(kind) => LockError::NotRegularFile {
+            name: entry.name().to_owned(),
+            path: path.clone(),
+            kind,
+        },
+        OpenError::Io(op, source) => LockError::Io {
+            name: entry.name().to_owned(),
+            path: path.clone(),
+            op,
+            source,
+        },
     };
     match LockFile::open(&path) {
         Err(OpenError::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -252,7 +266,11 @@ pub(crate) enum Attempt {
 /// kernel on this thread, `Until` waits on a helper thread so the wait can
 /// end at the deadline. `Ok(None)`: busy (for `Try`) or the deadline passed;
 /// the hold is then gone and the in-process lock released.
-pub(crate) fn lock(mut hold: Hold, dir: Dir<'_>, wait: FileWait) -> Result<Option<Hold>, LockError> {
+pub(crate) fn lock(
+    mut hold: Hold,
+    dir: Dir<'_>,
+    wait: FileWait,
+) -> Result<Option<Hold>, LockError> {
     let deadline = match wait {
         FileWait::Try | FileWait::Block => {
             return Ok(match lock_step(&mut hold, dir, wait)? {
@@ -273,7 +291,11 @@ pub(crate) fn lock(mut hold: Hold, dir: Dir<'_>, wait: FileWait) -> Result<Optio
 
 /// One attempt on the lock server or lock file for `dir`. `Try` and
 /// `Block` only.
-pub(crate) fn lock_step(hold: &mut Hold, dir: Dir<'_>, wait: FileWait) -> Result<Attempt, LockError> {
+pub(crate) fn lock_step(
+    hold: &mut Hold,
+    dir: Dir<'_>,
+    wait: FileWait,
+) -> Result<Attempt, LockError> {
     match server(dir)? {
         None => file_step(hold, dir, wait),
         Some(server) => {
@@ -355,13 +377,21 @@ enum SlotError {
 /// `block` is false.
 fn lock_slot(entry: &Entry, open: &Open, n: u32, block: bool) -> Result<Option<Range>, SlotError> {
     for i in 0..u64::from(n) {
-        if open.file.try_lock(Mode::Exclusive, Range::Byte(i)).map_err(SlotError::Io)? {
+        if open
+            .file
+            .try_lock(Mode::Exclusive, Range::Byte(i))
+            .map_err(SlotError::Io)?
+        {
             return Ok(Some(Range::Byte(i)));
         }
     }
     // All busy. Anything locked at or past slot n is someone using this
     // file differently: more permits, or the whole file as a plain lock.
-    if open.file.others_hold_from(u64::from(n)).map_err(SlotError::Io)? {
+    if open
+        .file
+        .others_hold_from(u64::from(n))
+        .map_err(SlotError::Io)?
+    {
         return Err(SlotError::Mismatch);
     }
     if !block {
@@ -369,7 +399,9 @@ fn lock_slot(entry: &Entry, open: &Open, n: u32, block: bool) -> Result<Option<R
     }
     let turn = entry.files.turn.fetch_add(1, Ordering::Relaxed);
     let slot = u64::from(std::process::id().wrapping_add(turn) % n);
-    open.file.lock(Mode::Exclusive, Range::Byte(slot)).map_err(SlotError::Io)?;
+    open.file
+        .lock(Mode::Exclusive, Range::Byte(slot))
+        .map_err(SlotError::Io)?;
     Ok(Some(Range::Byte(slot)))
 }
 
@@ -396,8 +428,10 @@ enum State {
 impl Handoff {
     /// Starts the helper thread; it takes the lock file in the kernel.
     pub(crate) fn start(hold: Hold, dir: Dir<'_>) -> Result<Handoff, LockError> {
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State::Waiting(None)), done: Condvar::new() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::Waiting(None)),
+            done: Condvar::new(),
+        });
         let theirs = shared.clone();
         let dir_owned = OwnedDir::new(dir);
         let name = hold.entry().name().to_owned();

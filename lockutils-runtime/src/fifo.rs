@@ -49,7 +49,13 @@ impl Wake for ThreadWaker {
 
 impl FifoLock {
     pub(crate) const fn new(cap: usize) -> Self {
-        FifoLock { cap, state: Mutex::new(State { used: 0, queue: VecDeque::new() }) }
+        FifoLock {
+            cap,
+            state: Mutex::new(State {
+                used: 0,
+                queue: VecDeque::new(),
+            }),
+        }
     }
 
     /// Takes `mode` if it is free and nobody is queued. Never waits.
@@ -72,8 +78,11 @@ impl FifoLock {
             st.used += need;
             return None;
         }
-        let node =
-            Arc::new(Node { need, granted: AtomicBool::new(false), waker: Mutex::new(waker.clone()) });
+        let node = Arc::new(Node {
+            need,
+            granted: AtomicBool::new(false),
+            waker: Mutex::new(waker.clone()),
+        });
         st.queue.push_back(node.clone());
         Some(node)
     }
@@ -81,7 +90,9 @@ impl FifoLock {
     /// Waits in line for `mode`, blocking the thread, until `deadline`.
     pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>) -> bool {
         let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-        let Some(node) = self.try_or_enqueue(mode, &waker) else { return true };
+        let Some(node) = self.try_or_enqueue(mode, &waker) else {
+            return true;
+        };
         loop {
             if node.granted.load(Ordering::Acquire) {
                 return true;
@@ -135,7 +146,13 @@ impl FifoLock {
     }
 
     pub(crate) fn lock_async(&self, mode: Mode, deadline: Option<Instant>) -> FifoAsync<'_> {
-        FifoAsync { lock: self, mode, node: None, done: false, sleep: deadline.map(Sleep::new) }
+        FifoAsync {
+            lock: self,
+            mode,
+            node: None,
+            done: false,
+            sleep: deadline.map(Sleep::new),
+        }
     }
 
     /// Waiters in line, for introspection and tests.
@@ -146,7 +163,11 @@ impl FifoLock {
     /// Holders right now (a writer counts as one).
     pub(crate) fn holders(&self) -> usize {
         let used = self.state.lock().used;
-        if used >= crate::semaphore::WRITER { 1 } else { used }
+        if used >= crate::semaphore::WRITER {
+            1
+        } else {
+            used
+        }
     }
 }
 
@@ -250,7 +271,12 @@ mod tests {
         let l = FifoLock::new(WRITER);
         assert!(l.try_lock(Mode::Shared));
         std::thread::scope(|s| {
-            let w = s.spawn(|| l.lock_until(Mode::Exclusive, Some(Instant::now() + Duration::from_millis(50))));
+            let w = s.spawn(|| {
+                l.lock_until(
+                    Mode::Exclusive,
+                    Some(Instant::now() + Duration::from_millis(50)),
+                )
+            });
             while l.queued() < 1 {
                 std::thread::yield_now();
             }
@@ -259,7 +285,10 @@ mod tests {
             assert!(!w.join().unwrap(), "writer got in while a reader held");
         });
         assert_eq!(l.queued(), 0);
-        assert!(l.try_lock(Mode::Shared), "the timed-out writer blocked readers");
+        assert!(
+            l.try_lock(Mode::Shared),
+            "the timed-out writer blocked readers"
+        );
     }
 
     #[test]
@@ -268,11 +297,21 @@ mod tests {
         assert!(l.try_lock(Mode::Exclusive));
         let mut fut = Box::pin(l.lock_async(Mode::Exclusive, None));
         let waker = Waker::noop();
-        assert!(fut.as_mut().poll(&mut Context::from_waker(waker)).is_pending());
+        assert!(
+            fut.as_mut()
+                .poll(&mut Context::from_waker(waker))
+                .is_pending()
+        );
         unsafe { l.unlock(Mode::Exclusive) }; // granted to the future
         drop(fut);
-        assert!(l.try_lock(Mode::Exclusive), "granted-then-dropped waiter kept the lock");
-        let fut = l.lock_async(Mode::Exclusive, Some(Instant::now() + Duration::from_millis(10)));
+        assert!(
+            l.try_lock(Mode::Exclusive),
+            "granted-then-dropped waiter kept the lock"
+        );
+        let fut = l.lock_async(
+            Mode::Exclusive,
+            Some(Instant::now() + Duration::from_millis(10)),
+        );
         assert!(!block_on(fut));
     }
 }

@@ -61,7 +61,9 @@ impl LockFile {
         opts.read(true).write(true).create(true);
         sys::harden(&mut opts);
         let file = opts.open(path).map_err(sys::open_error)?;
-        let meta = file.metadata().map_err(|e| OpenError::Io("inspect lock file", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| OpenError::Io("inspect lock file", e))?;
         sys::check_kind(&meta)?;
         Ok(LockFile { file })
     }
@@ -122,7 +124,8 @@ mod sys {
 
     pub(super) fn harden(opts: &mut OpenOptions) {
         // std adds O_CLOEXEC itself.
-        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).mode(0o644);
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .mode(0o644);
     }
 
     pub(super) fn open_error(e: io::Error) -> OpenError {
@@ -211,7 +214,11 @@ mod sys {
 
     pub(super) fn unlock(file: &File, range: Range) -> io::Result<()> {
         let (start, len) = span(range);
-        fcntl(file, SETLK, &mut flock(libc::F_UNLCK as libc::c_int, start, len))
+        fcntl(
+            file,
+            SETLK,
+            &mut flock(libc::F_UNLCK as libc::c_int, start, len),
+        )
     }
 
     pub(super) fn others_hold(file: &File, start: u64, len: u64) -> io::Result<bool> {
@@ -237,8 +244,8 @@ mod sys {
     use windows_sys::Win32::Storage::FileSystem::{
         BY_HANDLE_FILE_INFORMATION, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT,
         FILE_FLAG_OPEN_REPARSE_POINT, FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE,
-        GetFileInformationByHandle, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY,
-        LockFileEx, UnlockFileEx,
+        GetFileInformationByHandle, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx,
+        UnlockFileEx,
     };
     use windows_sys::Win32::System::IO::{OVERLAPPED, OVERLAPPED_0_0};
 
@@ -274,7 +281,10 @@ mod sys {
             Range::Whole => 0,
             Range::Byte(i) => i,
         };
-        ov.Anonymous.Anonymous = OVERLAPPED_0_0 { Offset: at as u32, OffsetHigh: (at >> 32) as u32 };
+        ov.Anonymous.Anonymous = OVERLAPPED_0_0 {
+            Offset: at as u32,
+            OffsetHigh: (at >> 32) as u32,
+        };
         ov
     }
 
@@ -336,7 +346,10 @@ mod tests {
         let b = LockFile::open(&p).unwrap();
         let (x, w) = (Mode::Exclusive, Range::Whole);
         assert!(a.try_lock(x, w).unwrap());
-        assert!(!b.try_lock(x, w).unwrap(), "OFD locks must exclude a second descriptor");
+        assert!(
+            !b.try_lock(x, w).unwrap(),
+            "OFD locks must exclude a second descriptor"
+        );
         assert!(b.others_hold_from(0).unwrap());
         a.unlock(w).unwrap();
         assert!(!b.others_hold_from(0).unwrap());
@@ -358,7 +371,10 @@ mod tests {
         assert!(b.try_lock(Mode::Exclusive, Range::Byte(1)).unwrap());
         assert!(!b.try_lock(Mode::Exclusive, Range::Byte(0)).unwrap());
         assert!(b.others_hold_from(0).unwrap());
-        assert!(!b.others_hold_from(1).unwrap(), "our own slot 1 counted as someone else's");
+        assert!(
+            !b.others_hold_from(1).unwrap(),
+            "our own slot 1 counted as someone else's"
+        );
         drop(a);
         assert!(!b.others_hold_from(0).unwrap());
     }
@@ -371,22 +387,34 @@ mod tests {
         std::fs::write(&target, b"precious").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(LockFile::open(&link), Err(OpenError::NotRegular("symlink"))));
+        assert!(matches!(
+            LockFile::open(&link),
+            Err(OpenError::NotRegular("symlink"))
+        ));
         // A dangling symlink must not create its target either.
         let dangling = dir.path().join("dangling");
         std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
-        assert!(matches!(LockFile::open(&dangling), Err(OpenError::NotRegular("symlink"))));
+        assert!(matches!(
+            LockFile::open(&dangling),
+            Err(OpenError::NotRegular("symlink"))
+        ));
         assert!(!dir.path().join("nowhere").exists());
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
 
         let fifo = dir.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        assert!(matches!(LockFile::open(&fifo), Err(OpenError::NotRegular("fifo"))));
+        assert!(matches!(
+            LockFile::open(&fifo),
+            Err(OpenError::NotRegular("fifo"))
+        ));
 
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
-        assert!(matches!(LockFile::open(&sub), Err(OpenError::NotRegular("directory"))));
+        assert!(matches!(
+            LockFile::open(&sub),
+            Err(OpenError::NotRegular("directory"))
+        ));
     }
 
     #[cfg(unix)]

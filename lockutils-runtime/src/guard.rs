@@ -1,19 +1,61 @@
-//! The guards users hold, and this thread's list of held locks.
+//! The guards users hold, and what this thread holds.
+//!
+//! Which thread holds a lock is needed for two things: the re-entry check
+//! (a thread about to wait for a lock it holds would wait forever) and
+//! [`locks_held`]. Both are rare, so the common case pays little: a writer
+//! (an exclusive holder of a plain or fair lock, the most common case)
+//! writes its thread's id and a sequence number into the entry; readers
+//! and semaphore holders, which share a lock, are listed in a thread-local
+//! list instead.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::hold::Hold;
-use crate::registry::Entry;
+use crate::registry::{self, Entry};
 use crate::trace::{self, Site};
 
 thread_local! {
-    /// Entries this thread holds through a [`LockGuard`], oldest first.
-    /// A pointer stays valid while it is listed: the guard that listed it
-    /// keeps the entry alive, and unlists it when dropped.
-    static HELD: RefCell<Vec<*const Entry>> = const { RefCell::new(Vec::new()) };
+    /// Its address identifies the thread (while it lives).
+    static ME: u8 = const { 0 };
+    /// Counts this thread's synchronous acquisitions, to order `locks_held`.
+    static SEQ: Cell<u64> = const { Cell::new(0) };
+    /// Shared and semaphore holds of this thread, with their sequence
+    /// numbers. A pointer stays valid while listed: the guard that listed
+    /// it keeps the entry alive and unlists it when dropped.
+    static SHARED: RefCell<Vec<(*const Entry, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's id: the address of a thread-local, never 0.
+#[inline]
+pub(crate) fn me() -> usize {
+    ME.with(|b| b as *const u8 as usize)
+}
+
+#[inline]
+fn next_seq() -> u64 {
+    SEQ.with(|c| {
+        let n = c.get() + 1;
+        c.set(n);
+        n
+    })
+}
+
+/// Records this thread as the exclusive holder of `entry`.
+#[inline(always)]
+pub(crate) fn set_owner(entry: &Entry) {
+    entry.owner_seq.store(next_seq(), Ordering::Relaxed);
+    entry.owner.store(me(), Ordering::Relaxed);
+}
+
+/// Before releasing an exclusive hold.
+#[inline(always)]
+pub(crate) fn clear_owner(entry: &Entry) {
+    entry.owner.store(0, Ordering::Relaxed);
 }
 
 /// The full names of the locks this thread holds through synchronous
@@ -21,23 +63,35 @@ thread_local! {
 /// [`Lock::acquire`](crate::Lock::acquire)), oldest first.
 ///
 /// Locks held by async code are not listed: a future can move between
-/// threads while it holds one.
+/// threads while it holds one. This looks through every lock in use, so it
+/// is meant for debugging and assertions, not hot paths.
 pub fn locks_held() -> Vec<String> {
-    HELD.try_with(|h| {
-        h.borrow()
-            .iter()
-            // SAFETY: listed entries are alive (see `HELD`).
-            .map(|&e| unsafe { &*e }.name().to_owned())
-            .collect()
-    })
-    .unwrap_or_default()
+    let me = me();
+    let mut held: Vec<(u64, String)> = Vec::new();
+    registry::for_each(|e| {
+        if e.owner.load(Ordering::Relaxed) == me {
+            held.push((e.owner_seq.load(Ordering::Relaxed), e.name().to_owned()));
+        }
+    });
+    let _ = SHARED.try_with(|l| {
+        for &(e, seq) in l.borrow().iter() {
+            // SAFETY: listed entries are alive (see `SHARED`).
+            held.push((seq, unsafe { &*e }.name().to_owned()));
+        }
+    });
+    held.sort_unstable_by_key(|(seq, _)| *seq);
+    held.into_iter().map(|(_, name)| name).collect()
 }
 
 /// Panics if this thread holds `entry`: waiting for it would never end.
 #[cold]
 pub(crate) fn check_reentry(entry: &Entry) {
-    let me: *const Entry = entry;
-    if HELD.try_with(|h| h.borrow().contains(&me)).unwrap_or(false) {
+    let ptr: *const Entry = entry;
+    let mine = entry.owner.load(Ordering::Relaxed) == me()
+        || SHARED
+            .try_with(|l| l.borrow().iter().any(|&(e, _)| e == ptr))
+            .unwrap_or(false);
+    if mine {
         panic!(
             "lockutils: this thread already holds lock {:?} and tried to take it again; \
              locks are not re-entrant, so waiting would deadlock",
@@ -51,11 +105,42 @@ struct Trace {
     acquired: Instant,
 }
 
-fn start_trace(hold: &Hold, site: Site, started: Option<Instant>) -> Option<Trace> {
-    let started = started?;
+#[cold]
+#[inline(never)]
+fn start_trace(hold: &Hold, site: Site, started: Instant) -> Option<Box<Trace>> {
     let path = lock_file(hold);
     let acquired = trace::acquired(hold, site, path.as_deref(), started);
-    Some(Trace { site, acquired })
+    Some(Box::new(Trace { site, acquired }))
+}
+
+/// Lists a shared or semaphore hold of this thread.
+#[cold]
+#[inline(never)]
+fn list(entry: &Entry, seq: u64) {
+    let e: *const Entry = entry;
+    // `try_with`: a guard taken in a thread-local destructor is simply not
+    // listed.
+    let _ = SHARED.try_with(|l| l.borrow_mut().push((e, seq)));
+}
+
+#[cold]
+#[inline(never)]
+fn unlist(entry: &Entry) {
+    let ptr: *const Entry = entry;
+    let _ = SHARED.try_with(|l| {
+        let mut l = l.borrow_mut();
+        if let Some(i) = l.iter().rposition(|&(e, _)| e == ptr) {
+            l.swap_remove(i);
+        }
+    });
+}
+
+#[cold]
+#[inline(never)]
+fn end_trace(entry: &Entry, t: Option<Box<Trace>>) {
+    if let Some(t) = t {
+        trace::released(entry.name(), t.site, t.acquired);
+    }
 }
 
 /// A held lock, taken by a synchronous caller. Dropping it releases the
@@ -66,19 +151,29 @@ fn start_trace(hold: &Hold, site: Site, started: Option<Instant>) -> Option<Trac
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     hold: Hold,
-    trace: Option<Trace>,
+    // Freed by `end_trace`, keeping the drop glue small.
+    trace: ManuallyDrop<Option<Box<Trace>>>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl LockGuard {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(hold: Hold, site: Site, started: Option<Instant>) -> LockGuard {
-        let e: *const Entry = hold.entry();
-        // `try_with`: a guard taken in a thread-local destructor is simply
-        // not listed.
-        let _ = HELD.try_with(|h| h.borrow_mut().push(e));
-        let trace = start_trace(&hold, site, started);
-        LockGuard { hold, trace, _not_send: PhantomData }
+        let entry = hold.entry();
+        if hold.is_writer() {
+            set_owner(entry);
+        } else {
+            list(entry, next_seq());
+        }
+        let trace = match started {
+            None => None,
+            Some(t) => start_trace(&hold, site, t),
+        };
+        LockGuard {
+            hold,
+            trace: ManuallyDrop::new(trace),
+            _not_send: PhantomData,
+        }
     }
 
     /// The full lock name (prefix, separator, name).
@@ -112,17 +207,16 @@ impl LockGuard {
 }
 
 impl Drop for LockGuard {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
-        let me: *const Entry = self.hold.entry();
-        let _ = HELD.try_with(|h| {
-            let mut h = h.borrow_mut();
-            if let Some(i) = h.iter().rposition(|&e| e == me) {
-                h.remove(i);
-            }
-        });
-        if let Some(t) = &self.trace {
-            trace::released(self.hold.entry().name(), t.site, t.acquired);
+        let entry = self.hold.entry();
+        if self.hold.is_writer() {
+            clear_owner(entry);
+        } else {
+            unlist(entry);
+        }
+        if self.trace.is_some() {
+            end_trace(entry, self.trace.take());
         }
         // `hold` drops next: lock file, then in-process lock.
     }
@@ -130,7 +224,9 @@ impl Drop for LockGuard {
 
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockGuard").field("name", &self.name()).finish_non_exhaustive()
+        f.debug_struct("LockGuard")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,12 +237,12 @@ impl std::fmt::Debug for LockGuard {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct AsyncLockGuard {
     hold: Hold,
-    trace: Option<Trace>,
+    trace: Option<Box<Trace>>,
 }
 
 impl AsyncLockGuard {
     pub(crate) fn new(hold: Hold, site: Site, started: Option<Instant>) -> AsyncLockGuard {
-        let trace = start_trace(&hold, site, started);
+        let trace = started.and_then(|t| start_trace(&hold, site, t));
         AsyncLockGuard { hold, trace }
     }
 
@@ -173,15 +269,15 @@ impl AsyncLockGuard {
 
 impl Drop for AsyncLockGuard {
     fn drop(&mut self) {
-        if let Some(t) = &self.trace {
-            trace::released(self.hold.entry().name(), t.site, t.acquired);
-        }
+        end_trace(self.hold.entry(), self.trace.take());
     }
 }
 
 impl std::fmt::Debug for AsyncLockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncLockGuard").field("name", &self.name()).finish_non_exhaustive()
+        f.debug_struct("AsyncLockGuard")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,5 +1,6 @@
 //! What a held lock is made of, below the public guards.
 
+use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::path::PathBuf;
 
@@ -33,18 +34,28 @@ impl Deref for EntryRef {
 /// It is `Send`, so the ownership of a held lock can move to the thread
 /// that waits for the lock file on an async or timed caller's behalf.
 pub(crate) struct Hold {
-    entry: EntryRef,
+    // `ManuallyDrop` keeps the drop glue tiny, so releasing inlines; `Drop`
+    // below releases both explicitly.
+    entry: ManuallyDrop<EntryRef>,
     mode: Mode,
-    external: Option<ExternalHold>,
+    /// Exclusive hold of a lock (not a semaphore): one holder at a time.
+    writer: bool,
+    external: ManuallyDrop<Option<ExternalHold>>,
 }
 
 impl Hold {
     /// # Safety
     /// The caller must have just taken `entry`'s in-process lock in `mode`;
     /// the `Hold` now owns it.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn new(entry: EntryRef, mode: Mode) -> Hold {
-        Hold { entry, mode, external: None }
+        let writer = mode == Mode::Exclusive && entry.kind().permits.is_none();
+        Hold {
+            entry: ManuallyDrop::new(entry),
+            mode,
+            writer,
+            external: ManuallyDrop::new(None),
+        }
     }
 
     #[inline]
@@ -57,10 +68,16 @@ impl Hold {
         self.mode
     }
 
+    /// An exclusive hold of a lock (not a semaphore): one holder at a time.
+    #[inline(always)]
+    pub(crate) fn is_writer(&self) -> bool {
+        self.writer
+    }
+
     /// Records the lock file or server lock held through this hold.
     pub(crate) fn set_external(&mut self, external: ExternalHold) {
         debug_assert!(self.external.is_none());
-        self.external = Some(external);
+        *self.external = Some(external);
     }
 
     /// The lock file's path (or the server lock's description), if held.
@@ -82,13 +99,33 @@ impl Hold {
     }
 }
 
-impl Drop for Hold {
-    #[inline]
-    fn drop(&mut self) {
+impl Hold {
+    #[cold]
+    #[inline(never)]
+    fn release_external(&mut self) {
         if let Some(f) = self.external.take() {
             f.release(&self.entry);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drop_entry(&mut self) {
+        // SAFETY: called once, from `drop`, after the last use of `entry`.
+        unsafe { ManuallyDrop::drop(&mut self.entry) };
+    }
+}
+
+impl Drop for Hold {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.external.is_some() {
+            self.release_external();
+        }
         // SAFETY: a Hold owns the in-process lock in `mode` (see `new`).
         unsafe { self.entry.local.unlock(self.mode) };
+        if let EntryRef::Owned(_) = &*self.entry {
+            self.drop_entry();
+        }
     }
 }

@@ -27,8 +27,8 @@ pub mod private;
 
 pub use backend::redact as redact_url;
 pub use config::{
-    BACKEND_ENV, LOCK_PATH_ENV, lock_path, set_backend, process_locking, reset_lock_path, set_lock_path,
-    set_process_locking,
+    BACKEND_ENV, LOCK_PATH_ENV, lock_path, process_locking, reset_lock_path, set_backend,
+    set_lock_path, set_process_locking,
 };
 pub use error::{LockError, NameProblem};
 pub use guard::{AsyncLockGuard, LockGuard, locks_held};

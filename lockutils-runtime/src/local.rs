@@ -20,7 +20,10 @@ pub(crate) struct Kind {
 }
 
 impl Kind {
-    pub(crate) const MUTEX: Kind = Kind { fair: false, permits: None };
+    pub(crate) const MUTEX: Kind = Kind {
+        fair: false,
+        permits: None,
+    };
 
     fn capacity(self) -> usize {
         match self.permits {
@@ -56,7 +59,7 @@ impl Local {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_lock(&self, mode: Mode) -> bool {
         match self {
             Local::Barging(l) => l.try_lock(mode),
@@ -80,7 +83,7 @@ impl Local {
 
     /// # Safety
     /// The caller must hold `mode`.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn unlock(&self, mode: Mode) {
         // SAFETY: forwarded.
         unsafe {

@@ -41,8 +41,13 @@ pub(crate) struct Request<'a> {
 impl Request<'_> {
     fn busy(&self, name: &str) -> LockError {
         match self.wait {
-            Wait::Timeout(timeout) => LockError::Timeout { name: name.to_owned(), timeout },
-            _ => LockError::WouldBlock { name: name.to_owned() },
+            Wait::Timeout(timeout) => LockError::Timeout {
+                name: name.to_owned(),
+                timeout,
+            },
+            _ => LockError::WouldBlock {
+                name: name.to_owned(),
+            },
         }
     }
 
@@ -78,7 +83,11 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
     }
     // SAFETY: we just took the in-process lock in `req.mode`.
     let hold = unsafe { Hold::new(entry, req.mode) };
-    let hold = if req.wants_file() { lock_file(hold, req, deadline)? } else { hold };
+    let hold = if req.wants_file() {
+        lock_file(hold, req, deadline)?
+    } else {
+        hold
+    };
     Ok(LockGuard::new(hold, req.site, started))
 }
 
@@ -129,7 +138,10 @@ pub(crate) async fn acquire_async(
         }
         let name = hold.entry().name().to_owned();
         let handoff = Handoff::start(hold, req.dir)?;
-        let wait = WaitForFile { handoff, sleep: deadline.map(Sleep::new) };
+        let wait = WaitForFile {
+            handoff,
+            sleep: deadline.map(Sleep::new),
+        };
         hold = wait.await?.ok_or_else(|| req.busy(&name))?;
     }
     Ok(AsyncLockGuard::new(hold, req.site, started))
@@ -150,13 +162,14 @@ impl Future for WaitForFile {
             return Poll::Ready(r.map(Some));
         }
         if let Some(sleep) = &mut self.sleep
-            && sleep.poll_expired(cx) {
-                // The helper may have finished just now; take it if so.
-                return Poll::Ready(match self.handoff.poll(cx.waker()) {
-                    Some(r) => r.map(Some),
-                    None => Ok(None),
-                });
-            }
+            && sleep.poll_expired(cx)
+        {
+            // The helper may have finished just now; take it if so.
+            return Poll::Ready(match self.handoff.poll(cx.waker()) {
+                Some(r) => r.map(Some),
+                None => Ok(None),
+            });
+        }
         Poll::Pending
     }
 }
@@ -270,9 +283,11 @@ impl<'a> Lock<'a> {
 
     /// The full lock name: prefix, separator, name.
     pub fn full_name(&self) -> Result<String, LockError> {
-        lockutils_name::check(self.prefix, self.name).map_err(|problem| LockError::InvalidName {
-            name: lockutils_name::full_name(self.prefix, self.name),
-            problem,
+        lockutils_name::check(self.prefix, self.name).map_err(|problem| {
+            LockError::InvalidName {
+                name: lockutils_name::full_name(self.prefix, self.name),
+                problem,
+            }
         })?;
         Ok(lockutils_name::full_name(self.prefix, self.name))
     }
@@ -336,7 +351,10 @@ pub(crate) fn entry_for(
     kind: Kind,
     mode: Mode,
 ) -> Result<registry::Handle, LockError> {
-    let invalid = |reason| LockError::InvalidOptions { name: full_name.to_owned(), reason };
+    let invalid = |reason| LockError::InvalidOptions {
+        name: full_name.to_owned(),
+        reason,
+    };
     match kind.permits {
         Some(0) => return Err(invalid("permits must be at least 1")),
         Some(_) if mode == Mode::Shared => {
@@ -392,6 +410,11 @@ pub fn remove_external_lock_file(
     match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LockError::Io { name: full, path, op: "remove lock file", source }),
+        Err(source) => Err(LockError::Io {
+            name: full,
+            path,
+            op: "remove lock file",
+            source,
+        }),
     }
 }

@@ -12,11 +12,11 @@ use crate::guard::{AsyncLockGuard, LockGuard};
 use crate::hold::EntryRef;
 use crate::local::Kind;
 use crate::lock::{self, Request, Wait};
-use crate::semaphore::Mode;
 pub use crate::name::LockName;
 use crate::name::const_panic;
 use crate::registry::{Entry, Handle};
-use crate::trace::Site;
+use crate::semaphore::Mode;
+use crate::trace::{self, Site};
 
 /// A `#[synchronized]` attribute's arguments, checked during constant
 /// evaluation (a bad name or prefix fails the build).
@@ -106,6 +106,8 @@ impl LockSpec {
 /// call it keeps its registry entry, so later calls skip the registry.
 pub struct CallSite {
     spec: LockSpec,
+    /// In-process only and exclusive: a free lock can be taken inline.
+    fast: bool,
     entry: OnceLock<Handle>,
 }
 
@@ -115,7 +117,29 @@ pub struct CallSite {
 impl CallSite {
     /// A call site for `spec`.
     pub const fn new(spec: LockSpec) -> Self {
-        CallSite { spec, entry: OnceLock::new() }
+        let fast =
+            !spec.external && matches!(spec.mode, Mode::Exclusive) && spec.kind.permits.is_none();
+        CallSite {
+            spec,
+            fast,
+            entry: OnceLock::new(),
+        }
+    }
+
+    /// The uncontended case, inlined into the function: an in-process
+    /// exclusive lock that is free, with no debug subscriber listening.
+    #[inline(always)]
+    fn try_fast(&'static self) -> Option<SiteGuard> {
+        if self.fast
+            && !trace::maybe_on()
+            && let Some(h) = self.entry.get()
+            && h.local.try_lock(Mode::Exclusive)
+        {
+            let entry: &'static Entry = h;
+            crate::guard::set_owner(entry);
+            return Some(SiteGuard(Inner::Fast(entry)));
+        }
+        None
     }
 
     #[inline]
@@ -153,15 +177,31 @@ impl CallSite {
     }
 
     /// Takes the lock for a synchronous function.
-    #[inline]
-    pub fn acquire(&'static self) -> Result<LockGuard, LockError> {
+    #[inline(always)]
+    pub fn acquire(&'static self) -> Result<SiteGuard, LockError> {
+        match self.try_fast() {
+            Some(g) => Ok(g),
+            None => self.acquire_slow().map(|g| SiteGuard(Inner::Full(g))),
+        }
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&'static self) -> Result<LockGuard, LockError> {
         lock::acquire(EntryRef::Static(self.entry()?), &self.request())
     }
 
     /// Takes the lock, or panics with the lock's name, path and the cause.
-    #[inline]
-    pub fn acquire_or_panic(&'static self) -> LockGuard {
-        match self.acquire() {
+    #[inline(always)]
+    pub fn acquire_or_panic(&'static self) -> SiteGuard {
+        match self.try_fast() {
+            Some(g) => g,
+            None => SiteGuard(Inner::Full(self.acquire_or_panic_slow())),
+        }
+    }
+
+    #[inline(never)]
+    fn acquire_or_panic_slow(&'static self) -> LockGuard {
+        match self.acquire_slow() {
             Ok(g) => g,
             Err(e) => fail(e),
         }
@@ -200,6 +240,37 @@ pub fn queued(full_name: &str) -> Option<usize> {
 /// nobody uses the name. For tests.
 pub fn holders(full_name: &str) -> Option<usize> {
     crate::registry::peek(full_name, |e| e.local.holders())
+}
+
+/// The guard a synchronous `#[synchronized]` function holds: for the
+/// common case (an in-process lock taken without waiting, nobody tracing)
+/// just the entry, released inline; otherwise a full [`LockGuard`].
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct SiteGuard(Inner);
+
+enum Inner {
+    Fast(&'static Entry),
+    Full(LockGuard),
+}
+
+impl Drop for SiteGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Inner::Fast(entry) = self.0 {
+            crate::guard::clear_owner(entry);
+            // SAFETY: `try_fast` took the lock exclusively for this guard.
+            unsafe { entry.local.unlock(Mode::Exclusive) };
+        }
+    }
+}
+
+impl std::fmt::Debug for SiteGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Inner::Fast(e) => f.debug_tuple("SiteGuard").field(&e.name()).finish(),
+            Inner::Full(g) => f.debug_tuple("SiteGuard").field(g).finish(),
+        }
+    }
 }
 
 /// Converts the error for a function returning `Result<_, E>`.

@@ -16,6 +16,7 @@ use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
@@ -32,6 +33,10 @@ pub(crate) struct Entry {
     hash: u64,
     kind: Kind,
     pub(crate) local: Local,
+    /// The thread holding it exclusively through a synchronous guard
+    /// (`guard::me()`), or 0; and that acquisition's sequence number.
+    pub(crate) owner: AtomicUsize,
+    pub(crate) owner_seq: AtomicU64,
     pub(crate) files: FilePool,
 }
 
@@ -56,7 +61,9 @@ pub(crate) struct Registry {
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
     hasher: foldhash::fast::RandomState::default(),
-    shards: (0..SHARDS).map(|_| Shard(Mutex::new(HashTable::new()))).collect(),
+    shards: (0..SHARDS)
+        .map(|_| Shard(Mutex::new(HashTable::new())))
+        .collect(),
 });
 
 impl Registry {
@@ -82,6 +89,8 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
         hash,
         kind,
         local: Local::new(kind),
+        owner: AtomicUsize::new(0),
+        owner_seq: AtomicU64::new(0),
         files: FilePool::new(),
     });
     map.insert_unique(hash, entry.clone(), |e| e.hash);
@@ -94,6 +103,15 @@ pub(crate) fn peek<R>(full_name: &str, f: impl FnOnce(&Entry) -> R) -> Option<R>
     let hash = reg.hasher.hash_one(full_name);
     let map = reg.shard(hash).0.lock();
     map.find(hash, |e| &*e.name == full_name).map(|e| f(e))
+}
+
+/// Runs `f` on every live entry (shard by shard).
+pub(crate) fn for_each(mut f: impl FnMut(&Entry)) {
+    for shard in REGISTRY.shards.iter() {
+        for e in shard.0.lock().iter() {
+            f(e);
+        }
+    }
 }
 
 /// Number of live entries (for tests and the memory benchmark).
@@ -123,9 +141,10 @@ impl Drop for Handle {
         // dropped before the lock is released, so a count of 2 (the map's
         // and ours) means nobody else can still reach the entry.
         if Arc::strong_count(&arc) == 2
-            && let Ok(slot) = map.find_entry(arc.hash, |e| Arc::ptr_eq(e, &arc)) {
-                slot.remove();
-            }
+            && let Ok(slot) = map.find_entry(arc.hash, |e| Arc::ptr_eq(e, &arc))
+        {
+            slot.remove();
+        }
         drop(arc);
         drop(map);
     }
@@ -140,7 +159,10 @@ mod tests {
         let a = get("registry-test-a", Kind::MUTEX).unwrap();
         let b = get("registry-test-a", Kind::MUTEX).unwrap();
         assert!(std::ptr::eq(&*a, &*b));
-        let fair = Kind { fair: true, permits: None };
+        let fair = Kind {
+            fair: true,
+            permits: None,
+        };
         assert_eq!(get("registry-test-a", fair).err(), Some(Kind::MUTEX));
         let c = get("registry-test-b", Kind::MUTEX).unwrap();
         assert!(!std::ptr::eq(&*a, &*c));
@@ -158,8 +180,8 @@ mod tests {
             .map(|t| {
                 std::thread::spawn(move || {
                     for i in 0..20_000 {
-                        let h = get(&format!("registry-churn-{}", (i + t) % 7), Kind::MUTEX)
-                            .unwrap();
+                        let h =
+                            get(&format!("registry-churn-{}", (i + t) % 7), Kind::MUTEX).unwrap();
                         assert_eq!(h.name(), format!("registry-churn-{}", (i + t) % 7));
                     }
                 })
@@ -172,7 +194,10 @@ mod tests {
         for i in 0..7 {
             let n = format!("registry-churn-{i}");
             let h = reg.hasher.hash_one(n.as_str());
-            assert!(reg.shard(h).0.lock().find(h, |e| *e.name == *n).is_none(), "{n} stayed");
+            assert!(
+                reg.shard(h).0.lock().find(h, |e| *e.name == *n).is_none(),
+                "{n} stayed"
+            );
         }
     }
 }

@@ -6,30 +6,39 @@
 //! * a counted semaphore (`permits = N`) has capacity N, and every holder
 //!   needs one unit.
 //!
-//! [`RawLock`] is the default: a word of state and an
-//! [`event_listener::Event`] queue. Threads park in the kernel (futex), tasks
-//! park their waker, and one release wakes whoever can use it. Waiters can
-//! barge, like `parking_lot`'s locks. Writer preference: while a writer
-//! waits, new readers queue behind it instead of overlapping the readers
-//! already inside, so a stream of readers cannot starve writers.
+//! [`RawLock`] is the default. Its fast paths are one atomic
+//! read-modify-write each way, like `parking_lot`'s mutex: a word holds the
+//! units in use and a `PARKED` bit that says someone is queued. Only when
+//! the bit is set does a release take the slow path, which wakes a waiter
+//! (all of them once shared mode has been used, since a reader cannot use a
+//! wake-up meant for a writer). Waiters queue under a small mutex, threads
+//! and async tasks in the same queue: a thread parks in the kernel, a task
+//! parks its waker. Woken waiters retry, and others may barge in first.
+//! Writer preference: while a writer waits, new readers queue behind it
+//! instead of joining the readers inside, so readers cannot starve writers.
 //!
 //! [`FifoLock`](crate::fifo::FifoLock) is the fair (first come, first
 //! served) variant, in `fifo.rs`.
 //!
 //! There is no poisoning: a panicking holder's guard releases on unwind.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use event_listener::{Event, EventListener, Listener};
+use parking_lot::Mutex;
 
 use crate::timer::Sleep;
 
 /// Capacity of a reader/writer lock, and what a writer needs of it.
 pub(crate) const WRITER: usize = 1 << (usize::BITS - 2);
+
+/// Set in the state word while the queue is not empty.
+const PARKED: usize = 1 << (usize::BITS - 1);
 
 /// Exclusive (a writer, or any holder of a semaphore) or shared (a reader).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,70 +50,60 @@ pub(crate) enum Mode {
 /// Units a holder in `mode` needs of a primitive with capacity `cap`.
 #[inline]
 pub(crate) fn units(cap: usize, mode: Mode) -> usize {
-    if cap == WRITER && mode == Mode::Exclusive { WRITER } else { 1 }
+    if cap == WRITER && mode == Mode::Exclusive {
+        WRITER
+    } else {
+        1
+    }
 }
 
 /// A barging lock with no data: acquire and release are explicit.
 pub(crate) struct RawLock {
     cap: usize,
-    /// Units in use.
-    used: AtomicUsize,
-    /// Writers waiting; readers do not barge past them.
+    /// Units in use, plus [`PARKED`].
+    state: AtomicUsize,
+    /// Writers queued; readers do not pass them.
     writers_waiting: AtomicUsize,
-    /// Set once anyone used shared mode: from then on a release wakes all
-    /// waiters, since a reader cannot use a wake-up meant for a writer.
+    /// Set once anyone used shared mode: from then on a release wakes every
+    /// waiter.
     mixed: AtomicBool,
-    waiters: Event,
+    queue: Mutex<VecDeque<Arc<Waiter>>>,
+}
+
+/// A queued thread or task.
+struct Waiter {
+    woken: AtomicBool,
+    waker: Mutex<Waker>,
+}
+
+impl Waiter {
+    fn new(waker: Waker) -> Arc<Waiter> {
+        Arc::new(Waiter {
+            woken: AtomicBool::new(false),
+            waker: Mutex::new(waker),
+        })
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
 }
 
 impl RawLock {
     pub(crate) const fn new(cap: usize) -> Self {
         RawLock {
             cap,
-            used: AtomicUsize::new(0),
+            state: AtomicUsize::new(0),
             writers_waiting: AtomicUsize::new(0),
             mixed: AtomicBool::new(false),
-            waiters: Event::new(),
-        }
-    }
-
-    /// Takes `mode` if it is available now. Never waits.
-    #[inline]
-    pub(crate) fn try_lock(&self, mode: Mode) -> bool {
-        if self.cap == WRITER && mode == Mode::Exclusive {
-            return self
-                .used
-                .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok();
-        }
-        self.try_lock_one(mode)
-    }
-
-    fn try_lock_one(&self, mode: Mode) -> bool {
-        if mode == Mode::Shared {
-            if !self.mixed.load(Ordering::SeqCst) {
-                self.mixed.store(true, Ordering::SeqCst);
-                // Waiters queued under one-at-a-time wake-ups re-check now.
-                self.waiters.notify(usize::MAX);
-            }
-            if self.writers_waiting.load(Ordering::Acquire) > 0 {
-                return false;
-            }
-        }
-        let mut used = self.used.load(Ordering::Relaxed);
-        loop {
-            if used + 1 > self.cap || used >= WRITER {
-                return false;
-            }
-            match self.used.compare_exchange_weak(
-                used,
-                used + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => used = now,
-            }
+            queue: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -113,27 +112,161 @@ impl RawLock {
         self.cap == WRITER && mode == Mode::Exclusive
     }
 
+    /// Takes `mode` if it is available now. Never waits.
+    #[inline(always)]
+    pub(crate) fn try_lock(&self, mode: Mode) -> bool {
+        if self.is_writer(mode)
+            && self
+                .state
+                .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return true;
+        }
+        self.try_take(mode)
+    }
+
+    /// Takes `mode` if the units are free, whether or not others are
+    /// queued (barging), keeping [`PARKED`] as it is.
+    #[inline(never)]
+    fn try_take(&self, mode: Mode) -> bool {
+        let writer = self.is_writer(mode);
+        if mode == Mode::Shared {
+            if !self.mixed.load(Ordering::Relaxed) {
+                self.mixed.store(true, Ordering::Relaxed);
+            }
+            if self.writers_waiting.load(Ordering::Acquire) > 0 {
+                return false;
+            }
+        }
+        let need = units(self.cap, mode);
+        let mut s = self.state.load(Ordering::Relaxed);
+        loop {
+            let used = s & !PARKED;
+            let fits = if writer {
+                used == 0
+            } else {
+                used < WRITER && used < self.cap
+            };
+            if !fits {
+                return false;
+            }
+            match self.state.compare_exchange_weak(
+                s,
+                s + need,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Under the queue lock: takes `mode` if free, else queues `waiter`.
+    /// Returns whether it took the lock.
+    fn take_or_queue(&self, mode: Mode, waiter: &Arc<Waiter>, counted: &mut bool) -> bool {
+        let mut q = self.queue.lock();
+        self.state.fetch_or(PARKED, Ordering::AcqRel);
+        if self.is_writer(mode) && !*counted {
+            self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+            *counted = true;
+        }
+        if self.try_take(mode) {
+            if q.is_empty() {
+                self.state.fetch_and(!PARKED, Ordering::AcqRel);
+            }
+            drop(q);
+            self.uncount(counted);
+            return true;
+        }
+        waiter.woken.store(false, Ordering::Relaxed);
+        q.push_back(waiter.clone());
+        false
+    }
+
+    /// A queued writer stops counting (it got the lock or gave up). The
+    /// last one lets readers held back by it go.
+    fn uncount(&self, counted: &mut bool) {
+        if std::mem::take(counted) && self.writers_waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.wake(true);
+        }
+    }
+
+    /// A waiter gives up. If it was woken meanwhile, it passes the wake-up
+    /// on, so no release is lost.
+    fn leave(&self, waiter: &Arc<Waiter>, counted: &mut bool) {
+        let mut q = self.queue.lock();
+        let was_queued = match q.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+            Some(i) => {
+                q.remove(i);
+                true
+            }
+            None => false,
+        };
+        if q.is_empty() {
+            self.state.fetch_and(!PARKED, Ordering::AcqRel);
+        }
+        drop(q);
+        self.uncount(counted);
+        if !was_queued && waiter.woken.load(Ordering::Acquire) {
+            self.wake(false);
+        }
+    }
+
+    /// Wakes one waiter, or all of them (`all`, or once shared mode was
+    /// used). Clears [`PARKED`] when the queue empties.
+    #[cold]
+    fn wake(&self, all: bool) {
+        let all = all || self.mixed.load(Ordering::Relaxed);
+        let mut woken = Vec::new();
+        {
+            let mut q = self.queue.lock();
+            while let Some(w) = q.pop_front() {
+                woken.push(w);
+                if !all {
+                    break;
+                }
+            }
+            if q.is_empty() {
+                self.state.fetch_and(!PARKED, Ordering::AcqRel);
+            }
+        }
+        for w in woken {
+            w.woken.store(true, Ordering::Release);
+            w.waker.lock().wake_by_ref();
+        }
+    }
+
     /// Waits for `mode`, blocking this thread, until `deadline` if one is
     /// given. Returns whether it was taken.
     pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>) -> bool {
-        let _writer = self.is_writer(mode).then(|| WaitingWriter::new(self));
+        if self.try_take(mode) {
+            return true;
+        }
+        let waiter = Waiter::new(Waker::from(Arc::new(ThreadWaker(std::thread::current()))));
+        let mut counted = false;
         loop {
-            if self.try_lock(mode) {
+            if self.take_or_queue(mode, &waiter, &mut counted) {
                 return true;
             }
-            let listener = self.waiters.listen();
-            // Re-check after queueing: a release between the failed try and
-            // `listen` woke nobody.
-            if self.try_lock(mode) {
-                return true;
-            }
-            match deadline {
-                None => listener.wait(),
-                Some(d) => {
-                    if listener.wait_deadline(d).is_none() {
-                        return self.try_lock(mode);
+            while !waiter.woken.load(Ordering::Acquire) {
+                match deadline {
+                    None => std::thread::park(),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            self.leave(&waiter, &mut counted);
+                            return self.try_take(mode);
+                        }
+                        std::thread::park_timeout(d - now);
                     }
                 }
+            }
+            // Woken: try again (someone may have barged in first).
+            if self.try_take(mode) {
+                self.uncount(&mut counted);
+                return true;
             }
         }
     }
@@ -143,70 +276,58 @@ impl RawLock {
         LockAsync {
             lock: self,
             mode,
-            listener: None,
+            waiter: None,
+            counted: false,
+            done: false,
             sleep: deadline.map(Sleep::new),
-            writer: None,
         }
     }
 
-    /// Releases `mode` and wakes whoever can use it.
+    /// Releases `mode` and, if anyone is queued, wakes whoever can use it.
     ///
     /// # Safety
     /// The caller must hold `mode` (have taken it and not released it).
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn unlock(&self, mode: Mode) {
-        let before = if self.is_writer(mode) {
-            // A writer holds everything: nobody else can change `used` now.
-            self.used.store(0, Ordering::Release);
-            WRITER
-        } else {
-            self.used.fetch_sub(1, Ordering::Release)
-        };
-        if self.mixed.load(Ordering::SeqCst) {
-            // Only the last reader out can let a writer in.
-            if mode == Mode::Exclusive || self.cap != WRITER || before == 1 {
-                self.waiters.notify(usize::MAX);
-            }
-        } else {
-            self.waiters.notify(1);
+        if self.is_writer(mode)
+            && self
+                .state
+                .compare_exchange(WRITER, 0, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+        {
+            return;
+        }
+        self.unlock_slow(mode);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unlock_slow(&self, mode: Mode) {
+        let before = self
+            .state
+            .fetch_sub(units(self.cap, mode), Ordering::Release);
+        if before & PARKED != 0 {
+            self.wake(false);
         }
     }
 
     /// Holders right now (a writer counts as one), for introspection.
     pub(crate) fn holders(&self) -> usize {
-        let used = self.used.load(Ordering::Relaxed);
+        let used = self.state.load(Ordering::Relaxed) & !PARKED;
         if used >= WRITER { 1 } else { used }
-    }
-}
-
-/// Counts a waiting writer while it lives, so readers stop barging.
-struct WaitingWriter<'a>(&'a RawLock);
-
-impl<'a> WaitingWriter<'a> {
-    fn new(lock: &'a RawLock) -> Self {
-        lock.writers_waiting.fetch_add(1, Ordering::AcqRel);
-        WaitingWriter(lock)
-    }
-}
-
-impl Drop for WaitingWriter<'_> {
-    fn drop(&mut self) {
-        if self.0.writers_waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Readers held back by us may go now.
-            self.0.waiters.notify(usize::MAX);
-        }
     }
 }
 
 /// Future returned by [`RawLock::lock_async`]: `true` once taken, `false`
 /// if the deadline passed first. Dropping it before it completes leaves the
-/// lock untouched.
+/// lock untouched (and passes on a wake-up it received).
 pub(crate) struct LockAsync<'a> {
     lock: &'a RawLock,
     mode: Mode,
-    listener: Option<EventListener>,
+    waiter: Option<Arc<Waiter>>,
+    counted: bool,
+    done: bool,
     sleep: Option<Sleep>,
-    writer: Option<WaitingWriter<'a>>,
 }
 
 impl Future for LockAsync<'_> {
@@ -214,32 +335,63 @@ impl Future for LockAsync<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
         let this = &mut *self;
+        let lock = this.lock;
         loop {
-            if this.lock.try_lock(this.mode) {
-                this.writer = None;
+            let waiter = match &this.waiter {
+                None => {
+                    if lock.try_take(this.mode) {
+                        this.done = true;
+                        return Poll::Ready(true);
+                    }
+                    &*this.waiter.insert(Waiter::new(cx.waker().clone()))
+                }
+                Some(w) if w.woken.load(Ordering::Acquire) => {
+                    if lock.try_take(this.mode) {
+                        lock.uncount(&mut this.counted);
+                        this.done = true;
+                        return Poll::Ready(true);
+                    }
+                    w
+                }
+                Some(w) => {
+                    // Still queued: refresh the waker, then check the deadline.
+                    {
+                        let mut slot = w.waker.lock();
+                        if !slot.will_wake(cx.waker()) {
+                            *slot = cx.waker().clone();
+                        }
+                    }
+                    if w.woken.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    if let Some(sleep) = &mut this.sleep
+                        && sleep.poll_expired(cx)
+                    {
+                        let w = w.clone();
+                        lock.leave(&w, &mut this.counted);
+                        this.done = true;
+                        return Poll::Ready(false);
+                    }
+                    return Poll::Pending;
+                }
+            };
+            let waiter = waiter.clone();
+            if lock.take_or_queue(this.mode, &waiter, &mut this.counted) {
+                this.done = true;
                 return Poll::Ready(true);
             }
-            match &mut this.listener {
-                None => {
-                    if this.writer.is_none() && this.lock.is_writer(this.mode) {
-                        this.writer = Some(WaitingWriter::new(this.lock));
-                    }
-                    this.listener = Some(this.lock.waiters.listen());
-                }
-                Some(listener) => match Pin::new(listener).poll(cx) {
-                    Poll::Ready(()) => this.listener = None,
-                    Poll::Pending => {
-                        if let Some(sleep) = &mut this.sleep
-                            && sleep.poll_expired(cx)
-                        {
-                            let got = this.lock.try_lock(this.mode);
-                            this.writer = None;
-                            return Poll::Ready(got);
-                        }
-                        return Poll::Pending;
-                    }
-                },
-            }
+            // Queued; loop once more to register the deadline.
+        }
+    }
+}
+
+impl Drop for LockAsync<'_> {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(w) = &self.waiter
+        {
+            let w = w.clone();
+            self.lock.leave(&w, &mut self.counted);
         }
     }
 }
@@ -291,10 +443,12 @@ pub(crate) mod tests {
         assert!(l.try_lock(Mode::Shared));
         assert!(!l.try_lock(Mode::Exclusive));
         assert_eq!(l.holders(), 2);
-        {
-            let _w = WaitingWriter::new(&l);
-            assert!(!l.try_lock(Mode::Shared), "reader barged past a waiting writer");
-        }
+        l.writers_waiting.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            !l.try_lock(Mode::Shared),
+            "reader barged past a waiting writer"
+        );
+        l.writers_waiting.fetch_sub(1, Ordering::SeqCst);
         assert!(l.try_lock(Mode::Shared));
         for _ in 0..3 {
             unsafe { l.unlock(Mode::Shared) };
@@ -314,6 +468,57 @@ pub(crate) mod tests {
         assert_eq!(l.holders(), 3);
         unsafe { l.unlock(Mode::Exclusive) };
         assert!(l.lock_until(Mode::Exclusive, Some(Instant::now())));
+    }
+
+    #[test]
+    fn queued_writer_blocks_new_readers_and_timeout_lets_them_in() {
+        let l = Arc::new(RawLock::new(WRITER));
+        assert!(l.try_lock(Mode::Shared));
+        let l2 = l.clone();
+        let w = std::thread::spawn(move || {
+            l2.lock_until(
+                Mode::Exclusive,
+                Some(Instant::now() + Duration::from_millis(100)),
+            )
+        });
+        while l.writers_waiting.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        assert!(!l.try_lock(Mode::Shared), "a reader passed a queued writer");
+        // A reader that waits is let in when the writer gives up.
+        assert!(l.lock_until(Mode::Shared, Some(Instant::now() + Duration::from_secs(10))));
+        assert!(!w.join().unwrap());
+        assert_eq!(l.holders(), 2);
+        unsafe { l.unlock(Mode::Shared) };
+        unsafe { l.unlock(Mode::Shared) };
+        assert_eq!(l.state.load(Ordering::SeqCst), 0, "PARKED left set");
+    }
+
+    #[test]
+    fn many_waiters_mixed_threads_and_tasks_all_get_through() {
+        let l = Arc::new(RawLock::new(WRITER));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let mut hs = Vec::new();
+        for t in 0..6 {
+            let (l, inside) = (l.clone(), inside.clone());
+            hs.push(std::thread::spawn(move || {
+                for _ in 0..2_000 {
+                    if t % 2 == 0 {
+                        assert!(l.lock_until(Mode::Exclusive, None));
+                    } else {
+                        assert!(block_on(l.lock_async(Mode::Exclusive, None)));
+                    }
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    unsafe { l.unlock(Mode::Exclusive) };
+                }
+            }));
+        }
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(l.state.load(Ordering::SeqCst), 0);
+        assert!(l.queue.lock().is_empty());
     }
 
     #[test]

@@ -25,8 +25,10 @@ struct State {
 fn timer() -> &'static Timer {
     static TIMER: OnceLock<&'static Timer> = OnceLock::new();
     TIMER.get_or_init(|| {
-        let t: &'static Timer =
-            Box::leak(Box::new(Timer { state: Mutex::default(), changed: Condvar::new() }));
+        let t: &'static Timer = Box::leak(Box::new(Timer {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+        }));
         std::thread::Builder::new()
             .name("lockutils-timer".into())
             .spawn(move || t.run())
@@ -52,7 +54,10 @@ impl Timer {
             st = match st.heap.peek() {
                 Some(&Reverse((at, _))) => {
                     let wait = at.saturating_duration_since(now);
-                    self.changed.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0
+                    self.changed
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
                 None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
             };

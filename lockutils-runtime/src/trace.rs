@@ -28,10 +28,32 @@ impl fmt::Display for Site {
     }
 }
 
-/// When the acquisition started, if events are on.
-#[inline]
+/// When the acquisition started, if events are on. The first check is a
+/// plain load of the global level filter, so with no debug subscriber this
+/// is nearly free and keeps callers inlinable.
+#[inline(always)]
 pub(crate) fn start() -> Option<Instant> {
-    if tracing::enabled!(target: "lockutils", Level::DEBUG) { Some(Instant::now()) } else { None }
+    if tracing::level_enabled!(Level::DEBUG) {
+        start_slow()
+    } else {
+        None
+    }
+}
+
+/// Whether an event might be recorded (cheap, may say yes wrongly).
+#[inline(always)]
+pub(crate) fn maybe_on() -> bool {
+    tracing::level_enabled!(Level::DEBUG)
+}
+
+#[cold]
+#[inline(never)]
+fn start_slow() -> Option<Instant> {
+    if tracing::enabled!(target: "lockutils", Level::DEBUG) {
+        Some(Instant::now())
+    } else {
+        None
+    }
 }
 
 /// Emits "acquired" and returns the moment the lock was taken.
@@ -51,7 +73,9 @@ pub(crate) fn acquired(
     let fair = hold.entry().kind().fair;
     let now = Instant::now();
     let waited = now.duration_since(started).as_secs_f64();
-    let path = lock_path.map(|p| p.display().to_string()).unwrap_or_default();
+    let path = lock_path
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     tracing::debug!(
         target: "lockutils",
         lock = name,

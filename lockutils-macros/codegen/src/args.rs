@@ -9,17 +9,20 @@
 //! lock_path = "/dir" | lock_path = CONST
 //! blocking = true | blocking = false
 //! timeout = "250ms"
+//! fair
+//! shared
+//! permits = 4 | permits = CONST
 //! crate = some::path
 //! ```
 //!
 //! Only syntax is checked here, plus what one option can say about itself
-//! (a repeat, a bad duration). Checks that involve several options or the
-//! function live in `valid.rs`.
+//! (a repeat, a bad duration, zero permits). Checks that involve several
+//! options or the function live in `valid.rs`.
 
 use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{LitBool, LitStr, Path, Token};
+use syn::{LitBool, LitInt, LitStr, Path, Token};
 
 mod kw {
     syn::custom_keyword!(prefix);
@@ -27,6 +30,9 @@ mod kw {
     syn::custom_keyword!(lock_path);
     syn::custom_keyword!(blocking);
     syn::custom_keyword!(timeout);
+    syn::custom_keyword!(fair);
+    syn::custom_keyword!(shared);
+    syn::custom_keyword!(permits);
 }
 
 /// A string argument: a literal, or a path to a `&'static str` const.
@@ -80,6 +86,61 @@ pub(crate) struct Timeout {
     pub(crate) nanos: u64,
 }
 
+/// `permits = N`: how many holders a counted semaphore admits.
+pub(crate) enum Permits {
+    /// A literal, already checked to be at least 1 and to fit a `u32`.
+    Lit(LitInt, u32),
+    /// A path to a `const` of type `u32`, checked (at least 1) during
+    /// constant evaluation.
+    Path(Path),
+}
+
+/// The value of `permits = ..` as written, before its number is checked.
+pub(crate) enum PermitsArg {
+    Lit(LitInt),
+    Path(Path),
+}
+
+impl Parse for PermitsArg {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.peek(LitInt) {
+            input.parse().map(PermitsArg::Lit)
+        } else if starts_path(input) {
+            Path::parse_mod_style(input).map(PermitsArg::Path)
+        } else {
+            Err(input.error(
+                "expected the number of permits: an integer literal (at least 1) or a path to \
+                 a `u32` const",
+            ))
+        }
+    }
+}
+
+/// The value of a `permits` literal: a whole number from 1 to `u32::MAX`,
+/// unsuffixed or suffixed `u32`.
+fn permits_value(lit: &LitInt) -> syn::Result<u32> {
+    if !matches!(lit.suffix(), "" | "u32") {
+        let message = format!("`permits` is a `u32`, not a `{}`", lit.suffix());
+        return Err(syn::Error::new(lit.span(), message));
+    }
+    let too_large = || {
+        syn::Error::new(
+            lit.span(),
+            "`permits` must be at most 4294967295 (`u32::MAX`)",
+        )
+    };
+    // i128: a negative literal (syn can see `-1` as one) is "too small".
+    let n: i128 = lit.base10_parse().map_err(|_| too_large())?;
+    match u32::try_from(n) {
+        Ok(n) if n >= 1 => Ok(n),
+        Err(_) if n > 0 => Err(too_large()),
+        _ => Err(syn::Error::new(
+            lit.span(),
+            "`permits` must be at least 1: a semaphore of 0 permits could never be taken",
+        )),
+    }
+}
+
 /// The parsed arguments of `#[synchronized(...)]`.
 pub(crate) struct SynchronizedArgs {
     pub(crate) name: NameArg,
@@ -88,6 +149,9 @@ pub(crate) struct SynchronizedArgs {
     pub(crate) lock_path: Option<(kw::lock_path, StrArg)>,
     pub(crate) blocking: Option<Blocking>,
     pub(crate) timeout: Option<Timeout>,
+    pub(crate) fair: Option<kw::fair>,
+    pub(crate) shared: Option<kw::shared>,
+    pub(crate) permits: Option<(kw::permits, Permits)>,
     pub(crate) krate: Option<(Token![crate], Path)>,
 }
 
@@ -111,6 +175,9 @@ impl SynchronizedArgs {
             lock_path: None,
             blocking: None,
             timeout: None,
+            fair: None,
+            shared: None,
+            permits: None,
             krate: None,
         }
     }
@@ -147,6 +214,31 @@ impl SynchronizedArgs {
         Ok(())
     }
 
+    fn set_fair(&mut self, keyword: kw::fair) -> syn::Result<()> {
+        reject_repeat(self.fair.is_some(), keyword.span, "fair")?;
+        self.fair = Some(keyword);
+        Ok(())
+    }
+
+    fn set_shared(&mut self, keyword: kw::shared) -> syn::Result<()> {
+        reject_repeat(self.shared.is_some(), keyword.span, "shared")?;
+        self.shared = Some(keyword);
+        Ok(())
+    }
+
+    fn set_permits(&mut self, keyword: kw::permits, value: PermitsArg) -> syn::Result<()> {
+        reject_repeat(self.permits.is_some(), keyword.span, "permits")?;
+        let value = match value {
+            PermitsArg::Lit(lit) => {
+                let n = permits_value(&lit)?;
+                Permits::Lit(lit, n)
+            }
+            PermitsArg::Path(path) => Permits::Path(path),
+        };
+        self.permits = Some((keyword, value));
+        Ok(())
+    }
+
     fn set_crate(&mut self, keyword: Token![crate], path: Path) -> syn::Result<()> {
         reject_repeat(self.krate.is_some(), keyword.span, "crate")?;
         self.krate = Some((keyword, path));
@@ -176,6 +268,14 @@ impl SynchronizedArgs {
             input.parse::<Token![=]>()?;
             let value: LitStr = input.parse()?;
             self.set_timeout(keyword, &value)
+        } else if lookahead.peek(kw::fair) {
+            self.set_fair(input.parse()?)
+        } else if lookahead.peek(kw::shared) {
+            self.set_shared(input.parse()?)
+        } else if lookahead.peek(kw::permits) {
+            let keyword = input.parse()?;
+            input.parse::<Token![=]>()?;
+            self.set_permits(keyword, input.parse()?)
         } else if lookahead.peek(Token![crate]) {
             let keyword = input.parse()?;
             input.parse::<Token![=]>()?;
@@ -206,12 +306,14 @@ fn starts_with_option(input: ParseStream<'_>) -> bool {
         || fork.peek(kw::lock_path)
         || fork.peek(kw::blocking)
         || fork.peek(kw::timeout)
+        || fork.peek(kw::permits)
         || fork.peek(Token![crate]);
     if is_keyword {
         // `crate::NAME` is a path, `crate = x` an option.
         return fork.peek2(Token![=]);
     }
-    fork.peek(kw::external) && (fork.peek2(Token![,]) || is_last_token(&fork))
+    let is_flag = fork.peek(kw::external) || fork.peek(kw::fair) || fork.peek(kw::shared);
+    is_flag && (fork.peek2(Token![,]) || is_last_token(&fork))
 }
 
 fn is_last_token(input: ParseStream<'_>) -> bool {
@@ -372,6 +474,9 @@ mod tests {
             lock_path = DIR,
             blocking = true,
             timeout = "1s",
+            fair,
+            shared,
+            permits = 3,
             crate = ::my::lockutils,
         );
         assert!(matches!(args.name, StrArg::Lit(ref l) if l.value() == "n"));
@@ -381,6 +486,18 @@ mod tests {
         assert_eq!(args.timeout.as_ref().map(|t| t.nanos), Some(1_000_000_000));
         assert!(args.krate.is_some());
         assert!(args.is_fallible());
+        assert!(args.fair.is_some() && args.shared.is_some());
+        assert!(matches!(args.permits, Some((_, Permits::Lit(_, 3)))));
+    }
+
+    #[test]
+    fn permits_forms() {
+        let args: SynchronizedArgs = syn::parse_quote!("n", permits = limits::MAX_USERS);
+        assert!(matches!(args.permits, Some((_, Permits::Path(_)))));
+        let args: SynchronizedArgs = syn::parse_quote!("n", permits = 4_294_967_295u32);
+        assert!(matches!(args.permits, Some((_, Permits::Lit(_, u32::MAX)))));
+        assert!(args.fair.is_none() && args.shared.is_none());
+        assert!(!args.is_fallible(), "permits alone cannot fail");
     }
 
     #[test]
@@ -426,5 +543,46 @@ mod tests {
         assert!(error(quote::quote!("n", blockin = false)).starts_with("expected one of"));
         assert!(error(quote::quote!("n", timeout = "soon")).starts_with("invalid timeout"));
         assert!(error(quote::quote!("n", blocking = "no")).contains("boolean"));
+        assert!(error(quote::quote!(fair)).starts_with("missing lock name"));
+        assert!(error(quote::quote!(shared, external)).starts_with("missing lock name"));
+        assert!(error(quote::quote!(permits = 2)).starts_with("missing lock name"));
+    }
+
+    #[test]
+    fn permits_errors() {
+        assert!(error(quote::quote!("n", permits = 0)).starts_with("`permits` must be at least 1"));
+        assert!(error(quote::quote!("n", permits = 4294967296)).contains("at most 4294967295"));
+        assert!(error(quote::quote!("n", permits = 99999999999999999999999)).contains("at most"));
+        assert_eq!(
+            error(quote::quote!("n", permits = 3u8)),
+            "`permits` is a `u32`, not a `u8`"
+        );
+        // `-1` is one literal or two tokens depending on who tokenized it.
+        let negative = error(quote::quote!("n", permits = -1));
+        assert!(
+            negative.starts_with("`permits` must be at least 1")
+                || negative.starts_with("expected the number of permits"),
+            "{negative}"
+        );
+        assert!(
+            error(quote::quote!("n", permits = "3")).starts_with("expected the number of permits")
+        );
+        assert!(error(quote::quote!("n", permits)).contains("expected `=`"));
+        // Bad values and repeats are all reported, and parsing goes on.
+        assert_eq!(
+            error(quote::quote!(
+                "n",
+                permits = 0,
+                fair,
+                fair,
+                shared,
+                shared,
+                permits = 2,
+                permits = 3
+            )),
+            "`permits` must be at least 1: a semaphore of 0 permits could never be taken \
+             | `fair` is given more than once | `shared` is given more than once \
+             | `permits` is given more than once"
+        );
     }
 }

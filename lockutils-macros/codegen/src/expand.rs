@@ -21,12 +21,12 @@
 //! yields the future) and returns a new future that first awaits the lock,
 //! then runs the original one.
 
-use proc_macro2::{Group, Ident, Literal, Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{AttrStyle, ItemFn, ReturnType};
 
-use crate::args::{StrArg, SynchronizedArgs};
+use crate::args::{Permits, StrArg, SynchronizedArgs};
 use crate::valid::{Alias, Checked, Shape};
 
 /// Adds the guard to `func` and returns its tokens.
@@ -162,11 +162,48 @@ fn call_site_static(
         let nanos = Literal::u64_suffixed(timeout.nanos);
         spec.extend(quote!(.timeout_nanos(#nanos)));
     }
+    let spec = kind_options(args, spec, private);
 
     let site = site_ident();
     quote! {
         static #site: #private::CallSite = #private::CallSite::new(#spec);
     }
+}
+
+/// `spec` with `.fair()`, `.shared()` and `.permits(n)`: what kind of
+/// lock it is.
+fn kind_options(
+    args: &SynchronizedArgs,
+    mut spec: TokenStream,
+    private: &TokenStream,
+) -> TokenStream {
+    if args.fair.is_some() {
+        spec.extend(quote!(.fair()));
+    }
+    if args.shared.is_some() {
+        spec.extend(quote!(.shared()));
+    }
+    match &args.permits {
+        Some((_, Permits::Lit(lit, n))) => {
+            let mut n = Literal::u32_suffixed(*n);
+            n.set_span(lit.span());
+            spec.extend(quote!(.permits(#n)));
+        }
+        // A const that is 0 makes `LockSpec::permits` panic during constant
+        // evaluation, which rustc reports at the span of the whole call. As
+        // a method call that would span the attribute; as a path call whose
+        // tokens all carry the const's span, it is the const.
+        Some((_, Permits::Path(path))) => {
+            let span = path.span();
+            let mut call = respan(quote!(#private::LockSpec::permits), span);
+            let mut args = Group::new(Delimiter::Parenthesis, quote!(#spec, #path));
+            args.set_span(span);
+            call.extend([TokenTree::Group(args)]);
+            spec = call;
+        }
+        None => {}
+    }
+    spec
 }
 
 /// `tokens` with every span set to `span` (rustc reports a call at the span
@@ -370,6 +407,55 @@ mod tests {
             out.contains(":: std :: boxed :: Box :: pin (async move {"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn kind_options_go_on_the_spec() {
+        let out = expand(
+            quote!("n", permits = 4, fair, external),
+            quote!(
+                fn f() {}
+            ),
+        );
+        assert!(
+            out.contains("\"f\")) . external () . fair () . permits (4u32))"),
+            "{out}"
+        );
+        assert!(!out.contains("shared"), "{out}");
+        let out = errors(
+            quote!("n", shared, permits = limits::N, timeout = "1s"),
+            quote!(
+                fn f() {}
+            ),
+        );
+        assert!(
+            out.contains("`shared` and `permits` cannot be combined"),
+            "{out}"
+        );
+        assert!(out.contains("`timeout` can fail"), "{out}");
+        assert!(out.starts_with("fn f () { }"), "{out}");
+        let out = expand(
+            quote!("n", permits = limits::N),
+            quote!(
+                fn f() {}
+            ),
+        );
+        assert!(
+            out.contains(
+                "CallSite :: new (:: lockutils :: __private :: LockSpec :: permits (:: lockutils :: \
+                 __private :: LockSpec :: new (\"n\" ,"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("\"f\")) , limits :: N))"), "{out}");
+        let out = expand(
+            quote!("n", shared),
+            quote!(
+                async fn f() {}
+            ),
+        );
+        assert!(out.contains(". shared ())"), "{out}");
+        assert!(out.contains("acquire_async_or_panic () . await"), "{out}");
     }
 
     #[test]

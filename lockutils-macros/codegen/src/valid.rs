@@ -2,8 +2,9 @@
 //!
 //! Parsing (`args.rs`) only knows the options one by one; here we look at
 //! them together and at the function they decorate: literal names and
-//! prefixes, `timeout` with `blocking = false`, options that need the
-//! function to return `Result`, `const fn`, and the prefix of an alias.
+//! prefixes, `timeout` with `blocking = false`, `shared` with `permits`,
+//! options that need the function to return `Result`, `const fn`, and the
+//! prefix of an alias.
 //! The outcome is a [`Checked`] model that `expand.rs` turns into code.
 
 use proc_macro2::Span;
@@ -66,6 +67,13 @@ pub(crate) fn check(
     {
         let message = "`timeout` and `blocking = false` contradict each other: keep one of them";
         combine(&mut errors, syn::Error::new(timeout.keyword.span, message));
+    }
+
+    if let (Some(shared), Some(_)) = (&args.shared, &args.permits) {
+        let message = "`shared` and `permits` cannot be combined: a counted semaphore has no \
+                       shared (reader) mode, every holder takes one permit; drop `shared`, or \
+                       drop `permits` for a reader/writer lock";
+        combine(&mut errors, syn::Error::new(shared.span, message));
     }
 
     let (shape, output) = shape_of(func);
