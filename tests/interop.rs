@@ -1,0 +1,164 @@
+//! A Rust service and an OpenStack Python service sharing `lock_path` and
+//! lock names exclude each other: real `oslo_concurrency.lockutils` (and
+//! `fasteners`) processes against this crate's lock files.
+//!
+//! The Python side is `tests/support/oslo_helper.py`, run by a venv that
+//! `tests/support/python.rs` creates on first use (or `$LOCKUTILS_PYTHON`).
+//! Without Python 3, venv and pip these tests fail, saying what to install.
+#![cfg(unix)]
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use lockutils::LockError;
+use support::python::helper;
+use support::{lock_child, release};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+#[test]
+fn oslo_holder_excludes_rust() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut py = helper(&["hold", "iptables", "nova-", s(dir.path())]).spawn();
+    py.expect("locked");
+    assert!(dir.path().join("nova-iptables").is_file());
+
+    let lock = lockutils::lock("iptables")
+        .prefix("nova-")
+        .external()
+        .lock_path(dir.path());
+    let r = lock.clone().blocking(false).acquire();
+    assert!(matches!(r, Err(LockError::WouldBlock { .. })), "{r:?}");
+    let r = lock.clone().timeout(Duration::from_millis(200)).acquire();
+    assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+
+    // A Rust process blocked in F_OFD_SETLKW wakes when Python's lockf
+    // lock goes.
+    let mut waiter = lock_child("support::child_wait", dir.path(), "nova-", "iptables").spawn();
+    waiter.expect("busy");
+    support::await_blocked_waiters(&dir.path().join("nova-iptables"), 1);
+    py.send("release");
+    py.expect("released");
+    waiter.expect("acquired");
+    release(waiter).finish();
+    py.finish();
+
+    let guard = lock
+        .clone()
+        .blocking(false)
+        .acquire()
+        .expect("free after Python released");
+    assert_eq!(
+        guard.lock_file().as_deref(),
+        Some(&*dir.path().join("nova-iptables"))
+    );
+}
+
+#[test]
+fn rust_holder_makes_oslo_and_fasteners_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = || {
+        let mut py = helper(&["try", "iptables", "nova-", s(dir.path())]).spawn();
+        let r = py.next_report();
+        py.finish();
+        r
+    };
+    let lock = lockutils::lock("iptables")
+        .prefix("nova-")
+        .external()
+        .lock_path(dir.path());
+    let guard = lock.acquire().unwrap();
+    assert_eq!(attempt(), "oslo=wouldblock fasteners=wouldblock");
+    drop(guard);
+    assert_eq!(attempt(), "oslo=ok fasteners=ok");
+}
+
+#[test]
+fn rust_and_oslo_processes_share_a_counter_exactly() {
+    const EACH: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    let each = EACH.to_string();
+    let args = [
+        "count",
+        "counter",
+        "nova-",
+        s(dir.path()),
+        s(&counter),
+        &each,
+    ];
+    let mut pythons: Vec<_> = (0..2).map(|_| helper(&args).spawn()).collect();
+    // oslo's increments take about a millisecond (its lock file is opened
+    // and closed each time, the counter rewritten); pace the Rust side so
+    // that both really run at the same time.
+    let pace = Duration::from_millis(1);
+    let mut rusts: Vec<_> = (0..2)
+        .map(|_| support::counter_child(dir.path(), "nova-", "counter", &counter, 1, EACH, pace))
+        .collect();
+    for c in pythons.iter_mut().chain(&mut rusts) {
+        c.expect("ready");
+    }
+    for c in pythons.iter_mut().chain(&mut rusts) {
+        c.send("go");
+    }
+    let mut spans = Vec::new();
+    for mut c in pythons.into_iter().chain(rusts) {
+        c.expect(&format!("done {EACH}"));
+        let span = c.next_report();
+        let (first, last) = span
+            .strip_prefix("span ")
+            .and_then(|s| s.split_once(' '))
+            .expect(&span);
+        spans.push((first.parse::<u64>().unwrap(), last.parse::<u64>().unwrap()));
+        c.finish();
+    }
+    assert_eq!(
+        support::read_counter(&counter),
+        4 * EACH,
+        "lost or duplicated increments"
+    );
+    // The exact total means something only if the two sides interleaved.
+    let overlap = |(a, b): (u64, u64), (c, d): (u64, u64)| a < d && c < b;
+    let (py, rs) = spans.split_at(2);
+    assert!(
+        py.iter().any(|&p| rs.iter().any(|&r| overlap(p, r))),
+        "Python and Rust did not run at the same time: spans {spans:?}"
+    );
+    println!("counter spans (first, last) of 2 oslo and 2 Rust processes: {spans:?}");
+}
+
+#[test]
+fn oslo_makes_the_same_file_names() {
+    let cases = [
+        ("iptables", "nova-"),
+        ("iptables", "nova"),
+        ("iptables", ""),
+        ("a/b", ""),
+        ("x/y/z", "neutron"),
+        ("ünïcödé", "p"),
+    ];
+    for (name, prefix) in cases {
+        let py_dir = tempfile::tempdir().unwrap();
+        let mut py = helper(&["filename", name, prefix, s(py_dir.path())]).spawn();
+        let oslo = py.next_report();
+        py.finish();
+        let oslo = oslo.strip_prefix("file ").expect(&oslo).to_owned();
+
+        let dir = tempfile::tempdir().unwrap();
+        let guard = lockutils::lock(name)
+            .prefix(prefix)
+            .external()
+            .lock_path(dir.path());
+        let ours = guard.acquire().unwrap().lock_file().unwrap();
+        assert_eq!(ours.parent(), Some(dir.path()));
+        assert_eq!(
+            ours.file_name().unwrap().to_str(),
+            Some(&*oslo),
+            "({name:?}, {prefix:?})"
+        );
+    }
+}
