@@ -606,12 +606,9 @@ fn async_external_wait_leaves_the_executor_free() {
 }
 
 /// A waiter for an external semaphore whose permits are all taken must get
-/// the first permit freed. It waits in the kernel on one slot only, chosen
-/// from its pid, so when another slot frees it sleeps on: here the holder
-/// frees the slot the waiter is not waiting on. Ignored until the runtime
-/// waits for any slot (see `.notes-issue5.md`).
+/// the first permit freed, not only the one slot it waits on in the kernel
+/// (chosen from its pid): here the holder frees the other slot.
 #[test]
-#[ignore = "runtime bug: an external semaphore waiter waits on one slot, not on any"]
 fn a_waiter_gets_whichever_permit_frees_first() {
     let dir = tempfile::tempdir().unwrap();
     let mut holder = hold_in_child(dir.path(), "any-slot", 2, 2);

@@ -324,32 +324,11 @@ fn file_step(hold: &mut Hold, dir: Dir<'_>, wait: FileWait) -> Result<Attempt, L
     loop {
         let entry = hold.entry();
         let open = entry.files.take(entry, dir)?;
-        let io = |op, source| LockError::Io {
-            name: entry.name().to_owned(),
-            path: open.dir.join(file_name(entry)),
-            op,
-            source,
-        };
         let got = match entry.kind().permits {
-            None => {
-                let ok = if block {
-                    open.file.lock(hold.mode(), Range::Whole).map(|()| true)
-                } else {
-                    open.file.try_lock(hold.mode(), Range::Whole)
-                };
-                ok.map_err(|e| io("lock", e))?.then_some(Range::Whole)
-            }
-            Some(n) => lock_slot(entry, &open, n, block).map_err(|e| match e {
-                SlotError::Io(e) => io("lock", e),
-                SlotError::Mismatch => LockError::KindMismatch {
-                    name: entry.name().to_owned(),
-                    this: entry.kind().to_string(),
-                    other: "another kind or number of permits by another process".to_owned(),
-                },
-            })?,
+            None => lock_whole(entry, open, hold.mode(), block)?,
+            Some(n) => lock_slot(entry, open, n, block)?,
         };
-        let Some(range) = got else {
-            entry.files.give_back(open);
+        let Some((open, range)) = got else {
             return Ok(Attempt::Busy);
         };
         match open.file.is_linked() {
@@ -360,7 +339,7 @@ fn file_step(hold: &mut Hold, dir: Dir<'_>, wait: FileWait) -> Result<Attempt, L
             // Removed while we waited: drop this file and start over.
             Ok(false) => FileHold { open, range }.close(),
             Err(e) => {
-                let err = io("inspect lock file", e);
+                let err = io_error(entry, &open, "inspect lock file", e);
                 FileHold { open, range }.close();
                 return Err(err);
             }
@@ -368,41 +347,157 @@ fn file_step(hold: &mut Hold, dir: Dir<'_>, wait: FileWait) -> Result<Attempt, L
     }
 }
 
-enum SlotError {
-    Io(std::io::Error),
-    Mismatch,
+fn io_error(entry: &Entry, open: &Open, op: &'static str, source: std::io::Error) -> LockError {
+    LockError::Io {
+        name: entry.name().to_owned(),
+        path: open.dir.join(file_name(entry)),
+        op,
+        source,
+    }
 }
 
-/// Locks one of the `n` slot bytes; `Ok(None)` if all are busy and
-/// `block` is false.
-fn lock_slot(entry: &Entry, open: &Open, n: u32, block: bool) -> Result<Option<Range>, SlotError> {
-    for i in 0..u64::from(n) {
-        if open
-            .file
-            .try_lock(Mode::Exclusive, Range::Byte(i))
-            .map_err(SlotError::Io)?
-        {
-            return Ok(Some(Range::Byte(i)));
+/// Locks the whole file in `mode`. `Ok(None)`: busy (only if `!block`).
+fn lock_whole(
+    entry: &Entry,
+    open: Open,
+    mode: Mode,
+    block: bool,
+) -> Result<Option<(Open, Range)>, LockError> {
+    let r = if block {
+        open.file.lock(mode, Range::Whole).map(|()| true)
+    } else {
+        open.file.try_lock(mode, Range::Whole)
+    };
+    match r {
+        Ok(true) => Ok(Some((open, Range::Whole))),
+        Ok(false) => {
+            entry.files.give_back(open);
+            Ok(None)
         }
+        Err(e) => Err(io_error(entry, &open, "lock", e)),
+    }
+}
+
+/// Tries every slot once without waiting.
+fn try_slots(open: &Open, n: u32) -> std::io::Result<Option<Range>> {
+    for i in 0..n {
+        if open.file.try_lock(Mode::Exclusive, Range::Byte(i.into()))? {
+            return Ok(Some(Range::Byte(i.into())));
+        }
+    }
+    Ok(None)
+}
+
+/// Locks one of the `n` slot bytes. `Ok(None)`: all busy (only if
+/// `!block`). The returned file is the one holding the slot.
+fn lock_slot(
+    entry: &Entry,
+    open: Open,
+    n: u32,
+    block: bool,
+) -> Result<Option<(Open, Range)>, LockError> {
+    match try_slots(&open, n) {
+        Ok(Some(r)) => return Ok(Some((open, r))),
+        Ok(None) => {}
+        Err(e) => return Err(io_error(entry, &open, "lock", e)),
     }
     // All busy. Anything locked at or past slot n is someone using this
     // file differently: more permits, or the whole file as a plain lock.
-    if open
-        .file
-        .others_hold_from(u64::from(n))
-        .map_err(SlotError::Io)?
-    {
-        return Err(SlotError::Mismatch);
+    match open.file.others_hold_from(u64::from(n)) {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(LockError::KindMismatch {
+                name: entry.name().to_owned(),
+                this: entry.kind().to_string(),
+                other: "another kind or number of permits by another process".to_owned(),
+            });
+        }
+        Err(e) => return Err(io_error(entry, &open, "inspect locks on", e)),
     }
     if !block {
+        entry.files.give_back(open);
         return Ok(None);
     }
+    wait_any_slot(entry, open, n).map(Some)
+}
+
+/// Waits until any of the `n` slots is free and locks it.
+///
+/// `fcntl` can only wait for one range, so the kernel wait is on one slot
+/// (spread by process and turn), on a helper thread with its own open file,
+/// while this thread re-tries every slot with a back-off from 1 to 16 ms.
+/// Whichever gets a slot first wins; the helper's slot, if it comes later,
+/// is released at once. The watched slot is handed over by the kernel with
+/// no delay; another slot that frees is found within the back-off.
+fn wait_any_slot(entry: &Entry, open: Open, n: u32) -> Result<(Open, Range), LockError> {
     let turn = entry.files.turn.fetch_add(1, Ordering::Relaxed);
-    let slot = u64::from(std::process::id().wrapping_add(turn) % n);
-    open.file
-        .lock(Mode::Exclusive, Range::Byte(slot))
-        .map_err(SlotError::Io)?;
-    Ok(Some(Range::Byte(slot)))
+    let slot = Range::Byte(u64::from(std::process::id().wrapping_add(turn) % n));
+    let path = open.dir.join(file_name(entry));
+    let watcher = match LockFile::open(&path) {
+        Ok(file) => Open { file, dir: open.dir.clone(), generation: open.generation },
+        Err(_) => return wait_one_slot(entry, open, slot),
+    };
+    let shared = Arc::new((Mutex::new(Watch::Waiting), Condvar::new()));
+    let theirs = shared.clone();
+    let spawned = std::thread::Builder::new().name("lockutils-slot".into()).spawn(move || {
+        let r = watcher.file.lock(Mode::Exclusive, slot);
+        let mut st = theirs.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Watch::Waiting = *st {
+            *st = match r {
+                Ok(()) => Watch::Got(watcher),
+                Err(e) => Watch::Failed(e),
+            };
+            theirs.1.notify_all();
+        }
+        // Abandoned: `watcher` closes here, releasing its slot.
+    });
+    if spawned.is_err() {
+        return wait_one_slot(entry, open, slot);
+    }
+    let (state, cv) = &*shared;
+    let mut delay = std::time::Duration::from_millis(1);
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        match std::mem::replace(&mut *st, Watch::Abandoned) {
+            Watch::Got(w) => {
+                entry.files.give_back(open);
+                return Ok((w, slot));
+            }
+            Watch::Failed(e) => return Err(io_error(entry, &open, "lock", e)),
+            _ => *st = Watch::Waiting,
+        }
+        match try_slots(&open, n) {
+            Ok(Some(r)) => {
+                // Tell the helper to let go; if it just got its slot, the
+                // state drops with the last `Arc`, closing its file.
+                *st = Watch::Abandoned;
+                return Ok((open, r));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                *st = Watch::Abandoned;
+                return Err(io_error(entry, &open, "lock", e));
+            }
+        }
+        st = cv.wait_timeout(st, delay).unwrap_or_else(|e| e.into_inner()).0;
+        delay = (delay * 2).min(std::time::Duration::from_millis(16));
+    }
+}
+
+/// The helper thread's side of [`wait_any_slot`].
+enum Watch {
+    Waiting,
+    Got(Open),
+    Failed(std::io::Error),
+    Abandoned,
+}
+
+/// Fallback when no helper thread can be had: wait on one slot only.
+fn wait_one_slot(entry: &Entry, open: Open, slot: Range) -> Result<(Open, Range), LockError> {
+    match open.file.lock(Mode::Exclusive, slot) {
+        Ok(()) => Ok((open, slot)),
+        Err(e) => Err(io_error(entry, &open, "lock", e)),
+    }
 }
 
 /// A wait for the lock file on a helper thread, for callers that must not
