@@ -259,7 +259,7 @@ fn asleep(pid: u32) -> bool {
 
 enum Locker {
     Raw(File),
-    Lockutils(&'static CallSite, Option<lockutils::LockGuard>),
+    Lockutils(&'static CallSite, Option<lockutils::__private::SiteGuard>),
 }
 
 impl Locker {

@@ -854,7 +854,9 @@ fn child_fd_count() {
             .acquire()
             .unwrap()
     };
-    for i in 0..10 {
+    // Each thread keeps its 16 most recent external names open (so taking
+    // one again does not reopen its file): fill that cache first.
+    for i in 0..32 {
         drop(take(&format!("warm-{i}")));
     }
     let before = support::open_fds();
@@ -866,11 +868,12 @@ fn child_fd_count() {
         after <= before,
         "{before} descriptors before, {after} after 2,000 names"
     );
-    // The count does see lock files: 100 held at once are 100 more.
+    // The count does see lock files: 100 held at once are 100 more, less
+    // the 16 recent ones they push out of the cache.
     let held: Vec<_> = (0..100).map(|i| take(&format!("held-{i}"))).collect();
     let during = support::open_fds();
     assert!(
-        during >= before + 100,
+        during >= before + 100 - 16,
         "{during} while holding 100, {before} before"
     );
     drop(held);

@@ -264,28 +264,31 @@ pub(crate) enum Attempt {
 
 /// Takes the lock file for a thread that may block: `Block` waits in the
 /// kernel on this thread, `Until` waits on a helper thread so the wait can
-/// end at the deadline. `Ok(None)`: busy (for `Try`) or the deadline passed;
-/// the hold is then gone and the in-process lock released.
+/// end at the deadline. When it is busy (for `Try`) or the deadline passes,
+/// the hold is dropped (releasing the in-process lock) and `busy(name)` is
+/// the error.
 pub(crate) fn lock(
     mut hold: Hold,
     dir: Dir<'_>,
     wait: FileWait,
-) -> Result<Option<Hold>, LockError> {
+    busy: impl FnOnce(&str) -> LockError,
+) -> Result<Hold, LockError> {
     let deadline = match wait {
         FileWait::Try | FileWait::Block => {
-            return Ok(match lock_step(&mut hold, dir, wait)? {
-                Attempt::Locked => Some(hold),
-                Attempt::Busy => None,
-            });
+            return match lock_step(&mut hold, dir, wait)? {
+                Attempt::Locked => Ok(hold),
+                Attempt::Busy => Err(busy(hold.entry().name())),
+            };
         }
         FileWait::Until(deadline) => deadline,
     };
     if let Attempt::Locked = lock_step(&mut hold, dir, FileWait::Try)? {
-        return Ok(Some(hold));
+        return Ok(hold);
     }
+    let err = busy(hold.entry().name());
     match Handoff::start(hold, dir)?.wait_until(deadline) {
-        None => Ok(None),
-        Some(r) => r.map(Some),
+        None => Err(err),
+        Some(r) => r,
     }
 }
 

@@ -110,7 +110,7 @@ mod sys {
     use crate::semaphore::Mode;
     use std::fs::{File, Metadata, OpenOptions};
     use std::io;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     use std::os::unix::io::AsRawFd;
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -228,7 +228,15 @@ mod sys {
     }
 
     pub(super) fn is_linked(file: &File) -> io::Result<bool> {
-        Ok(file.metadata()?.nlink() > 0)
+        // Plain fstat(2): std's `metadata` uses statx with an empty path,
+        // which costs more on the hot path.
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid descriptor; fstat fills `st` on success.
+        if unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstat succeeded.
+        Ok(unsafe { st.assume_init() }.st_nlink > 0)
     }
 }
 

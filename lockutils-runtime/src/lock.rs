@@ -110,9 +110,7 @@ fn wait_in_process(
 
 fn lock_file(hold: Hold, req: &Request<'_>, deadline: Option<Instant>) -> Result<Hold, LockError> {
     let deadline = deadline.or_else(|| req.deadline());
-    let name = || hold.entry().name().to_owned();
-    let name = name();
-    external::lock(hold, req.dir, req.file_wait(deadline))?.ok_or_else(|| req.busy(&name))
+    external::lock(hold, req.dir, req.file_wait(deadline), |name| req.busy(name))
 }
 
 /// The async counterpart of [`acquire`]: waits without blocking the thread,
@@ -302,6 +300,9 @@ impl<'a> Lock<'a> {
         } else {
             entry_for(&self.full_name()?, self.kind, self.mode)?
         };
+        if self.external {
+            registry::keep_recent(&handle);
+        }
         Ok(EntryRef::Owned(handle))
     }
 

@@ -119,9 +119,56 @@ pub fn live_entries() -> usize {
     REGISTRY.shards.iter().map(|s| s.0.lock().len()).sum()
 }
 
+/// External locks named at run time that this thread used last, kept alive
+/// (with their open lock files) so that taking the same name again does
+/// not reopen the file. Bounded, so dead names still go.
+const RECENT: usize = 16;
+
+thread_local! {
+    static RECENT_ENTRIES: std::cell::RefCell<std::collections::VecDeque<Handle>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// Keeps `handle`'s entry alive among this thread's recent external locks.
+pub(crate) fn keep_recent(handle: &Handle) {
+    let _ = RECENT_ENTRIES.try_with(|r| {
+        let Ok(mut r) = r.try_borrow_mut() else { return };
+        if let Some(i) = r.iter().position(|h| Arc::ptr_eq(&h.0, &handle.0)) {
+            // Most recent last.
+            let h = r.remove(i);
+            r.extend(h);
+            return;
+        }
+        if r.len() == RECENT {
+            let oldest = r.pop_front();
+            drop(r);
+            drop(oldest); // may take a shard lock: not under the RefCell
+            return keep_recent_push(handle);
+        }
+        r.push_back(handle.clone());
+    });
+}
+
+fn keep_recent_push(handle: &Handle) {
+    let _ = RECENT_ENTRIES.try_with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut() {
+            r.push_back(handle.clone());
+        }
+    });
+}
+
 /// A counted reference to a registry entry. The last one dropped removes
 /// the entry from the registry.
 pub(crate) struct Handle(ManuallyDrop<Arc<Entry>>);
+
+impl Clone for Handle {
+    /// Safe with the removal rule in `drop`: a clone is made from a live
+    /// handle, so the count cannot fall to the map's own reference while
+    /// the clone is being made.
+    fn clone(&self) -> Handle {
+        Handle(ManuallyDrop::new(Arc::clone(&self.0)))
+    }
+}
 
 impl Deref for Handle {
     type Target = Entry;
