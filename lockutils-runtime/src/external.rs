@@ -437,23 +437,29 @@ fn wait_any_slot(entry: &Entry, open: Open, n: u32) -> Result<(Open, Range), Loc
     let slot = Range::Byte(u64::from(std::process::id().wrapping_add(turn) % n));
     let path = open.dir.join(file_name(entry));
     let watcher = match LockFile::open(&path) {
-        Ok(file) => Open { file, dir: open.dir.clone(), generation: open.generation },
+        Ok(file) => Open {
+            file,
+            dir: open.dir.clone(),
+            generation: open.generation,
+        },
         Err(_) => return wait_one_slot(entry, open, slot),
     };
     let shared = Arc::new((Mutex::new(Watch::Waiting), Condvar::new()));
     let theirs = shared.clone();
-    let spawned = std::thread::Builder::new().name("lockutils-slot".into()).spawn(move || {
-        let r = watcher.file.lock(Mode::Exclusive, slot);
-        let mut st = theirs.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Watch::Waiting = *st {
-            *st = match r {
-                Ok(()) => Watch::Got(watcher),
-                Err(e) => Watch::Failed(e),
-            };
-            theirs.1.notify_all();
-        }
-        // Abandoned: `watcher` closes here, releasing its slot.
-    });
+    let spawned = std::thread::Builder::new()
+        .name("lockutils-slot".into())
+        .spawn(move || {
+            let r = watcher.file.lock(Mode::Exclusive, slot);
+            let mut st = theirs.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Watch::Waiting = *st {
+                *st = match r {
+                    Ok(()) => Watch::Got(watcher),
+                    Err(e) => Watch::Failed(e),
+                };
+                theirs.1.notify_all();
+            }
+            // Abandoned: `watcher` closes here, releasing its slot.
+        });
     if spawned.is_err() {
         return wait_one_slot(entry, open, slot);
     }
@@ -482,7 +488,10 @@ fn wait_any_slot(entry: &Entry, open: Open, n: u32) -> Result<(Open, Range), Loc
                 return Err(io_error(entry, &open, "lock", e));
             }
         }
-        st = cv.wait_timeout(st, delay).unwrap_or_else(|e| e.into_inner()).0;
+        st = cv
+            .wait_timeout(st, delay)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
         delay = (delay * 2).min(std::time::Duration::from_millis(16));
     }
 }

@@ -110,7 +110,9 @@ fn wait_in_process(
 
 fn lock_file(hold: Hold, req: &Request<'_>, deadline: Option<Instant>) -> Result<Hold, LockError> {
     let deadline = deadline.or_else(|| req.deadline());
-    external::lock(hold, req.dir, req.file_wait(deadline), |name| req.busy(name))
+    external::lock(hold, req.dir, req.file_wait(deadline), |name| {
+        req.busy(name)
+    })
 }
 
 /// The async counterpart of [`acquire`]: waits without blocking the thread,

@@ -132,7 +132,9 @@ thread_local! {
 /// Keeps `handle`'s entry alive among this thread's recent external locks.
 pub(crate) fn keep_recent(handle: &Handle) {
     let _ = RECENT_ENTRIES.try_with(|r| {
-        let Ok(mut r) = r.try_borrow_mut() else { return };
+        let Ok(mut r) = r.try_borrow_mut() else {
+            return;
+        };
         if let Some(i) = r.iter().position(|h| Arc::ptr_eq(&h.0, &handle.0)) {
             // Most recent last.
             let h = r.remove(i);
