@@ -101,6 +101,40 @@
 //!
 //! [`Lock::acquire_async`] works the same way on any executor.
 //!
+//! # Fair locks, semaphores, reader/writer locks
+//!
+//! ```
+//! use lockutils::synchronized;
+//!
+//! #[synchronized("uploads", permits = 2)] // at most 2 at once
+//! fn upload() -> usize { lockutils::locks_held().len() }
+//!
+//! #[synchronized("catalog", shared)] // a reader; without `shared`, a writer
+//! fn read_catalog() {}
+//!
+//! #[synchronized("db", fair)] // waiters served in arrival order
+//! fn migrate() {}
+//! # assert_eq!(upload(), 1); read_catalog(); migrate();
+//! ```
+//!
+//! With `external` these work across processes too: a semaphore takes one
+//! byte-range lock per permit in the lock file, a reader a whole-file
+//! `F_RDLCK` (what fasteners' reader/writer lock takes). Every user of a
+//! name must ask for the same kind (fair or not, the same number of
+//! permits), or get [`LockError::KindMismatch`]. In-process, a waiting
+//! writer keeps new readers out, so readers cannot starve writers. The
+//! run-time API has [`Lock::fair`], [`Lock::permits`] and [`Lock::shared`].
+//!
+//! # Lock servers
+//!
+//! `external` locks go to lock files unless a lock server is configured:
+//! [`set_backend`]`("postgres://user@db/locks")` or `$LOCKUTILS_BACKEND`
+//! (PostgreSQL session advisory locks with the `postgres` feature; etcd
+//! leases with `etcd`), or per lock with [`Lock::backend`]. User code does
+//! not change. A guard held on a lock server can tell whether the server may
+//! have given the lock away since ([`LockGuard::is_lost`]) and, on etcd,
+//! offers a fencing token ([`LockGuard::fencing_token`]).
+//!
 //! # Prefix aliases
 //!
 //! oslo's `synchronized_with_prefix("nova-")` gives a project its own
