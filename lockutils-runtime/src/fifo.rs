@@ -12,12 +12,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::semaphore::{Mode, units};
+use crate::semaphore::{Mode, thread_waker, units};
 use crate::timer::Sleep;
 
 pub(crate) struct FifoLock {
@@ -34,17 +34,6 @@ struct Node {
     need: usize,
     granted: AtomicBool,
     waker: Mutex<Waker>,
-}
-
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
 }
 
 impl FifoLock {
@@ -89,7 +78,7 @@ impl FifoLock {
 
     /// Waits in line for `mode`, blocking the thread, until `deadline`.
     pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>) -> bool {
-        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        let waker = thread_waker();
         let Some(node) = self.try_or_enqueue(mode, &waker) else {
             return true;
         };

@@ -108,7 +108,7 @@ struct Trace {
 #[cold]
 #[inline(never)]
 fn start_trace(hold: &Hold, site: Site, started: Instant) -> Option<Box<Trace>> {
-    let path = lock_file(hold);
+    let path = hold.file_path();
     let acquired = trace::acquired(hold, site, path.as_deref(), started);
     Some(Box::new(Trace { site, acquired }))
 }
@@ -185,20 +185,20 @@ impl LockGuard {
     /// only, or with process locking disabled). For a lock on a lock
     /// server, a description of it (URL and key).
     pub fn lock_file(&self) -> Option<PathBuf> {
-        lock_file(&self.hold)
+        self.hold.file_path()
     }
 
     /// For a lock held on a lock server that provides one (etcd): a token
     /// that grows with every acquisition, to fence writes with.
     pub fn fencing_token(&self) -> Option<u64> {
-        self.hold.remote().and_then(|r| r.fencing_token())
+        self.hold.fencing_token()
     }
 
     /// For a lock held on a lock server: whether the server may have given
     /// it to someone else since (the session or lease was lost). Lock files
     /// cannot be lost this way: always `false`.
     pub fn is_lost(&self) -> bool {
-        self.hold.remote().is_some_and(|r| r.is_lost())
+        self.hold.is_lost()
     }
 
     pub(crate) fn hold_mut(&mut self) -> &mut Hold {
@@ -251,19 +251,19 @@ impl AsyncLockGuard {
         self.hold.entry().name()
     }
 
-    /// The lock file held, for an external lock.
+    /// See [`LockGuard::lock_file`].
     pub fn lock_file(&self) -> Option<PathBuf> {
-        lock_file(&self.hold)
+        self.hold.file_path()
     }
 
     /// See [`LockGuard::fencing_token`].
     pub fn fencing_token(&self) -> Option<u64> {
-        self.hold.remote().and_then(|r| r.fencing_token())
+        self.hold.fencing_token()
     }
 
     /// See [`LockGuard::is_lost`].
     pub fn is_lost(&self) -> bool {
-        self.hold.remote().is_some_and(|r| r.is_lost())
+        self.hold.is_lost()
     }
 }
 
@@ -279,8 +279,4 @@ impl std::fmt::Debug for AsyncLockGuard {
             .field("name", &self.name())
             .finish_non_exhaustive()
     }
-}
-
-fn lock_file(hold: &Hold) -> Option<PathBuf> {
-    hold.file_path()
 }

@@ -85,9 +85,18 @@ impl Hold {
         self.external.as_ref().map(|f| f.describe(&self.entry))
     }
 
-    /// The server lock, if this is one.
-    pub(crate) fn remote(&self) -> Option<&dyn RemoteHold> {
+    fn remote(&self) -> Option<&dyn RemoteHold> {
         self.external.as_ref().and_then(ExternalHold::remote)
+    }
+
+    /// The server lock's fencing token, if it has one.
+    pub(crate) fn fencing_token(&self) -> Option<u64> {
+        self.remote().and_then(|r| r.fencing_token())
+    }
+
+    /// Whether a server lock may have been given away since.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.remote().is_some_and(|r| r.is_lost())
     }
 
     /// Releases and closes the lock file (after it was removed), keeping

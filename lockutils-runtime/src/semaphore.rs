@@ -85,6 +85,12 @@ impl Waiter {
     }
 }
 
+/// A waker that unparks the current thread: lets threads and tasks share
+/// one wait queue.
+pub(crate) fn thread_waker() -> Waker {
+    Waker::from(Arc::new(ThreadWaker(std::thread::current())))
+}
+
 struct ThreadWaker(std::thread::Thread);
 
 impl Wake for ThreadWaker {
@@ -244,7 +250,7 @@ impl RawLock {
         if self.try_take(mode) {
             return true;
         }
-        let waiter = Waiter::new(Waker::from(Arc::new(ThreadWaker(std::thread::current()))));
+        let waiter = Waiter::new(thread_waker());
         let mut counted = false;
         loop {
             if self.take_or_queue(mode, &waiter, &mut counted) {
