@@ -28,10 +28,7 @@ impl Place {
 
     /// The full name and file name of lock `name`, checked by the library.
     pub fn named(&self, name: &str) -> Result<Named, LockError> {
-        let full = lockutils::lock(name).prefix(&self.prefix).full_name()?;
-        // The library's (and oslo's) rule: '/' in the name becomes '_'; the
-        // prefix cannot hold one (full_name refuses it).
-        let file = full.replace('/', "_");
-        Ok(Named { full, file })
+        let lock = lockutils::lock(name).prefix(&self.prefix);
+        Ok(Named { full: lock.full_name()?, file: lock.file_name()? })
     }
 }

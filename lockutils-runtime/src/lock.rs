@@ -292,6 +292,13 @@ impl<'a> Lock<'a> {
         Ok(lockutils_name::full_name(self.prefix, self.name))
     }
 
+    /// The lock file's name inside the lock path: the full name with `/`
+    /// in the name replaced by `_`, byte for byte oslo.concurrency's.
+    pub fn file_name(&self) -> Result<String, LockError> {
+        self.full_name()?;
+        Ok(lockutils_name::file_name(self.prefix, self.name))
+    }
+
     fn entry(&self) -> Result<EntryRef, LockError> {
         let handle = if self.prefix.is_empty() {
             lockutils_name::check("", self.name).map_err(|problem| LockError::InvalidName {
