@@ -282,18 +282,28 @@ pub(crate) fn lock(
         }
         FileWait::Until(deadline) => deadline,
     };
+    // A lock server waits on the server, up to the deadline: no helper
+    // thread is left waiting there (with the in-process lock) after a
+    // timeout.
+    if server(dir)?.is_some() {
+        return match lock_step(&mut hold, dir, wait)? {
+            Attempt::Locked => Ok(hold),
+            Attempt::Busy => Err(busy(hold.entry().name())),
+        };
+    }
     if let Attempt::Locked = lock_step(&mut hold, dir, FileWait::Try)? {
         return Ok(hold);
     }
     let err = busy(hold.entry().name());
-    match Handoff::start(hold, dir)?.wait_until(deadline) {
-        None => Err(err),
-        Some(r) => r,
+    match Handoff::start(hold, dir, Some(deadline))?.wait_until(deadline) {
+        Some(Ok(Some(hold))) => Ok(hold),
+        Some(Err(e)) => Err(e),
+        Some(Ok(None)) | None => Err(err),
     }
 }
 
-/// One attempt on the lock server or lock file for `dir`. `Try` and
-/// `Block` only.
+/// One attempt on the lock server or lock file for `dir`: `Try` and
+/// `Block`, and for lock servers also `Until`.
 pub(crate) fn lock_step(
     hold: &mut Hold,
     dir: Dir<'_>,
@@ -525,16 +535,26 @@ struct Shared {
     done: Condvar,
 }
 
+/// What the helper found: the hold, `None` if a lock server's deadline
+/// passed, or an error.
+type Outcome = Result<Option<Hold>, LockError>;
+
 enum State {
     Waiting(Option<Waker>),
-    Done(Result<Hold, LockError>),
+    Done(Outcome),
     Taken,
     Abandoned,
 }
 
 impl Handoff {
-    /// Starts the helper thread; it takes the lock file in the kernel.
-    pub(crate) fn start(hold: Hold, dir: Dir<'_>) -> Result<Handoff, LockError> {
+    /// Starts the helper thread; it takes the lock file in the kernel (no
+    /// deadline there: the caller abandons it), or waits on the lock server
+    /// until `deadline`, so that nothing stays queued on the server.
+    pub(crate) fn start(
+        hold: Hold,
+        dir: Dir<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Handoff, LockError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Waiting(None)),
             done: Condvar::new(),
@@ -547,12 +567,14 @@ impl Handoff {
             .spawn(move || {
                 let mut hold = hold;
                 let dir = dir_owned.borrow();
-                let r = loop {
-                    match lock_step(&mut hold, dir, FileWait::Block) {
-                        Ok(Attempt::Locked) => break Ok(hold),
-                        Ok(Attempt::Busy) => continue, // not returned for Block
-                        Err(e) => break Err(e),
-                    }
+                let wait = match (server(dir), deadline) {
+                    (Ok(Some(_)), Some(d)) => FileWait::Until(d),
+                    _ => FileWait::Block,
+                };
+                let r: Outcome = match lock_step(&mut hold, dir, wait) {
+                    Ok(Attempt::Locked) => Ok(Some(hold)),
+                    Ok(Attempt::Busy) => Ok(None),
+                    Err(e) => Err(e),
                 };
                 let mut st = theirs.state.lock().unwrap_or_else(|e| e.into_inner());
                 match std::mem::replace(&mut *st, State::Taken) {
@@ -578,7 +600,7 @@ impl Handoff {
     }
 
     /// Blocks until the helper finished or the deadline passed (`None`).
-    fn wait_until(self, deadline: Instant) -> Option<Result<Hold, LockError>> {
+    fn wait_until(self, deadline: Instant) -> Option<Outcome> {
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let State::Done(_) = &*st {
@@ -600,7 +622,7 @@ impl Handoff {
 
     /// For futures: the result if the helper finished, else remembers the
     /// waker to wake.
-    pub(crate) fn poll(&self, waker: &Waker) -> Option<Result<Hold, LockError>> {
+    pub(crate) fn poll(&self, waker: &Waker) -> Option<Outcome> {
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *st {
             State::Waiting(w) => {
@@ -616,7 +638,7 @@ impl Handoff {
     }
 }
 
-fn take_done(st: &mut State) -> Option<Result<Hold, LockError>> {
+fn take_done(st: &mut State) -> Option<Outcome> {
     match std::mem::replace(st, State::Taken) {
         State::Done(r) => Some(r),
         other => {

@@ -137,7 +137,7 @@ pub(crate) async fn acquire_async(
             return Err(req.busy(hold.entry().name()));
         }
         let name = hold.entry().name().to_owned();
-        let handoff = Handoff::start(hold, req.dir)?;
+        let handoff = Handoff::start(hold, req.dir, deadline)?;
         let wait = WaitForFile {
             handoff,
             sleep: deadline.map(Sleep::new),
@@ -159,16 +159,13 @@ impl Future for WaitForFile {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(r) = self.handoff.poll(cx.waker()) {
-            return Poll::Ready(r.map(Some));
+            return Poll::Ready(r);
         }
         if let Some(sleep) = &mut self.sleep
             && sleep.poll_expired(cx)
         {
             // The helper may have finished just now; take it if so.
-            return Poll::Ready(match self.handoff.poll(cx.waker()) {
-                Some(r) => r.map(Some),
-                None => Ok(None),
-            });
+            return Poll::Ready(self.handoff.poll(cx.waker()).unwrap_or(Ok(None)));
         }
         Poll::Pending
     }

@@ -20,6 +20,11 @@ use crate::error::LockError;
 use crate::external::FileWait;
 use crate::semaphore::Mode;
 
+#[cfg(feature = "etcd")]
+mod etcd;
+#[cfg(feature = "postgres")]
+mod postgres;
+
 /// A lock server.
 pub(crate) trait Backend: Send + Sync {
     /// Takes `name` (a full lock name) in `mode`. `Try`: `Ok(None)` if busy;
@@ -95,17 +100,23 @@ fn make(url: &str) -> Result<Arc<dyn Backend>, LockError> {
         Some("etcd") => Err(bad(
             "this build of lockutils has no etcd backend: enable the `etcd` feature".into(),
         )),
-        Some("file") => Err(bad("file:// is not a lock server; it sets the lock path".into())),
+        Some("file") => Err(bad(
+            "file:// is not a lock server; it sets the lock path".into()
+        )),
         Some(other) => Err(bad(format!(
             "unknown scheme {other:?}: expected file://, postgres:// or etcd://"
         ))),
-        None => Err(bad("not a URL: expected file://, postgres:// or etcd://".into())),
+        None => Err(bad(
+            "not a URL: expected file://, postgres:// or etcd://".into()
+        )),
     }
 }
 
 /// `url` with any password replaced by `***`, for messages and logs.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let (authority, tail) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -119,16 +130,53 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// An error and its causes, each once: `a: b: c`.
+#[cfg(any(feature = "postgres", feature = "etcd"))]
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Runs `f`, which blocks on a client's own tokio runtime: on this thread
+/// normally, on a scoped thread when called from inside an async runtime
+/// (a synchronous lock taken or dropped in async code), where blocking on
+/// another runtime would panic.
+#[cfg(any(feature = "postgres", feature = "etcd"))]
+fn outside_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("etcd://h:2379"), "etcd://h:2379");
-        assert_eq!(redact("postgres://u:p@ss@h/db?x=1"), "postgres://u:***@h/db?x=1");
+        assert_eq!(
+            redact("postgres://u:p@ss@h/db?x=1"),
+            "postgres://u:***@h/db?x=1"
+        );
     }
 
     #[test]

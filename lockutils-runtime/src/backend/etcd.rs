@@ -1,0 +1,531 @@
+//! etcd v3 leases (`etcd://[user:password@]host:2379[,host:2379...][/prefix][?ttl=10]`).
+//!
+//! Each acquisition is a key-per-waiter queue, the recipe of etcd's own
+//! `concurrency.Mutex` and `RWMutex`, with one lease per acquisition:
+//!
+//! 1. Grant a lease of `ttl` seconds (default [`DEFAULT_TTL`], `?ttl=5` in
+//!    the URL) and keep it alive from a task on the backend's private tokio
+//!    runtime, every `ttl / 3`, **while waiting and while holding**.
+//! 2. In one transaction, create `<prefix><name>/<w|r>/<lease id>` attached
+//!    to the lease and read the oldest key it must wait for. Its create
+//!    revision `R` is the acquisition's place in the queue.
+//! 3. A writer (exclusive) waits for every older key, a reader (shared)
+//!    only for older writers: while such a key exists it watches the
+//!    newest one for its deletion (a release, a revoked or expired lease),
+//!    then looks again. The wait happens in etcd (a watch), not a polling
+//!    loop; a deadline or `blocking(false)` gives up by revoking the lease.
+//! 4. Having waited, it checks its own key still exists with revision `R`:
+//!    the lease may have expired meanwhile, which etcd 3.4's own Lock API
+//!    fails to notice (<https://github.com/etcd-io/etcd/issues/9921>).
+//!
+//! `R` is the fencing token: it grows with every acquisition of any lock on
+//! the server. Releasing revokes the lease, which deletes the key. If a
+//! keepalive fails or the lease expires, the hold is lost:
+//! [`RemoteHold::is_lost`] turns true and a `tracing` warning says so. A
+//! holder that dies stops renewing its lease, so waiters proceed at most
+//! `ttl` seconds later.
+//!
+//! Names are escaped (`%` → `%25`, `/` → `%2F`) so that no name's keys can
+//! fall under another name's prefix.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+};
+use parking_lot::Mutex;
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+
+use super::{Backend, RemoteHold, error_chain, outside_runtime, redact};
+use crate::error::LockError;
+use crate::external::FileWait;
+use crate::semaphore::Mode;
+
+/// The lease time-to-live when the URL does not give `?ttl=`, in seconds.
+pub(crate) const DEFAULT_TTL: u64 = 10;
+
+/// The key prefix when the URL has no path.
+const DEFAULT_PREFIX: &str = "lockutils/";
+
+/// The longest a single request (not a wait) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An etcd cluster used as a lock server.
+pub(crate) struct Etcd {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The URL without its password, for messages.
+    url: String,
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    prefix: String,
+    ttl: i64,
+    /// Runs the client and the keepalive tasks; never dropped (backends
+    /// live as long as the process).
+    runtime: Runtime,
+    /// Connected on first use; reconnected after a failed connect.
+    client: Mutex<Option<Client>>,
+}
+
+impl Etcd {
+    /// Parses the URL and starts the runtime; connects on first use.
+    pub(crate) fn new(url: &str) -> Result<Etcd, LockError> {
+        let bad = |cause: String| LockError::Backend {
+            name: String::new(),
+            backend: redact(url),
+            op: "configure",
+            cause,
+        };
+        let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("http://{h}"))
+            .collect();
+        if endpoints.is_empty() {
+            return Err(bad("no host: expected etcd://host:port".into()));
+        }
+        let mut ttl = DEFAULT_TTL;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("ttl", v)) => {
+                    ttl = v
+                        .parse()
+                        .ok()
+                        .filter(|t| (1..=86_400).contains(t))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "ttl={v:?}: expected a number of seconds from 1 to 86400"
+                            ))
+                        })?;
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option {pair:?}: expected ttl=SECONDS"
+                    )));
+                }
+            }
+        }
+        let prefix = match path.trim_matches('/') {
+            "" => DEFAULT_PREFIX.to_owned(),
+            p => format!("{p}/"),
+        };
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            // HTTP/2 pings: a dead server is noticed in ~4 s even while
+            // only a watch or the keepalive stream is open.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_tcp_keepalive(Duration::from_secs(5));
+        if let Some((user, password)) = userinfo.and_then(|u| u.split_once(':')) {
+            options = options.with_user(user, password);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("lockutils-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("cannot start its runtime: {e}")))?;
+        let inner = Inner {
+            url: redact(url),
+            endpoints,
+            options,
+            prefix,
+            ttl: ttl as i64,
+            runtime,
+            client: Mutex::new(None),
+        };
+        Ok(Etcd {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+impl Backend for Etcd {
+    fn lock(
+        &self,
+        name: &str,
+        mode: Mode,
+        wait: FileWait,
+    ) -> Result<Option<Box<dyn RemoteHold>>, LockError> {
+        let inner = &self.inner;
+        let got = outside_runtime(|| {
+            inner
+                .runtime
+                .block_on(inner.clone().acquire(name, mode, wait))
+        });
+        Ok(got?.map(|h| Box::new(h) as Box<dyn RemoteHold>))
+    }
+}
+
+/// Why an acquisition failed: what was being done, and the cause.
+type Failure = (&'static str, String);
+
+fn failed(op: &'static str) -> impl Fn(etcd_client::Error) -> Failure {
+    move |e| (op, error_chain(&e))
+}
+
+/// Runs a request with [`REQUEST_TIMEOUT`].
+async fn request<T>(
+    op: &'static str,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => r.map_err(failed(op)),
+        Err(_) => Err((op, format!("no answer within {REQUEST_TIMEOUT:?}"))),
+    }
+}
+
+impl Inner {
+    async fn client(&self) -> Result<Client, Failure> {
+        if let Some(c) = self.client.lock().clone() {
+            return Ok(c);
+        }
+        let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+        let c = request("connect", connect).await?;
+        *self.client.lock() = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn acquire(
+        self: Arc<Self>,
+        name: &str,
+        mode: Mode,
+        wait: FileWait,
+    ) -> Result<Option<EtcdHold>, LockError> {
+        let to_error = |(op, cause): Failure| LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op,
+            cause,
+        };
+        let mut client = self.client().await.map_err(to_error)?;
+        let granted = request("grant a lease", client.lease_grant(self.ttl, None)).await;
+        let lease = granted.map_err(to_error)?;
+        let ttl = Duration::from_secs(lease.ttl().max(1) as u64);
+        let state = Arc::new(LeaseState::new(ttl));
+        let keeper = self
+            .runtime
+            .spawn(keep_alive(client.clone(), lease.id(), state.clone()));
+        let mut hold = EtcdHold {
+            inner: self.clone(),
+            lease: lease.id(),
+            key: String::new(),
+            revision: 0,
+            state,
+            keeper,
+            revoked: false,
+        };
+        let r = hold.enqueue_and_wait(&mut client, name, mode, wait).await;
+        if !matches!(r, Ok(true)) {
+            // Revoking the lease removes our key from the queue.
+            hold.revoke(&mut client).await;
+        }
+        match r {
+            Ok(true) => Ok(Some(hold)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(to_error(e)),
+        }
+    }
+}
+
+/// The lease of one acquisition, as its keepalive task sees it.
+struct LeaseState {
+    ttl: Duration,
+    /// When the server last confirmed the lease (it lives `ttl` after).
+    renewed: Mutex<Instant>,
+    /// Set once the lease is known lost; waiters watch it.
+    lost: watch::Sender<bool>,
+    /// The hold was released on purpose: losing the lease is expected.
+    released: AtomicBool,
+    warned: AtomicBool,
+}
+
+impl LeaseState {
+    fn new(ttl: Duration) -> LeaseState {
+        LeaseState {
+            ttl,
+            renewed: Mutex::new(Instant::now()),
+            lost: watch::Sender::new(false),
+            released: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        *self.lost.borrow() || self.renewed.lock().elapsed() >= self.ttl
+    }
+
+    /// Marks the lease lost and warns once (not after a release).
+    fn lose(&self, lease: i64, why: &str) {
+        self.lost.send_replace(true);
+        if !self.released.load(Ordering::Acquire) && !self.warned.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                lease = format_args!("{lease:x}"),
+                "lockutils: etcd lease lost ({why}); the lock held or awaited with it \
+                 may have been given to someone else"
+            );
+        }
+    }
+}
+
+/// Renews the lease every `ttl / 3` until aborted (released) or it fails.
+async fn keep_alive(mut client: Client, lease: i64, state: Arc<LeaseState>) {
+    let period = (state.ttl / 3).max(Duration::from_millis(200));
+    let why = async {
+        let (mut keeper, mut stream) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        *state.renewed.lock() = Instant::now();
+        loop {
+            tokio::time::sleep(period).await;
+            let sent = Instant::now();
+            keeper.keep_alive().await.map_err(|e| error_chain(&e))?;
+            // An answer later than the lease's end is no use.
+            let left = state.ttl.saturating_sub(state.renewed.lock().elapsed());
+            match tokio::time::timeout(left, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => *state.renewed.lock() = sent,
+                Ok(Ok(Some(_))) => return Err("the lease expired or was revoked".to_owned()),
+                Ok(Ok(None)) => return Err("the keepalive stream ended".to_owned()),
+                Ok(Err(e)) => return Err(error_chain(&e)),
+                Err(_) => return Err("no keepalive answer before the lease ran out".to_owned()),
+            }
+        }
+    };
+    let r: Result<std::convert::Infallible, String> = why.await;
+    let Err(why) = r;
+    state.lose(lease, &why);
+}
+
+/// A lock held (or being taken) with one lease.
+struct EtcdHold {
+    inner: Arc<Inner>,
+    lease: i64,
+    /// Our key in the name's queue.
+    key: String,
+    /// Its create revision: our place in the queue, and the fencing token.
+    revision: i64,
+    state: Arc<LeaseState>,
+    keeper: tokio::task::JoinHandle<()>,
+    revoked: bool,
+}
+
+impl EtcdHold {
+    /// Stops the keepalive and revokes the lease, which deletes our key.
+    /// If etcd cannot be reached, the lease simply expires after its TTL.
+    async fn revoke(&mut self, client: &mut Client) {
+        self.revoked = true;
+        self.state.released.store(true, Ordering::Release);
+        self.keeper.abort();
+        let lease = self.lease;
+        if let Err((_, cause)) = request("release", client.lease_revoke(lease)).await {
+            tracing::debug!(
+                lease = format_args!("{lease:x}"),
+                %cause,
+                "lockutils: cannot revoke etcd lease; it will expire"
+            );
+        }
+    }
+
+    /// Queues our key and waits for our turn. `Ok(false)`: busy (`Try`) or
+    /// the deadline passed.
+    async fn enqueue_and_wait(
+        &mut self,
+        client: &mut Client,
+        name: &str,
+        mode: Mode,
+        wait: FileWait,
+    ) -> Result<bool, Failure> {
+        let queue = format!("{}{}/", self.inner.prefix, escape(name));
+        let role = if mode == Mode::Shared { "r" } else { "w" };
+        self.key = format!("{queue}{role}/{:016x}", self.lease);
+        // Readers wait for older writers; writers for everyone older.
+        let blockers = if mode == Mode::Shared {
+            format!("{queue}w/")
+        } else {
+            queue
+        };
+        let oldest = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1)
+            .with_keys_only();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                TxnOp::put(
+                    self.key.as_str(),
+                    "",
+                    Some(PutOptions::new().with_lease(self.lease)),
+                ),
+                TxnOp::get(blockers.as_str(), Some(oldest)),
+            ]);
+        let put = request("queue", client.txn(txn)).await?;
+        self.revision = put.header().map_or(0, |h| h.revision());
+        let first_blocker = put.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.create_revision()),
+            _ => None,
+        });
+        if !put.succeeded() || first_blocker.is_none_or(|r| r >= self.revision) {
+            return Ok(put.succeeded());
+        }
+        let deadline = match wait {
+            FileWait::Try => return Ok(false),
+            FileWait::Block => None,
+            FileWait::Until(d) => Some(tokio::time::Instant::from_std(d)),
+        };
+        let mut lost = self.state.lost.subscribe();
+        let waited = async {
+            tokio::select! {
+                r = self.await_turn(client, &blockers) => r,
+                _ = lost.wait_for(|l| *l) => {
+                    Err(("wait", "the lease expired while waiting".to_owned()))
+                }
+            }
+        };
+        match deadline {
+            None => waited.await?,
+            Some(d) => match tokio::time::timeout_at(d, waited).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(false),
+            },
+        }
+        // Our turn came; make sure it is still ours (etcd-io/etcd#9921).
+        let mine = request("check the lock key", client.get(self.key.as_str(), None)).await?;
+        match mine.kvs().first() {
+            Some(kv) if kv.create_revision() == self.revision && !self.state.is_lost() => Ok(true),
+            _ => Err((
+                "check the lock key",
+                "the lease expired while waiting".to_owned(),
+            )),
+        }
+    }
+
+    /// Waits until no key in `blockers` is older than ours.
+    async fn await_turn(&self, client: &mut Client, blockers: &str) -> Result<(), Failure> {
+        loop {
+            let newest_older = GetOptions::new()
+                .with_prefix()
+                .with_max_create_revision(self.revision - 1)
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_limit(1)
+                .with_keys_only();
+            let found = request("wait", client.get(blockers, Some(newest_older))).await?;
+            let Some(ahead) = found.kvs().first() else {
+                return Ok(());
+            };
+            let seen = found.header().map_or(0, |h| h.revision());
+            // Every event after what we read, so a deletion in between is
+            // not missed.
+            let options = WatchOptions::new()
+                .with_start_revision(seen + 1)
+                .with_filters([WatchFilterType::NoPut]);
+            let mut events = client
+                .watch(ahead.key(), Some(options))
+                .await
+                .map_err(failed("wait"))?;
+            loop {
+                match events.message().await.map_err(failed("wait"))? {
+                    Some(r) if !r.events().is_empty() || r.canceled() => break,
+                    Some(_) => {}
+                    None => return Err(("wait", "the watch ended".to_owned())),
+                }
+            }
+        }
+    }
+}
+
+impl RemoteHold for EtcdHold {
+    fn release(self: Box<Self>) {
+        // Drop does it.
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} key {} (lease {:x}, revision {})",
+            self.inner.url, self.key, self.lease, self.revision
+        )
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        u64::try_from(self.revision).ok()
+    }
+
+    fn is_lost(&self) -> bool {
+        let lost = self.state.is_lost();
+        if lost {
+            self.state
+                .lose(self.lease, "not renewed within its time-to-live");
+        }
+        lost
+    }
+}
+
+impl Drop for EtcdHold {
+    /// Releases: the next in the queue goes.
+    fn drop(&mut self) {
+        if self.revoked {
+            return;
+        }
+        let Some(mut client) = self.inner.client.lock().clone() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        outside_runtime(|| inner.runtime.block_on(self.revoke(&mut client)));
+    }
+}
+
+/// A lock name as one key segment: `%` → `%25`, `/` → `%2F`.
+fn escape(name: &str) -> String {
+    name.replace('%', "%25").replace('/', "%2F")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_reach_into_other_names_keys() {
+        assert_eq!(escape("a/w/b"), "a%2Fw%2Fb");
+        assert_eq!(escape("100%/x"), "100%25%2Fx");
+        assert_ne!(escape("a/b"), escape("a%2Fb"));
+    }
+
+    #[test]
+    fn urls_give_endpoints_prefix_and_ttl() {
+        let e = Etcd::new("etcd://u:pw@h1:2379,h2:2379/my/locks?ttl=5").unwrap();
+        assert_eq!(e.inner.endpoints, ["http://h1:2379", "http://h2:2379"]);
+        assert_eq!(e.inner.prefix, "my/locks/");
+        assert_eq!(e.inner.ttl, 5);
+        assert_eq!(e.inner.url, "etcd://u:***@h1:2379,h2:2379/my/locks?ttl=5");
+        let d = Etcd::new("etcd://h:2379").unwrap();
+        assert_eq!(
+            (d.inner.prefix.as_str(), d.inner.ttl),
+            (DEFAULT_PREFIX, DEFAULT_TTL as i64)
+        );
+        for bad in [
+            "etcd://h?ttl=0",
+            "etcd://h?ttl=x",
+            "etcd://h?color=red",
+            "etcd://",
+        ] {
+            assert!(Etcd::new(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! PostgreSQL session-level advisory locks (`postgres://...`).
+//!
+//! * **Key**: the first 8 bytes of the SHA-256 of the full lock name (UTF-8),
+//!   read big-endian as a signed 64-bit integer, passed to the one-argument
+//!   `pg_advisory_lock(bigint)` family. Every host and process computes the
+//!   same key; distinct names collide with probability about n²/2⁶⁵ (tooz
+//!   keeps only 16 bits, where `lock-2` and `lock-137` already collide).
+//!   `pg_locks` shows the key as `classid = key >> 32`,
+//!   `objid = key & 0xffffffff`, `objsubid = 1`.
+//! * **Sessions**: a held lock owns one dedicated session (advisory locks
+//!   are re-entrant per session, so two holders must never share one) until
+//!   it is released; the session then goes back to an idle pool (at most
+//!   [`MAX_IDLE`] kept) for the next acquisition. A session whose unlock
+//!   failed is closed instead, which makes the server release everything it
+//!   held: a locked session never returns to the pool.
+//! * **Waiting** happens in the server: `pg_try_advisory_lock` for
+//!   `blocking(false)`, `pg_advisory_lock` to block, and for a deadline
+//!   `SET LOCAL lock_timeout` plus `pg_advisory_lock` in one round trip,
+//!   where SQLSTATE 55P03 (`lock_not_available`) means "busy". No client-side
+//!   polling.
+//! * **Dead holders**: the server ends a session when its client dies, and
+//!   with it the session's locks. A killed process closes its socket, so the
+//!   lock is free at once. A host that vanishes is detected by the server's
+//!   TCP keepalive, which every session sets for itself
+//!   ([`SERVER_OPTIONS`]): 5 s idle, then 3 probes 2 s apart, so the locks
+//!   of a dead or unreachable host are free after about 11 s;
+//!   `tcp_user_timeout` = 10 s bounds the time unacknowledged data may wait.
+//!   The client side uses the same figures, so a holder learns of a dead
+//!   server in about as long ([`RemoteHold::is_lost`] asks the server).
+//!   `statement_timeout`, `lock_timeout` and `idle_session_timeout` are set
+//!   to 0 for our sessions, so server defaults cannot cut a wait short or
+//!   end a session that sits idle while it holds a lock.
+//!
+//! Any of the client settings may be overridden in the URL
+//! (`?keepalives_idle=30&connect_timeout=10`, as libpq names them).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ::postgres::error::SqlState;
+use ::postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use super::{Backend, RemoteHold, error_chain as chain, outside_runtime, redact};
+use crate::error::LockError;
+use crate::external::FileWait;
+use crate::semaphore::Mode;
+
+/// Idle sessions kept for reuse; more are closed when released.
+pub(crate) const MAX_IDLE: usize = 16;
+
+/// Settings for the server's half of each session (libpq `options`).
+pub(crate) const SERVER_OPTIONS: &str = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 \
+     -c tcp_keepalives_count=3 -c tcp_user_timeout=10000 -c statement_timeout=0 \
+     -c lock_timeout=0 -c idle_session_timeout=0";
+
+/// How long [`RemoteHold::is_lost`] waits for the server to answer.
+const ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The advisory-lock key of a full lock name (see the module docs).
+pub(crate) fn key(name: &str) -> i64 {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// A PostgreSQL server used as a lock server.
+pub(crate) struct Postgres {
+    pool: Arc<Pool>,
+}
+
+/// The connection settings and the idle sessions.
+struct Pool {
+    config: Config,
+    /// The URL without its password, for messages.
+    url: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Postgres {
+    /// Parses the URL; connects only when a lock is first taken.
+    pub(crate) fn new(url: &str) -> Result<Postgres, LockError> {
+        let mut config: Config = url.parse().map_err(|e| LockError::Backend {
+            name: String::new(),
+            backend: redact(url),
+            op: "configure",
+            cause: format!("not a PostgreSQL URL: {}", chain(&e)),
+        })?;
+        let given = |key: &str| {
+            url.split_once('?')
+                .is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(key)))
+        };
+        if !given("connect_timeout") {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if !given("keepalives_idle") {
+            config.keepalives_idle(Duration::from_secs(5));
+        }
+        if !given("keepalives_interval") {
+            config.keepalives_interval(Duration::from_secs(2));
+        }
+        if !given("keepalives_retries") {
+            config.keepalives_retries(3);
+        }
+        if !given("tcp_user_timeout") {
+            config.tcp_user_timeout(Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("lockutils");
+        }
+        let options = match config.get_options() {
+            Some(theirs) => format!("{SERVER_OPTIONS} {theirs}"),
+            None => SERVER_OPTIONS.to_owned(),
+        };
+        config.options(&options);
+        let pool = Pool {
+            config,
+            url: redact(url),
+            idle: Mutex::new(Vec::new()),
+        };
+        Ok(Postgres {
+            pool: Arc::new(pool),
+        })
+    }
+}
+
+impl Backend for Postgres {
+    fn lock(
+        &self,
+        name: &str,
+        mode: Mode,
+        wait: FileWait,
+    ) -> Result<Option<Box<dyn RemoteHold>>, LockError> {
+        let key = key(name);
+        let sql = lock_sql(key, mode, wait);
+        let got = outside_runtime(|| self.pool.run(name, &sql))?;
+        Ok(got.map(|client| {
+            let hold = PgHold {
+                pool: self.pool.clone(),
+                client: Mutex::new(Some(client)),
+                key,
+                mode,
+                warned: AtomicBool::new(false),
+            };
+            Box::new(hold) as Box<dyn RemoteHold>
+        }))
+    }
+}
+
+/// The statement that takes `key`: it returns one row whose last column is
+/// `t` or `f` (the `try` functions) or empty (the blocking ones).
+fn lock_sql(key: i64, mode: Mode, wait: FileWait) -> String {
+    let shared = if mode == Mode::Shared { "_shared" } else { "" };
+    match wait {
+        FileWait::Try => format!("SELECT pg_try_advisory_lock{shared}({key})"),
+        FileWait::Block => format!("SELECT pg_advisory_lock{shared}({key})"),
+        FileWait::Until(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up, so the wait never ends before the deadline; and
+            // lock_timeout = 0 would mean "forever": a spent deadline is 1 ms.
+            let ms = left.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128);
+            // Two statements in one query run as one implicit transaction,
+            // so SET LOCAL ends with it and the session keeps lock_timeout=0.
+            format!("SET LOCAL lock_timeout = {ms}; SELECT pg_advisory_lock{shared}({key})")
+        }
+    }
+}
+
+impl Pool {
+    /// Runs `sql` (a lock statement) on an idle or new session. `Some`: the
+    /// session, now holding the lock; `None`: busy, the session went back.
+    fn run(&self, name: &str, sql: &str) -> Result<Option<Client>, LockError> {
+        let pooled = self.idle.lock().pop();
+        if let Some(mut client) = pooled {
+            match attempt(&mut client, sql) {
+                // Most likely an idle session the server ended meanwhile (a
+                // restart, an administrator; the error may still be its
+                // FATAL message rather than a closed socket), and the other
+                // idle ones with it: drop them all and try once on a new
+                // session, which reports any error that persists.
+                Err(e) if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    drop(client);
+                    let stale = std::mem::take(&mut *self.idle.lock());
+                    drop(stale); // closed outside the pool's lock
+                }
+                r => return self.settle(name, client, r),
+            }
+        }
+        let mut client = self.connect(name)?;
+        let r = attempt(&mut client, sql);
+        self.settle(name, client, r)
+    }
+
+    /// What an attempt on `client` means for the caller.
+    fn settle(
+        &self,
+        name: &str,
+        client: Client,
+        attempt: Result<bool, ::postgres::Error>,
+    ) -> Result<Option<Client>, LockError> {
+        match attempt {
+            Ok(true) => Ok(Some(client)),
+            Ok(false) => {
+                self.give_back(client);
+                Ok(None)
+            }
+            // lock_timeout ran out (a deadline).
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                self.give_back(client);
+                Ok(None)
+            }
+            // The session is closed as `client` drops: nothing stays locked.
+            Err(e) => Err(self.error(name, "lock", &e)),
+        }
+    }
+
+    fn connect(&self, name: &str) -> Result<Client, LockError> {
+        self.config
+            .connect(NoTls)
+            .map_err(|e| self.error(name, "connect", &e))
+    }
+
+    /// Keeps an unlocked session for reuse, unless enough are kept.
+    fn give_back(&self, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(client);
+        } else {
+            drop(idle);
+            drop(client); // closed outside the pool's lock
+        }
+    }
+
+    fn error(&self, name: &str, op: &'static str, e: &::postgres::Error) -> LockError {
+        LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op,
+            cause: chain(e),
+        }
+    }
+}
+
+/// Runs a lock statement: whether the lock was taken.
+fn attempt(client: &mut Client, sql: &str) -> Result<bool, ::postgres::Error> {
+    let rows = client.simple_query(sql)?;
+    let value = rows.iter().rev().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("").to_owned()),
+        _ => None,
+    });
+    // `pg_advisory_lock` returns void (an empty value): it waited and got it.
+    Ok(value.as_deref() != Some("f"))
+}
+
+/// An advisory lock held by one session of the pool.
+struct PgHold {
+    pool: Arc<Pool>,
+    /// `None` once released.
+    client: Mutex<Option<Client>>,
+    key: i64,
+    mode: Mode,
+    /// The loss was logged.
+    warned: AtomicBool,
+}
+
+impl RemoteHold for PgHold {
+    fn release(self: Box<Self>) {
+        // Drop does it.
+    }
+
+    fn describe(&self) -> String {
+        let k = self.key as u64;
+        format!(
+            "{} advisory lock {} (pg_locks classid {}, objid {}, objsubid 1)",
+            self.pool.url,
+            self.key,
+            k >> 32,
+            k & 0xffff_ffff
+        )
+    }
+
+    /// The session is gone (or does not answer within 2 s): the server has
+    /// released, or will release, the lock.
+    fn is_lost(&self) -> bool {
+        let mut client = self.client.lock();
+        let Some(c) = client.as_mut() else {
+            return true;
+        };
+        let lost = outside_runtime(|| c.is_closed() || c.is_valid(ALIVE_TIMEOUT).is_err());
+        if lost && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                lock = %self.describe(),
+                "lockutils: the PostgreSQL session holding this lock is gone; \
+                 the server has released the lock"
+            );
+        }
+        lost
+    }
+}
+
+impl Drop for PgHold {
+    fn drop(&mut self) {
+        let Some(mut client) = self.client.get_mut().take() else {
+            return;
+        };
+        let shared = if self.mode == Mode::Shared {
+            "_shared"
+        } else {
+            ""
+        };
+        let sql = format!("SELECT pg_advisory_unlock{shared}({})", self.key);
+        outside_runtime(move || match attempt(&mut client, &sql) {
+            Ok(true) => self.pool.give_back(client),
+            // Not held (or no answer): closing the session is the one way
+            // to be sure nothing stays locked by it.
+            Ok(false) | Err(_) => drop(client),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn keys_are_the_first_8_bytes_of_sha256() {
+        // sha256("") = e3b0c442 98fc1c14 ...
+        assert_eq!(key("") as u64, 0xe3b0_c442_98fc_1c14);
+        // sha256("abc") = ba7816bf 8f01cfea ...
+        assert_eq!(key("abc") as u64, 0xba78_16bf_8f01_cfea);
+    }
+
+    #[test]
+    fn tooz_collisions_are_distinct_keys() {
+        assert_ne!(key("lock-2"), key("lock-137"));
+        let keys: HashSet<i64> = (0..100_000).map(|i| key(&format!("lock-{i}"))).collect();
+        assert_eq!(keys.len(), 100_000);
+    }
+
+    #[test]
+    fn deadlines_become_a_local_lock_timeout() {
+        let until = FileWait::Until(Instant::now() + Duration::from_millis(1500));
+        let sql = lock_sql(7, Mode::Exclusive, until);
+        assert!(sql.starts_with("SET LOCAL lock_timeout = 1"), "{sql}");
+        assert!(sql.ends_with("; SELECT pg_advisory_lock(7)"), "{sql}");
+        let spent = lock_sql(7, Mode::Shared, FileWait::Until(Instant::now()));
+        assert!(spent.starts_with("SET LOCAL lock_timeout = 1;"), "{spent}");
+        assert_eq!(
+            lock_sql(-3, Mode::Shared, FileWait::Try),
+            "SELECT pg_try_advisory_lock_shared(-3)"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_reported_without_password() {
+        let e = Postgres::new("postgres://u:secret@h/db?nonsense=1")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("postgres://u:***@h/db"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
+}

@@ -1,0 +1,471 @@
+//! `external` locks on etcd leases (feature `etcd`), against a real etcd
+//! started for this test binary (`tests/support/servers.rs`) and real
+//! processes (this binary re-run as children, `tests/support/mod.rs`).
+//! Timing bounds have wide slack; the figures they measure are printed
+//! (`--nocapture` shows them).
+#![cfg(all(unix, feature = "etcd"))]
+
+#[path = "support/servers.rs"]
+mod servers;
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lockutils::LockError;
+use servers::{ETCD_ENV, etcdctl};
+use support::{Child, PATIENCE, await_order, param, param_as, report, running_as};
+
+/// The lease time-to-live of the tests that kill or starve a holder.
+const SHORT_TTL: u64 = 2;
+
+/// The test server's URL with `?ttl=SHORT_TTL`.
+fn short_ttl_url() -> String {
+    format!("{}?ttl={SHORT_TTL}", servers::etcd())
+}
+
+/// A child test of this binary, with the server's URL.
+fn etcd_child(test: &str) -> support::ChildBuilder {
+    support::child(test).env(ETCD_ENV, servers::etcd())
+}
+
+/// `lockutils::lock(name)` on `url`, as exclusive or shared.
+fn etcd_lock<'a>(name: &'a str, url: &'a str, mode: &str) -> lockutils::Lock<'a> {
+    let lock = lockutils::lock(name).external().backend(url);
+    match mode {
+        "exclusive" => lock,
+        "shared" => lock.shared(),
+        other => panic!("mode {other:?}"),
+    }
+}
+
+fn describe(guard: &lockutils::LockGuard) -> String {
+    let d = guard.lock_file().expect("a remote lock describes itself");
+    d.to_str().unwrap().to_owned()
+}
+
+/// The lease id (hex) in a guard's description.
+fn lease_of(description: &str) -> String {
+    let at = description
+        .find("(lease ")
+        .expect("lease in the description")
+        + 7;
+    description[at..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect()
+}
+
+/// The keys queued for `name` (holders and waiters).
+fn queued(name: &str) -> usize {
+    let out = etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("lockutils/{name}/"),
+    ]);
+    out.lines().filter(|l| !l.is_empty()).count()
+}
+
+/// Waits until `name` has `n` keys queued: the waiters are in the queue.
+fn await_queued(name: &str, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while queued(name) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never had {n} keys queued"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Children.
+
+/// Child: holds `NAME` in `MODE` on `URL`, reports `locked <fencing token>`,
+/// keeps it until ordered to `release` (or killed), reports `released`.
+#[test]
+fn child_etcd_hold() {
+    if !running_as("child_etcd_hold") {
+        return;
+    }
+    let (name, url) = (param("NAME"), param("URL"));
+    let guard = etcd_lock(&name, &url, &param("MODE"))
+        .acquire()
+        .unwrap_or_else(|e| panic!("{e}"));
+    report(format!("locked {}", guard.fencing_token().unwrap()));
+    await_order("release");
+    drop(guard);
+    report("released");
+}
+
+/// Child: one `blocking(false)` attempt; reports the outcome.
+#[test]
+fn child_etcd_try() {
+    if !running_as("child_etcd_try") {
+        return;
+    }
+    let (name, url) = (param("NAME"), param("URL"));
+    let r = etcd_lock(&name, &url, &param("MODE"))
+        .blocking(false)
+        .acquire();
+    report(support::outcome(&r));
+}
+
+/// Child: waits for `NAME` on `URL` (blocking); reports the outcome.
+#[test]
+fn child_etcd_wait() {
+    if !running_as("child_etcd_wait") {
+        return;
+    }
+    let (name, url) = (param("NAME"), param("URL"));
+    let r = etcd_lock(&name, &url, "exclusive").acquire();
+    report(support::outcome(&r));
+}
+
+fn try_in_child(name: &str, mode: &str) -> String {
+    let mut c = etcd_child("child_etcd_try")
+        .param("NAME", name)
+        .param("URL", servers::etcd())
+        .param("MODE", mode)
+        .spawn();
+    let r = c.next_report();
+    c.finish();
+    r
+}
+
+/// A child holding `name`; its fencing token.
+fn hold_in_child(name: &str, url: &str, mode: &str) -> (Child, u64) {
+    let mut c = etcd_child("child_etcd_hold")
+        .param("NAME", name)
+        .param("URL", url)
+        .param("MODE", mode)
+        .spawn();
+    let got = c.next_report();
+    let token = got
+        .strip_prefix("locked ")
+        .unwrap_or_else(|| panic!("{got}"));
+    (c, token.parse().unwrap())
+}
+
+// ---------------------------------------------------------------------------
+// Processes x threads incrementing a counter file under one lock.
+
+const PROCESSES: usize = 3;
+const THREADS: usize = 2;
+const INCREMENTS: u64 = 40;
+
+#[lockutils::synchronized("etcd-counter", external)]
+fn bump(counter: &std::path::Path) -> Result<u64, LockError> {
+    Ok(support::increment(counter))
+}
+
+/// Child: `set_backend` to the server, reports `ready`, waits for `go`,
+/// then `THREADS` threads each [`bump`] the counter file `INCREMENTS` times.
+#[test]
+fn child_etcd_counter() {
+    if !running_as("child_etcd_counter") {
+        return;
+    }
+    lockutils::set_backend(servers::etcd()).unwrap();
+    let counter = PathBuf::from(param("COUNTER"));
+    let (threads, increments): (usize, u64) = (param_as("THREADS"), param_as("INCREMENTS"));
+    report("ready");
+    await_order("go");
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| (0..increments).for_each(|_| _ = bump(&counter).unwrap()));
+        }
+    });
+    report("done");
+}
+
+#[test]
+fn counter_is_exact_across_processes_and_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    let mut children: Vec<Child> = (0..PROCESSES)
+        .map(|_| {
+            etcd_child("child_etcd_counter")
+                .param("COUNTER", &counter)
+                .param("THREADS", THREADS.to_string())
+                .param("INCREMENTS", INCREMENTS.to_string())
+                .spawn()
+        })
+        .collect();
+    children.iter_mut().for_each(|c| c.expect("ready"));
+    let started = Instant::now();
+    children.iter_mut().for_each(|c| c.send("go"));
+    children.iter_mut().for_each(|c| c.expect("done"));
+    let took = started.elapsed();
+    children.into_iter().for_each(Child::finish);
+    let want = (PROCESSES * THREADS) as u64 * INCREMENTS;
+    assert_eq!(
+        support::read_counter(&counter),
+        want,
+        "lost increments: holders overlapped"
+    );
+    assert_eq!(queued("etcd-counter"), 0, "released locks leave no keys");
+    println!(
+        "etcd counter: {PROCESSES} processes x {THREADS} threads, {want} increments in {took:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Dead holders, lost leases.
+
+#[test]
+fn waiter_proceeds_within_the_ttl_when_the_holder_is_killed() {
+    let name = "etcd-sigkill";
+    let url = short_ttl_url();
+    let (mut holder, _) = hold_in_child(name, &url, "exclusive");
+    let waiter_url = url.clone();
+    let waiter = std::thread::spawn(move || {
+        let guard = etcd_lock(name, &waiter_url, "exclusive").acquire().unwrap();
+        let got = Instant::now();
+        assert!(!guard.is_lost());
+        got
+    });
+    await_queued(name, 2); // the waiter's key is behind the holder's
+    let killed = Instant::now();
+    holder.kill();
+    let took = waiter.join().unwrap() - killed;
+    println!("etcd: waiter got the lock {took:?} after SIGKILL of the holder (ttl {SHORT_TTL} s)");
+    assert!(took <= Duration::from_secs(SHORT_TTL + 3), "took {took:?}");
+}
+
+#[test]
+fn a_revoked_lease_is_lost_and_the_lock_free_for_others() {
+    let name = "etcd-revoked";
+    let url = short_ttl_url();
+    let guard = etcd_lock(name, &url, "exclusive").acquire().unwrap();
+    assert!(!guard.is_lost());
+    assert_eq!(try_in_child(name, "exclusive"), "wouldblock");
+    etcdctl(&["lease", "revoke", &lease_of(&describe(&guard))]);
+    // The holder learns it at its next keepalive (every ttl/3).
+    let revoked = Instant::now();
+    while !guard.is_lost() {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(SHORT_TTL + 5),
+            "never noticed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("etcd: revoked lease noticed after {:?}", revoked.elapsed());
+    assert_eq!(
+        try_in_child(name, "exclusive"),
+        "ok",
+        "the server gave the lock away"
+    );
+    drop(guard);
+}
+
+#[test]
+fn a_waiter_whose_lease_expired_is_told_not_given_the_lock() {
+    // etcd 3.4's Lock API can report success to such a waiter
+    // (etcd-io/etcd#9921); the waiter must check its key is still there.
+    let name = "etcd-expired-waiter";
+    let (holder, _) = hold_in_child(name, servers::etcd(), "exclusive");
+    let mut waiter = etcd_child("child_etcd_wait")
+        .param("NAME", name)
+        .param("URL", short_ttl_url())
+        .spawn();
+    await_queued(name, 2);
+    // Freeze the waiter (its keepalive too) until its lease has expired
+    // and etcd deleted its key.
+    let frozen = support::Stopped::new(waiter.pid());
+    let deadline = Instant::now() + PATIENCE;
+    while queued(name) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the frozen waiter's lease never expired"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    support::release(holder).finish();
+    drop(frozen);
+    let got = waiter.next_report();
+    assert!(got.starts_with("error") && got.contains("lease"), "{got}");
+    println!("etcd: waiter with an expired lease got: {got}");
+    waiter.finish();
+    assert_eq!(queued(name), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Fencing tokens.
+
+#[test]
+fn fencing_tokens_strictly_increase_across_acquisitions_and_processes() {
+    let name = "etcd-fencing";
+    let url = servers::etcd();
+    let mut last = 0;
+    for round in 0..5 {
+        let mine = etcd_lock(name, url, "exclusive").acquire().unwrap();
+        let token = mine.fencing_token().unwrap();
+        assert!(token > last, "round {round}: {token} after {last}");
+        drop(mine);
+        let (child, theirs) = hold_in_child(name, url, "exclusive");
+        assert!(
+            theirs > token,
+            "round {round}: child's {theirs} after {token}"
+        );
+        support::release(child).finish();
+        last = theirs;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// An unreachable server.
+
+#[lockutils::synchronized("etcd-unreachable", external)]
+fn guarded(ran: &AtomicBool) -> Result<u32, LockError> {
+    ran.store(true, Ordering::SeqCst);
+    Ok(7)
+}
+
+/// Child: `set_backend` to a closed port with a password; checks the error
+/// a `Result`-returning `#[synchronized]` function gets; reports `checked`.
+#[test]
+fn child_etcd_unreachable() {
+    if !running_as("child_etcd_unreachable") {
+        return;
+    }
+    let port: u16 = param_as("PORT");
+    let url = format!("etcd://lockutils:s3cret@127.0.0.1:{port}");
+    lockutils::set_backend(&url).unwrap();
+    let ran = AtomicBool::new(false);
+    let started = Instant::now();
+    let err = guarded(&ran).unwrap_err();
+    let took = started.elapsed();
+    assert!(!ran.load(Ordering::SeqCst), "the body ran without the lock");
+    let text = err.to_string();
+    println!("unreachable etcd, after {took:?}: {text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    match &err {
+        LockError::Backend {
+            name,
+            backend,
+            op,
+            cause,
+        } => {
+            assert_eq!(name, "etcd-unreachable");
+            assert_eq!(backend, &format!("etcd://lockutils:***@127.0.0.1:{port}"));
+            assert_eq!(*op, "connect");
+            assert!(cause.to_lowercase().contains("refused"), "{cause}");
+        }
+        other => panic!("expected LockError::Backend, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    report("checked");
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error_and_the_body_does_not_run() {
+    let port = servers::free_port();
+    let mut c = support::child("child_etcd_unreachable")
+        .param("PORT", port.to_string())
+        .spawn();
+    c.expect("checked");
+    c.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Timeouts, blocking(false), shared mode.
+
+#[test]
+fn timeout_and_blocking_false_report_busy() {
+    let name = "etcd-busy";
+    let url = servers::etcd();
+    let (holder, _) = hold_in_child(name, url, "exclusive");
+    let r = etcd_lock(name, url, "exclusive").blocking(false).acquire();
+    assert!(matches!(r, Err(LockError::WouldBlock { .. })), "{r:?}");
+    let wait = Duration::from_millis(300);
+    let started = Instant::now();
+    let r = etcd_lock(name, url, "exclusive").timeout(wait).acquire();
+    let took = started.elapsed();
+    assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+    assert!(
+        took >= wait && took < wait + Duration::from_secs(5),
+        "took {took:?}"
+    );
+    support::release(holder).finish();
+    let guard = etcd_lock(name, url, "exclusive")
+        .timeout(PATIENCE)
+        .acquire();
+    assert!(guard.is_ok(), "{guard:?}");
+    drop(guard);
+    assert_eq!(queued(name), 0, "given-up waiters leave no keys");
+}
+
+#[test]
+fn shared_holders_coexist_and_exclude_an_exclusive_one() {
+    let name = "etcd-shared";
+    let url = servers::etcd();
+    let reader = etcd_lock(name, url, "shared").acquire().unwrap();
+    assert_eq!(
+        try_in_child(name, "shared"),
+        "ok",
+        "a second reader at once"
+    );
+    assert_eq!(
+        try_in_child(name, "exclusive"),
+        "wouldblock",
+        "a writer among readers"
+    );
+    let (other_reader, _) = hold_in_child(name, url, "shared");
+    drop(reader);
+    assert_eq!(
+        try_in_child(name, "exclusive"),
+        "wouldblock",
+        "one reader left"
+    );
+    support::release(other_reader).finish();
+    assert_eq!(try_in_child(name, "exclusive"), "ok", "no readers left");
+}
+
+// ---------------------------------------------------------------------------
+// Inside an async runtime.
+
+#[test]
+fn sync_and_async_acquisitions_work_inside_a_tokio_runtime() {
+    let url = servers::etcd();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let guard = etcd_lock("etcd-in-async", url, "exclusive")
+            .acquire()
+            .unwrap();
+        assert!(!guard.is_lost());
+        drop(guard);
+        let guard = etcd_lock("etcd-in-async", url, "exclusive")
+            .acquire_async()
+            .await
+            .unwrap();
+        assert!(guard.fencing_token().is_some());
+        drop(guard);
+    });
+    assert_eq!(queued("etcd-in-async"), 0, "released");
+}
+
+// ---------------------------------------------------------------------------
+// A timeout waits on the server, and leaves nothing behind.
+
+#[test]
+fn a_timed_out_wait_leaves_nothing_queued() {
+    let name = "etcd-timeout-clean";
+    let url = servers::etcd();
+    let (holder, _) = hold_in_child(name, url, "exclusive");
+    let r = etcd_lock(name, url, "exclusive")
+        .timeout(Duration::from_millis(200))
+        .acquire();
+    assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+    assert_eq!(
+        queued(name),
+        1,
+        "only the holder's key: no waiter left queued"
+    );
+    support::release(holder).finish();
+}
