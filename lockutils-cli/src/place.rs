@@ -29,6 +29,9 @@ impl Place {
     /// The full name and file name of lock `name`, checked by the library.
     pub fn named(&self, name: &str) -> Result<Named, LockError> {
         let lock = lockutils::lock(name).prefix(&self.prefix);
-        Ok(Named { full: lock.full_name()?, file: lock.file_name()? })
+        Ok(Named {
+            full: lock.full_name()?,
+            file: lock.file_name()?,
+        })
     }
 }
