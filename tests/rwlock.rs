@@ -14,29 +14,20 @@
 
 mod support;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lockutils::{Lock, LockError, synchronized};
+use support::shm::{Shm, spawn_sharing};
 use support::{
-    Child, ChildBuilder, await_blocked_waiters, await_order, child, param, report, running_as,
+    Child, ChildBuilder, all_done, await_blocked_waiters, await_go, holding, lock_child, param,
+    ready_set_go, release, report, running_as, tried, wait_for,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::yield_now();
-    }
-}
 
 /// Works (spins) for `d` while holding a lock, so that holders overlap
 /// where they may. Nothing waits on it.
@@ -168,7 +159,7 @@ fn a_waiting_writer_keeps_new_readers_out() {
     });
     // The barging lock has no visible queue: the writer is waiting once a
     // new reader is refused while only the first reader holds.
-    wait_for("a new reader is refused", || {
+    wait_for("a new reader is refused", PATIENCE, || {
         is_busy(&reader().blocking(false).acquire())
     });
     assert_eq!(lockutils::__private::holders(NAME), Some(1));
@@ -216,7 +207,7 @@ fn a_waiting_async_writer_keeps_new_readers_out() {
         assert_eq!(lockutils::__private::holders(NAME), Some(1));
         drop(g);
     });
-    wait_for("a new reader is refused", || {
+    wait_for("a new reader is refused", PATIENCE, || {
         is_busy(&lockutils::lock(NAME).shared().blocking(false).acquire())
     });
     assert!(!writer.is_finished());
@@ -235,41 +226,35 @@ fn a_waiting_async_writer_keeps_new_readers_out() {
 /// executor thread (the watchdog fails the test if it does).
 #[test]
 fn async_readers_share_and_a_waiting_writer_leaves_the_executor_free() {
-    support::within(PATIENCE, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    support::block_on_within(PATIENCE, async {
+        const NAME: &str = "rw-async";
+        let a = lockutils::lock(NAME)
+            .shared()
+            .acquire_async()
+            .await
             .unwrap();
-        rt.block_on(async {
-            const NAME: &str = "rw-async";
-            let a = lockutils::lock(NAME)
-                .shared()
-                .acquire_async()
-                .await
-                .unwrap();
-            let b = lockutils::lock(NAME)
-                .shared()
-                .acquire_async()
-                .await
-                .unwrap();
-            assert_eq!(lockutils::__private::holders(NAME), Some(2));
-            let writer = tokio::spawn(async {
-                let g = lockutils::lock(NAME).acquire_async().await.unwrap();
-                lockutils::__private::holders(NAME).map(|n| (n, drop(g)))
-            });
-            for _ in 0..20 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            assert!(!writer.is_finished(), "the writer got in with two readers");
-            let r = lockutils::lock(NAME)
-                .shared()
-                .blocking(false)
-                .acquire_async()
-                .await;
-            assert!(is_busy(&r), "a reader passed the waiting writer: {r:?}");
-            drop((a, b));
-            assert_eq!(writer.await.unwrap(), Some((1, ())));
+        let b = lockutils::lock(NAME)
+            .shared()
+            .acquire_async()
+            .await
+            .unwrap();
+        assert_eq!(lockutils::__private::holders(NAME), Some(2));
+        let writer = tokio::spawn(async {
+            let g = lockutils::lock(NAME).acquire_async().await.unwrap();
+            lockutils::__private::holders(NAME).map(|n| (n, drop(g)))
         });
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!writer.is_finished(), "the writer got in with two readers");
+        let r = lockutils::lock(NAME)
+            .shared()
+            .blocking(false)
+            .acquire_async()
+            .await;
+        assert!(is_busy(&r), "a reader passed the waiting writer: {r:?}");
+        drop((a, b));
+        assert_eq!(writer.await.unwrap(), Some((1, ())));
     });
 }
 
@@ -307,104 +292,20 @@ fn the_attribute_takes_shared_and_exclusive_modes() {
 // ---------------------------------------------------------------------------
 // Across processes.
 
-fn mode_of(text: &str) -> bool {
-    match text {
-        "shared" => true,
-        "exclusive" => false,
-        other => panic!("mode {other:?}"),
-    }
-}
-
-/// The child's lock: `NAME` in `DIR`, external, in mode `MODE`.
-fn child_lock<'a>(name: &'a str, dir: &'a Path) -> Lock<'a> {
-    let lock = lockutils::lock(name).external().lock_path(dir);
-    if mode_of(&param("MODE")) {
-        lock.shared()
-    } else {
-        lock
-    }
-}
-
+/// A generic child (`tests/support/mod.rs`) on `name` in `dir`, in `mode`
+/// (`shared` or `exclusive`).
 fn rw_child(test: &str, dir: &Path, name: &str, mode: &str) -> ChildBuilder {
-    child(test)
-        .param("DIR", dir)
-        .param("NAME", name)
-        .param("MODE", mode)
+    lock_child(test, dir, "", name).param("MODE", mode)
 }
 
-/// Child: takes the lock in `MODE`, reports `locked`, holds it until
-/// ordered to `release`, reports `released`.
-#[test]
-fn rw_child_hold() {
-    if !running_as("rw_child_hold") {
-        return;
-    }
-    let (name, dir) = (param("NAME"), PathBuf::from(param("DIR")));
-    let guard = child_lock(&name, &dir)
-        .acquire()
-        .unwrap_or_else(|e| panic!("rw_child_hold: {e}"));
-    report("locked");
-    await_order("release");
-    drop(guard);
-    report("released");
-}
-
+/// A process holding `name` in `mode` (it has reported `locked`).
 fn hold(dir: &Path, name: &str, mode: &str) -> Child {
-    let mut c = rw_child("rw_child_hold", dir, name, mode).spawn();
-    c.expect("locked");
-    c
+    holding(rw_child("support::child_hold", dir, name, mode))
 }
 
-/// Child: one `blocking(false)` attempt in `MODE`; reports its outcome.
-#[test]
-fn rw_child_try() {
-    if !running_as("rw_child_try") {
-        return;
-    }
-    let (name, dir) = (param("NAME"), PathBuf::from(param("DIR")));
-    report(support::outcome(
-        &child_lock(&name, &dir).blocking(false).acquire(),
-    ));
-}
-
+/// What a `blocking(false)` attempt in `mode` from another process gets.
 fn try_in_child(dir: &Path, name: &str, mode: &str) -> String {
-    let mut c = rw_child("rw_child_try", dir, name, mode).spawn();
-    let r = c.next_report();
-    c.finish();
-    r
-}
-
-/// Child: a `blocking(false)` attempt in `MODE` (reports `busy` or
-/// `free`), then a blocking one: reports `acquired` and holds the lock
-/// until ordered to `release`.
-#[test]
-fn rw_child_wait() {
-    if !running_as("rw_child_wait") {
-        return;
-    }
-    let (name, dir) = (param("NAME"), PathBuf::from(param("DIR")));
-    let lock = child_lock(&name, &dir);
-    match lock.clone().blocking(false).acquire() {
-        Ok(g) => {
-            drop(g);
-            report("free");
-        }
-        Err(LockError::WouldBlock { .. }) => report("busy"),
-        Err(e) => panic!("rw_child_wait: {e}"),
-    }
-    let guard = lock
-        .acquire()
-        .unwrap_or_else(|e| panic!("rw_child_wait: {e}"));
-    report("acquired");
-    await_order("release");
-    drop(guard);
-    report("released");
-}
-
-fn release(mut c: Child) -> Child {
-    c.send("release");
-    c.expect("released");
-    c
+    tried(rw_child("support::child_try", dir, name, mode))
 }
 
 #[test]
@@ -424,7 +325,7 @@ fn readers_overlap_and_writers_wait_across_processes() {
             .expect("a third reader, here"),
     );
 
-    let mut writer = rw_child("rw_child_wait", d, "rw", "exclusive").spawn();
+    let mut writer = rw_child("support::child_wait", d, "rw", "exclusive").spawn();
     writer.expect("busy");
     await_blocked_waiters(&d.join("rw"), 1);
     release(first).finish();
@@ -436,80 +337,6 @@ fn readers_overlap_and_writers_wait_across_processes() {
     assert!(is_busy(&here.clone().blocking(false).acquire()));
     release(writer).finish();
     drop(here.blocking(false).acquire().expect("free at last"));
-}
-
-/// Shared memory: a file every process maps (`MAP_SHARED`), used through
-/// atomics only.
-struct Shm {
-    ptr: *mut AtomicU64,
-    _file: File,
-}
-
-// SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for Shm {}
-unsafe impl Sync for Shm {}
-
-const SHM_WORDS: usize = 64;
-
-impl Shm {
-    fn create(path: &Path) -> Shm {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .expect("create shared memory file");
-        file.set_len((SHM_WORDS * 8) as u64)
-            .expect("size shared memory file");
-        Shm::map(file)
-    }
-
-    fn open(path: &Path) -> Shm {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .expect("open shm");
-        Shm::map(file)
-    }
-
-    fn map(file: File) -> Shm {
-        // SAFETY: a fresh shared mapping of a file at least this long.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SHM_WORDS * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(
-            ptr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        Shm {
-            ptr: ptr.cast(),
-            _file: file,
-        }
-    }
-
-    fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < SHM_WORDS);
-        // SAFETY: in bounds, 8-aligned (page-aligned mapping), and only
-        // ever accessed atomically, by every process.
-        unsafe { &*self.ptr.add(i) }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping; no reference to it outlives `self`.
-        unsafe { libc::munmap(self.ptr.cast(), SHM_WORDS * 8) };
-    }
 }
 
 // Words of the mixed test's shared memory.
@@ -530,31 +357,11 @@ const ROUNDS: u64 = 400;
 #[test]
 fn a_writer_never_overlaps_anyone_across_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let shm_path = dir.path().join("shm");
-    let shm = Shm::create(&shm_path);
-    let mut children: Vec<Child> = (0..PROCESSES)
-        .map(|_| {
-            child("rw_child_mix")
-                .param("DIR", dir.path())
-                .param("NAME", "mix")
-                .param("SHM", &shm_path)
-                .spawn()
-        })
-        .collect();
-    for c in &mut children {
-        c.expect("ready");
-    }
-    let started = Instant::now();
-    for c in &mut children {
-        c.send("go");
-    }
-    for c in &mut children {
-        c.expect("done");
-    }
-    let took = started.elapsed();
-    for c in children {
-        c.finish();
-    }
+    let (shm, mut children) = spawn_sharing(dir.path(), PROCESSES, || {
+        lock_child("rw_child_mix", dir.path(), "", "mix")
+    });
+    let started = ready_set_go(&mut children);
+    let took = all_done(children, started);
     let w = |i| shm.word(i).load(Ordering::SeqCst);
     assert_eq!(w(CLASHES), 0, "a writer overlapped someone");
     assert_eq!(w(READS), PROCESSES as u64 * READER_THREADS as u64 * ROUNDS);
@@ -576,9 +383,8 @@ fn rw_child_mix() {
         return;
     }
     let (name, dir) = (param("NAME"), PathBuf::from(param("DIR")));
-    let shm = Shm::open(Path::new(&param("SHM")));
-    report("ready");
-    await_order("go");
+    let shm = Shm::from_parent();
+    await_go();
     let (name, dir, shm) = (&name, &dir, &shm);
     std::thread::scope(|s| {
         for t in 0..=READER_THREADS {
@@ -620,7 +426,7 @@ fn rw_child_mix() {
 fn sigkill_frees(held: &str, wanted: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut holder = hold(dir.path(), "killed", held);
-    let mut waiter = rw_child("rw_child_wait", dir.path(), "killed", wanted).spawn();
+    let mut waiter = rw_child("support::child_wait", dir.path(), "killed", wanted).spawn();
     waiter.expect("busy");
     await_blocked_waiters(&dir.path().join("killed"), 1);
     let killed = Instant::now();
@@ -649,28 +455,22 @@ fn async_reader_waits_for_another_process_without_blocking_the_executor() {
     let dir = tempfile::tempdir().unwrap();
     let mut holder = hold(dir.path(), "async-rw", "exclusive");
     let path = dir.path().to_owned();
-    let holder = support::within(PATIENCE, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let reader = tokio::spawn(async move {
-                let lock = lockutils::lock("async-rw")
-                    .shared()
-                    .external()
-                    .lock_path(&path);
-                lock.acquire_async().await.map(drop)
-            });
-            for _ in 0..20 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            assert!(!reader.is_finished(), "a reader got in with a writer");
-            holder.send("release");
-            holder.expect("released");
-            reader.await.unwrap().expect("reader after the writer left");
-            holder
-        })
+    let holder = support::block_on_within(PATIENCE, async move {
+        let reader = tokio::spawn(async move {
+            let lock = lockutils::lock("async-rw")
+                .shared()
+                .external()
+                .lock_path(&path);
+            lock.acquire_async().await.map(drop)
+        });
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!reader.is_finished(), "a reader got in with a writer");
+        holder.send("release");
+        holder.expect("released");
+        reader.await.unwrap().expect("reader after the writer left");
+        holder
     });
     holder.finish();
 }
@@ -704,10 +504,7 @@ fn the_attribute_shares_across_processes() {
 // Python fasteners.
 
 fn fasteners(args: &[&str]) -> ChildBuilder {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fasteners_rw.py");
-    let mut cmd = Command::new(support::python::python());
-    cmd.arg("-u").arg(script).args(args);
-    ChildBuilder::command(cmd, format!("fasteners_rw.py {}", args.join(" ")))
+    support::python::script("fasteners_rw.py", args)
 }
 
 fn s(p: &Path) -> &str {
@@ -774,7 +571,7 @@ fn fasteners_writer_excludes_rust_readers_and_wakes_them() {
         "a Rust writer got in"
     );
     // A Rust reader asleep in the kernel wakes when Python's lockf goes.
-    let mut waiter = rw_child("rw_child_wait", dir.path(), "fasteners-w", "shared").spawn();
+    let mut waiter = rw_child("support::child_wait", dir.path(), "fasteners-w", "shared").spawn();
     waiter.expect("busy");
     await_blocked_waiters(&path, 1);
     release(py).finish();

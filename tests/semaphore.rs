@@ -11,28 +11,20 @@
 
 mod support;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use lockutils::{LockError, synchronized};
-use support::{Child, await_order, child, param, param_as, report, running_as};
+use support::shm::{Shm, spawn_sharing};
+use support::{
+    Child, all_done, await_go, holding, lock_child, param, param_as, ready_set_go, report,
+    running_as, tried, wait_for,
+};
 
 /// Gives up on a condition that never comes true, instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Waits until `cond` holds, failing the test after [`PATIENCE`]. For
-/// conditions only other threads or processes can make true.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::yield_now();
-    }
-}
 
 // ---------------------------------------------------------------------------
 // In-process.
@@ -58,7 +50,9 @@ fn three_permits_admit_exactly_three_threads() {
                     max.fetch_max(now, Ordering::SeqCst);
                     assert!(now <= 3, "{now} threads inside a 3-permit semaphore");
                     if round == 0 {
-                        wait_for("the gate opens", || gate.load(Ordering::SeqCst) == 1);
+                        wait_for("the gate opens", PATIENCE, || {
+                            gate.load(Ordering::SeqCst) == 1
+                        });
                     }
                     inside.fetch_sub(1, Ordering::SeqCst);
                     drop(guard);
@@ -66,7 +60,7 @@ fn three_permits_admit_exactly_three_threads() {
             })
         })
         .collect();
-    wait_for("3 threads are inside", || {
+    wait_for("3 threads are inside", PATIENCE, || {
         inside.load(Ordering::SeqCst) == 3
     });
     assert_eq!(lockutils::__private::holders("sem-three"), Some(3));
@@ -92,47 +86,41 @@ fn three_permits_admit_exactly_three_threads() {
 /// opens the gate would never run (the watchdog then fails the test).
 #[test]
 fn async_waiters_do_not_block_the_executor() {
-    support::within(Duration::from_secs(60), || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let inside = Arc::new(AtomicUsize::new(0));
-            let max = Arc::new(AtomicUsize::new(0));
-            let gate = Arc::new(tokio::sync::Semaphore::new(0));
-            let tasks: Vec<_> = (0..8)
-                .map(|_| {
-                    let (inside, max, gate) = (inside.clone(), max.clone(), gate.clone());
-                    tokio::spawn(async move {
-                        let guard = lockutils::lock("sem-async")
-                            .permits(3)
-                            .acquire_async()
-                            .await;
-                        let guard = guard.expect("acquire a permit");
-                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                        max.fetch_max(now, Ordering::SeqCst);
-                        // Every holder waits for a ticket from the main task.
-                        gate.acquire().await.expect("gate").forget();
-                        inside.fetch_sub(1, Ordering::SeqCst);
-                        drop(guard);
-                    })
+    support::block_on_within(Duration::from_secs(60), async {
+        let inside = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (inside, max, gate) = (inside.clone(), max.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let guard = lockutils::lock("sem-async")
+                        .permits(3)
+                        .acquire_async()
+                        .await;
+                    let guard = guard.expect("acquire a permit");
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(now, Ordering::SeqCst);
+                    // Every holder waits for a ticket from the main task.
+                    gate.acquire().await.expect("gate").forget();
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    drop(guard);
                 })
-                .collect();
-            while inside.load(Ordering::SeqCst) < 3 {
-                tokio::task::yield_now().await;
-            }
-            // Everyone else is parked on the semaphore now; let them all run.
-            for _ in 0..100 {
-                tokio::task::yield_now().await;
-            }
-            assert_eq!(inside.load(Ordering::SeqCst), 3, "a 4th task got in");
-            gate.add_permits(8);
-            for t in tasks {
-                t.await.expect("task");
-            }
-            assert_eq!(max.load(Ordering::SeqCst), 3);
-        });
+            })
+            .collect();
+        while inside.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+        // Everyone else is parked on the semaphore now; let them all run.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(inside.load(Ordering::SeqCst), 3, "a 4th task got in");
+        gate.add_permits(8);
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(max.load(Ordering::SeqCst), 3);
     });
 }
 
@@ -222,80 +210,6 @@ fn the_attribute_takes_a_permit() {
 // ---------------------------------------------------------------------------
 // Across processes.
 
-/// Shared memory: a file every process maps (`MAP_SHARED`), read and
-/// written through atomics.
-struct Shm {
-    ptr: *mut AtomicU64,
-    _file: File,
-}
-
-// SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for Shm {}
-unsafe impl Sync for Shm {}
-
-const SHM_WORDS: usize = 64;
-
-impl Shm {
-    fn create(path: &Path) -> Shm {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .expect("create shared memory file");
-        file.set_len((SHM_WORDS * 8) as u64)
-            .expect("size shared memory file");
-        Shm::map(file)
-    }
-
-    fn open(path: &Path) -> Shm {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .expect("open shm");
-        Shm::map(file)
-    }
-
-    fn map(file: File) -> Shm {
-        // SAFETY: a fresh shared mapping of a file at least this long.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SHM_WORDS * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(
-            ptr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        Shm {
-            ptr: ptr.cast(),
-            _file: file,
-        }
-    }
-
-    fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < SHM_WORDS);
-        // SAFETY: in bounds, 8-aligned (page-aligned mapping), and only
-        // ever accessed atomically, by every process.
-        unsafe { &*self.ptr.add(i) }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, no references to it outlive `self`.
-        unsafe { libc::munmap(self.ptr.cast(), SHM_WORDS * 8) };
-    }
-}
-
 // Words of the counting test's shared memory.
 const INSIDE: usize = 0;
 const MAX: usize = 1;
@@ -314,46 +228,20 @@ const ROUNDS: u64 = 300;
 #[test]
 fn four_permits_admit_exactly_four_holders_across_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let shm_path = dir.path().join("shm");
-    let shm = Shm::create(&shm_path);
-    let mut children: Vec<Child> = (0..PROCESSES)
-        .map(|_| {
-            child("sem_child_count")
-                .param("DIR", dir.path())
-                .param("NAME", "pool")
-                .param("SHM", &shm_path)
-                .param("THREADS", THREADS.to_string())
-                .param("ROUNDS", ROUNDS.to_string())
-                .spawn()
-        })
-        .collect();
-    for c in &mut children {
-        c.expect("ready");
-    }
-    let started = Instant::now();
-    for c in &mut children {
-        c.send("go");
-    }
-    wait_for("4 holders are inside", || {
+    let (shm, mut children) = spawn_sharing(dir.path(), PROCESSES, || {
+        lock_child("sem_child_count", dir.path(), "", "pool")
+            .param("THREADS", THREADS.to_string())
+            .param("ROUNDS", ROUNDS.to_string())
+    });
+    let started = ready_set_go(&mut children);
+    wait_for("4 holders are inside", PATIENCE, || {
         shm.word(INSIDE).load(Ordering::SeqCst) == 4
     });
     // A fifth holder, from yet another process, is refused meanwhile.
-    let mut fifth = child("sem_child_try")
-        .param("DIR", dir.path())
-        .param("NAME", "pool")
-        .param("PERMITS", PERMITS.to_string())
-        .spawn();
-    assert_eq!(fifth.next_report(), "wouldblock");
-    fifth.finish();
+    assert_eq!(try_in_child(dir.path(), "pool", PERMITS), "wouldblock");
     assert_eq!(shm.word(INSIDE).load(Ordering::SeqCst), 4);
     shm.word(GATE).store(1, Ordering::SeqCst);
-    for c in &mut children {
-        c.expect("done");
-    }
-    let took = started.elapsed();
-    for c in children {
-        c.finish();
-    }
+    let took = all_done(children, started);
     let total = PROCESSES as u64 * THREADS as u64 * ROUNDS;
     assert_eq!(shm.word(TAKEN).load(Ordering::SeqCst), total);
     assert_eq!(
@@ -383,9 +271,8 @@ fn sem_child_count() {
     let name = param("NAME");
     let threads: usize = param_as("THREADS");
     let rounds: u64 = param_as("ROUNDS");
-    let shm = Shm::open(Path::new(&param("SHM")));
-    report("ready");
-    await_order("go");
+    let shm = Shm::from_parent();
+    await_go();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -403,7 +290,7 @@ fn sem_child_count() {
                         shm.word(OVER).fetch_add(1, Ordering::SeqCst);
                     }
                     if round == 0 {
-                        wait_for("the gate opens", || {
+                        wait_for("the gate opens", PATIENCE, || {
                             shm.word(GATE).load(Ordering::SeqCst) == 1
                         });
                     }
@@ -417,80 +304,22 @@ fn sem_child_count() {
     report("done");
 }
 
-/// Child: one `blocking(false)` attempt on the external semaphore of
-/// `PERMITS` permits; reports [`support::outcome`] (a kind mismatch as
-/// `mismatch`).
-#[test]
-fn sem_child_try() {
-    if !running_as("sem_child_try") {
-        return;
-    }
-    let dir = PathBuf::from(param("DIR"));
-    let r = lockutils::lock(&param("NAME"))
-        .permits(param_as("PERMITS"))
-        .external()
-        .lock_path(&dir)
-        .blocking(false)
-        .acquire();
-    match r {
-        Err(LockError::KindMismatch { .. }) => report("mismatch"),
-        r => report(support::outcome(&r)),
-    }
+/// What a `blocking(false)` attempt on the external semaphore of `permits`
+/// permits gets in another process: [`support::outcome`], or `mismatch`.
+fn try_in_child(dir: &Path, name: &str, permits: u32) -> String {
+    tried(lock_child("support::child_try", dir, "", name).param("PERMITS", permits.to_string()))
 }
 
-/// Child: takes `COUNT` permits of the external semaphore of `PERMITS`
-/// permits (`PERMITS=0`: the plain lock), reports `locked`, holds them until
-/// ordered to `release` (or `release-one` / `release-slot I`, then
-/// `release`).
-#[test]
-fn sem_child_hold() {
-    if !running_as("sem_child_hold") {
-        return;
-    }
-    let dir = PathBuf::from(param("DIR"));
-    let name = param("NAME");
-    let permits: u32 = param_as("PERMITS");
-    let count: usize = param_as("COUNT");
-    let mut lock = lockutils::lock(&name).external().lock_path(&dir);
-    if permits > 0 {
-        lock = lock.permits(permits);
-    }
-    let mut guards: Vec<_> = (0..count)
-        .map(|_| {
-            lock.acquire()
-                .unwrap_or_else(|e| panic!("sem_child_hold: {e}"))
-        })
-        .collect();
-    report("locked");
-    loop {
-        match support::order().as_str() {
-            "release-one" => {
-                guards.pop();
-                report("released-one");
-            }
-            // Guards took slots 0, 1, .. in order (each tried from 0 up).
-            order if order.starts_with("release-slot ") => {
-                let slot: usize = order["release-slot ".len()..].parse().expect("slot");
-                drop(guards.remove(slot));
-                report("released-one");
-            }
-            "release" | "" => break,
-            other => panic!("unexpected order {other:?}"),
-        }
-    }
-    drop(guards);
-    report("released");
-}
-
+/// A process holding `count` permits of the external semaphore of
+/// `permits` permits (`0`: the plain lock) until ordered to `release` (or
+/// `release-one` / `release-slot I`, then `release`).
 fn hold_in_child(dir: &Path, name: &str, permits: u32, count: usize) -> Child {
-    let mut c = child("sem_child_hold")
-        .param("DIR", dir)
-        .param("NAME", name)
-        .param("PERMITS", permits.to_string())
-        .param("COUNT", count.to_string())
-        .spawn();
-    c.expect("locked");
-    c
+    let c = lock_child("support::child_hold", dir, "", name).param("COUNT", count.to_string());
+    holding(if permits > 0 {
+        c.param("PERMITS", permits.to_string())
+    } else {
+        c
+    })
 }
 
 /// A process taking the semaphore with 2 permits while another holds three
@@ -533,13 +362,7 @@ fn fewer_permits_than_another_process_is_a_kind_mismatch() {
 fn semaphore_against_a_plain_lock_is_a_kind_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let holder = hold_in_child(dir.path(), "plain", 0, 1);
-    let mut c = child("sem_child_try")
-        .param("DIR", dir.path())
-        .param("NAME", "plain")
-        .param("PERMITS", "3")
-        .spawn();
-    assert_eq!(c.next_report(), "mismatch");
-    c.finish();
+    assert_eq!(try_in_child(dir.path(), "plain", 3), "mismatch");
     support::release(holder).finish();
 }
 
@@ -574,33 +397,27 @@ fn async_external_wait_leaves_the_executor_free() {
     let dir = tempfile::tempdir().unwrap();
     let mut holder = hold_in_child(dir.path(), "async-pool", 2, 2);
     let path = dir.path().to_owned();
-    let holder = support::within(PATIENCE, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let waiter = tokio::spawn(async move {
-                let lock = lockutils::lock("async-pool")
-                    .permits(2)
-                    .external()
-                    .lock_path(&path);
-                let guard = lock.acquire_async().await.expect("async permit");
-                guard.lock_file()
-            });
-            // Ticks on the same thread while the waiter waits.
-            let mut ticks = 0;
-            while ticks < 20 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                ticks += 1;
-            }
-            assert!(!waiter.is_finished(), "got a permit another process holds");
-            holder.send("release");
-            holder.expect("released");
-            let file = waiter.await.expect("waiter task");
-            assert!(file.is_some_and(|f| f.ends_with("async-pool")));
-            holder
-        })
+    let holder = support::block_on_within(PATIENCE, async move {
+        let waiter = tokio::spawn(async move {
+            let lock = lockutils::lock("async-pool")
+                .permits(2)
+                .external()
+                .lock_path(&path);
+            let guard = lock.acquire_async().await.expect("async permit");
+            guard.lock_file()
+        });
+        // Ticks on the same thread while the waiter waits.
+        let mut ticks = 0;
+        while ticks < 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            ticks += 1;
+        }
+        assert!(!waiter.is_finished(), "got a permit another process holds");
+        holder.send("release");
+        holder.expect("released");
+        let file = waiter.await.expect("waiter task");
+        assert!(file.is_some_and(|f| f.ends_with("async-pool")));
+        holder
     });
     holder.finish();
 }
@@ -640,26 +457,7 @@ fn a_waiter_gets_whichever_permit_frees_first() {
 
 #[test]
 fn acquire_event_carries_mode_permits_and_fair() {
-    use std::io::Write;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let out = support::capture::debug_output(|| {
         drop(
             lockutils::lock("sem-traced")
                 .permits(5)
@@ -669,7 +467,6 @@ fn acquire_event_carries_mode_permits_and_fair() {
         );
         drop(lockutils::lock("rw-traced").shared().acquire().unwrap());
     });
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let acquired: Vec<&str> = out.lines().filter(|l| l.contains("acquired by")).collect();
     assert_eq!(acquired.len(), 2, "{out}");
     let (sem, rw) = (acquired[0], acquired[1]);

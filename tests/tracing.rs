@@ -1,21 +1,8 @@
 //! `tracing` events: `debug` level, target `lockutils`, with the lock, the
 //! function, the lock path and the waited / held durations.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "support/capture.rs"]
+mod capture;
 
 #[lockutils::synchronized("traced", prefix = "nova-")]
 fn traced_fn() -> u32 {
@@ -24,15 +11,8 @@ fn traced_fn() -> u32 {
 
 #[test]
 fn acquire_and_release_events_carry_lock_function_and_durations() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     let dir = tempfile::tempdir().unwrap();
-    tracing::subscriber::with_default(subscriber, || {
+    let out = capture::debug_output(|| {
         assert_eq!(traced_fn(), 7);
         let g = lockutils::lock("traced-ext")
             .external()
@@ -41,7 +21,6 @@ fn acquire_and_release_events_carry_lock_function_and_durations() {
             .unwrap();
         drop(g);
     });
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
 

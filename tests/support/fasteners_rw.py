@@ -1,7 +1,7 @@
 """fasteners' InterProcessReaderWriterLock, for tests/rwlock.rs.
 
-Talks to the Rust test like its Rust children do: reports are stdout lines
-starting with MARK, orders are stdin lines.
+Talks to the Rust test like its Rust children do (see _common.py): reports
+are stdout lines starting with MARK, orders are stdin lines.
 
     fasteners_rw.py hold read|write PATH   take the lock, report "locked",
                                            hold until "release", report
@@ -15,22 +15,14 @@ fasteners takes fcntl.lockf() locks: LOCK_SH for readers, LOCK_EX for
 writers, on the whole file.
 """
 
+import os
 import sys
 
 import fasteners
 
-MARK = "@@lockutils:"
-
-
-def report(msg):
-    sys.stdout.write(MARK + msg + "\n")
-    sys.stdout.flush()
-
-
-def await_order(want):
-    got = sys.stdin.readline().rstrip("\n")
-    if got != want:
-        raise SystemExit(f"unexpected order {got!r}, expected {want!r}")
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import await_order, report  # noqa: E402
 
 
 def hold(mode, path):

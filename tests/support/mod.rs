@@ -14,11 +14,16 @@
 //!
 //! The generic children every test file can use are defined here as tests
 //! (`support::child_hold`, `support::child_try`, `support::child_wait`,
-//! `support::child_counter`).
+//! `support::child_counter`). The first three take an optional `MODE`
+//! (`shared` or `exclusive`) and `PERMITS` (a semaphore) besides the lock's
+//! `NAME`, `PREFIX` and `DIR`; `child_hold` also an optional `COUNT`.
 #![allow(dead_code)] // every test binary uses a different part
 
+pub mod capture;
 pub mod planted;
+pub mod pyenv;
 pub mod python;
+pub mod shm;
 
 use std::ffi::OsStr;
 use std::fmt::Display;
@@ -62,6 +67,19 @@ where
         .unwrap_or_else(|e| panic!("bad LOCKUTILS_TEST_{key}={v:?}: {e:?}"))
 }
 
+/// A parameter the parent may leave out.
+pub fn param_opt(key: &str) -> Option<String> {
+    std::env::var(format!("LOCKUTILS_TEST_{key}")).ok()
+}
+
+/// An optional parameter, parsed from its text.
+pub fn param_opt_as<T: std::str::FromStr>(key: &str) -> Option<T>
+where
+    T::Err: std::fmt::Debug,
+{
+    param_opt(key).map(|_| param_as(key))
+}
+
 /// In a child: tells the parent something (one line).
 pub fn report(msg: impl Display) {
     let mut out = std::io::stdout().lock();
@@ -85,6 +103,13 @@ pub fn order() -> String {
 pub fn await_order(want: &str) {
     let got = order();
     assert_eq!(got, want, "unexpected order from parent");
+}
+
+/// In a child: reports `ready` and waits for the parent's `go` (see
+/// [`ready_set_go`]).
+pub fn await_go() {
+    report("ready");
+    await_order("go");
 }
 
 /// Short name for an acquisition result, as children report it.
@@ -294,6 +319,25 @@ fn lock_params() -> (String, String, PathBuf) {
     (param("NAME"), param("PREFIX"), PathBuf::from(param("DIR")))
 }
 
+/// The lock of a generic child: `prefix[-]name` in `dir`, external, in the
+/// optional `MODE` (`shared` or `exclusive`, the default) and, with
+/// `PERMITS`, a semaphore of that many permits.
+fn child_lock<'a>(name: &'a str, prefix: &'a str, dir: &'a Path) -> lockutils::Lock<'a> {
+    let mut lock = lockutils::lock(name)
+        .prefix(prefix)
+        .external()
+        .lock_path(dir);
+    match param_opt("MODE").as_deref() {
+        None | Some("exclusive") => {}
+        Some("shared") => lock = lock.shared(),
+        Some(other) => panic!("mode {other:?}"),
+    }
+    if let Some(permits) = param_opt_as("PERMITS") {
+        lock = lock.permits(permits);
+    }
+    lock
+}
+
 /// Starts a generic child on `name` (prefix `prefix`) in `dir`.
 pub fn lock_child(test: &str, dir: &Path, prefix: &str, name: &str) -> ChildBuilder {
     child(test)
@@ -302,31 +346,52 @@ pub fn lock_child(test: &str, dir: &Path, prefix: &str, name: &str) -> ChildBuil
         .param("NAME", name)
 }
 
-/// Child: takes the lock (blocking), reports `locked`, holds it until
-/// ordered to `release`, then reports `released` and exits.
+/// Child: takes the lock `COUNT` times (default once; a semaphore's
+/// permits), reports `locked`, and holds until ordered to `release`; then
+/// reports `released` and exits. Before that, `release-one` drops the
+/// latest guard and `release-slot I` the `I`th (guards took slots 0, 1, ..
+/// in order, each tried from 0 up); both report `released-one`.
 #[test]
 fn child_hold() {
     if !running_as("support::child_hold") {
         return;
     }
     let (name, prefix, dir) = lock_params();
-    let guard = lockutils::lock(&name)
-        .prefix(&prefix)
-        .external()
-        .lock_path(&dir)
-        .acquire();
-    let guard = guard.unwrap_or_else(|e| panic!("child_hold: {e}"));
+    let count: usize = param_opt_as("COUNT").unwrap_or(1);
+    let lock = child_lock(&name, &prefix, &dir);
+    let mut guards: Vec<_> = (0..count)
+        .map(|_| lock.acquire().unwrap_or_else(|e| panic!("child_hold: {e}")))
+        .collect();
     report("locked");
-    await_order("release");
-    drop(guard);
+    loop {
+        match order().as_str() {
+            "release" => break,
+            "release-one" => {
+                guards.pop();
+                report("released-one");
+            }
+            order if order.starts_with("release-slot ") => {
+                let slot: usize = order["release-slot ".len()..].parse().expect("slot");
+                drop(guards.remove(slot));
+                report("released-one");
+            }
+            other => panic!("unexpected order from parent: {other:?}"),
+        }
+    }
+    drop(guards);
     report("released");
+}
+
+/// Starts `c` (a [`child_hold`]) and waits until it holds the lock.
+pub fn holding(c: ChildBuilder) -> Child {
+    let mut c = c.spawn();
+    c.expect("locked");
+    c
 }
 
 /// A process holding `prefix[-]name` in `dir` (it has reported `locked`).
 pub fn hold(dir: &Path, prefix: &str, name: &str) -> Child {
-    let mut c = lock_child("support::child_hold", dir, prefix, name).spawn();
-    c.expect("locked");
-    c
+    holding(lock_child("support::child_hold", dir, prefix, name))
 }
 
 /// Tells a [`hold`] child to release, and waits for it to confirm.
@@ -336,28 +401,32 @@ pub fn release(mut holder: Child) -> Child {
     holder
 }
 
-/// Child: one `blocking(false)` attempt; reports [`outcome`] and exits.
+/// Child: one `blocking(false)` attempt; reports [`outcome`] (a kind
+/// mismatch as `mismatch`) and exits.
 #[test]
 fn child_try() {
     if !running_as("support::child_try") {
         return;
     }
     let (name, prefix, dir) = lock_params();
-    let r = lockutils::lock(&name)
-        .prefix(&prefix)
-        .external()
-        .lock_path(&dir)
-        .blocking(false)
-        .acquire();
-    report(outcome(&r));
+    let r = child_lock(&name, &prefix, &dir).blocking(false).acquire();
+    match r {
+        Err(LockError::KindMismatch { .. }) => report("mismatch"),
+        r => report(outcome(&r)),
+    }
+}
+
+/// Runs `c` (a [`child_try`]) to its end; returns what it reported.
+pub fn tried(c: ChildBuilder) -> String {
+    let mut c = c.spawn();
+    let r = c.next_report();
+    c.finish();
+    r
 }
 
 /// What a `blocking(false)` attempt from another process gets.
 pub fn try_in_child(dir: &Path, prefix: &str, name: &str) -> String {
-    let mut c = lock_child("support::child_try", dir, prefix, name).spawn();
-    let r = c.next_report();
-    c.finish();
-    r
+    tried(lock_child("support::child_try", dir, prefix, name))
 }
 
 /// Child: reports `busy` or `free` after a `blocking(false)` attempt (so
@@ -369,10 +438,7 @@ fn child_wait() {
         return;
     }
     let (name, prefix, dir) = lock_params();
-    let lock = lockutils::lock(&name)
-        .prefix(&prefix)
-        .external()
-        .lock_path(&dir);
+    let lock = child_lock(&name, &prefix, &dir);
     match lock.clone().blocking(false).acquire() {
         Ok(g) => {
             drop(g);
@@ -423,8 +489,7 @@ fn child_counter() {
     let pause = Duration::from_micros(param_as("PAUSE_US"));
     let first = AtomicU64::new(u64::MAX);
     let last = AtomicU64::new(0);
-    report("ready");
-    await_order("go");
+    await_go();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -449,6 +514,45 @@ fn child_counter() {
     });
     report(format!("done {}", threads as u64 * increments));
     report(format!("span {} {}", first.into_inner(), last.into_inner()));
+}
+
+// ---------------------------------------------------------------------------
+// Groups of children.
+
+/// Waits until each of `children` has reported `ready` ([`await_go`]),
+/// then orders them all to `go`. Returns when they were sent off.
+pub fn ready_set_go(children: &mut [Child]) -> Instant {
+    for c in children.iter_mut() {
+        c.expect("ready");
+    }
+    let started = Instant::now();
+    for c in children.iter_mut() {
+        c.send("go");
+    }
+    started
+}
+
+/// Waits until each of `children` has reported `done`, then for each to
+/// exit successfully. Returns the time from `started` to the last `done`.
+pub fn all_done(mut children: Vec<Child>, started: Instant) -> Duration {
+    for c in &mut children {
+        c.expect("done");
+    }
+    let took = started.elapsed();
+    for c in children {
+        c.finish();
+    }
+    took
+}
+
+/// Waits (yielding) until `cond` holds, for conditions only other threads
+/// or processes can make true; fails the test after `patience`.
+pub fn wait_for(what: &str, patience: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + patience;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::yield_now();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -627,4 +731,20 @@ pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send +
         Err(RecvTimeoutError::Timeout) => panic!("still running after {limit:?}"),
         Err(RecvTimeoutError::Disconnected) => panic!("the operation panicked"),
     }
+}
+
+/// Runs `fut` on a single-threaded tokio runtime (with timers) on its own
+/// thread, and fails the test if it takes longer than `limit`: a wait that
+/// blocks the one executor thread fails instead of hanging.
+pub fn block_on_within<T: Send + 'static>(
+    limit: Duration,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> T {
+    within(limit, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fut)
+    })
 }

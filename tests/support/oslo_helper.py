@@ -1,7 +1,7 @@
 """The Python side of tests/interop.rs: oslo.concurrency and fasteners.
 
-Talks to the Rust test like its Rust children do: reports are stdout lines
-starting with MARK, orders are stdin lines.
+Talks to the Rust test like its Rust children do (see _common.py): reports
+are stdout lines starting with MARK, orders are stdin lines.
 
     oslo_helper.py hold NAME PREFIX DIR
     oslo_helper.py try NAME PREFIX DIR
@@ -15,18 +15,9 @@ import sys
 import fasteners
 from oslo_concurrency import lockutils
 
-MARK = "@@lockutils:"
-
-
-def report(msg):
-    sys.stdout.write(MARK + msg + "\n")
-    sys.stdout.flush()
-
-
-def await_order(want):
-    got = sys.stdin.readline().rstrip("\n")
-    if got != want:
-        raise SystemExit(f"unexpected order {got!r}, expected {want!r}")
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import await_order, report  # noqa: E402
 
 
 def lock(name, prefix, lock_dir, **kw):

@@ -1,102 +1,25 @@
-//! A Python with oslo.concurrency and fasteners, for tests/interop.rs.
-//!
-//! In order: `$LOCKUTILS_PYTHON` (an interpreter that already has both
-//! packages, e.g. the venv `.ci/run` made), else the venv
-//! `<workspace>/target/lockutils-pyenv` (or `$LOCKUTILS_PYENV`), created on
-//! first use with `python3 -m venv` and `pip install oslo.concurrency
-//! fasteners`. Test binaries running at the same time serialise the
-//! bootstrap with an external lockutils lock, and a marker file says the
-//! venv is complete. Any failure fails the test with what to install.
+//! The Python helper scripts of tests/support (`oslo_helper.py` for
+//! tests/interop.rs, `fasteners_rw.py` for tests/rwlock.rs), run by the
+//! interpreter [`python`] bootstraps (see `pyenv.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
+
+pub use super::pyenv::python;
 
 use super::ChildBuilder;
 
-const HOW_TO: &str = "the interop tests need Python 3 with venv and pip, and access to PyPI: \
-     `apt-get install python3 python3-venv python3-pip` (Debian/Ubuntu), or set \
-     LOCKUTILS_PYTHON to a python that has `oslo.concurrency` and `fasteners` installed";
-
-const PACKAGES: [&str; 2] = ["oslo.concurrency", "fasteners"];
-
-/// The interpreter to run oslo.concurrency with, bootstrapped if needed.
-pub fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(bootstrap)
+/// A command running the script `tests/support/<file>` with `args`.
+pub fn script(file: &str, args: &[&str]) -> ChildBuilder {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(file);
+    let mut cmd = Command::new(python());
+    cmd.arg("-u").arg(path).args(args);
+    ChildBuilder::command(cmd, format!("{file} {}", args.join(" ")))
 }
 
 /// A command running `tests/support/oslo_helper.py` with `args`.
 pub fn helper(args: &[&str]) -> ChildBuilder {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/oslo_helper.py");
-    let mut cmd = Command::new(python());
-    cmd.arg("-u").arg(script).args(args);
-    ChildBuilder::command(cmd, format!("oslo_helper.py {}", args.join(" ")))
-}
-
-fn bootstrap() -> PathBuf {
-    if let Some(py) = std::env::var_os("LOCKUTILS_PYTHON") {
-        let py = PathBuf::from(py);
-        check_imports(&py);
-        return py;
-    }
-    let venv = std::env::var_os("LOCKUTILS_PYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("lockutils-pyenv")
-        });
-    let py = venv.join("bin").join("python");
-    let marker = venv.join(".lockutils-ready");
-    if marker.exists() {
-        return py;
-    }
-    let parent = venv.parent().expect("venv path has a parent");
-    // Other test binaries may be doing the same right now: one at a time.
-    let _guard = lockutils::lock("lockutils-pyenv.lock")
-        .external()
-        .lock_path(parent)
-        .acquire()
-        .unwrap_or_else(|e| panic!("cannot lock the venv bootstrap: {e}"));
-    if marker.exists() {
-        return py;
-    }
-    let python3 = std::env::var_os("LOCKUTILS_PYTHON3").unwrap_or_else(|| "python3".into());
-    let mut venv_cmd = Command::new(&python3);
-    venv_cmd.arg("-m").arg("venv").arg(&venv);
-    run(venv_cmd, "create the venv");
-    let mut pip = Command::new(&py);
-    pip.args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-    ])
-    .args(PACKAGES);
-    run(pip, "pip install oslo.concurrency fasteners");
-    check_imports(&py);
-    std::fs::write(&marker, PACKAGES.join("\n"))
-        .unwrap_or_else(|e| panic!("cannot write {}: {e}", marker.display()));
-    py
-}
-
-fn check_imports(py: &Path) {
-    let mut cmd = Command::new(py);
-    cmd.args(["-c", "import fasteners, oslo_concurrency.lockutils"]);
-    run(cmd, "import oslo_concurrency and fasteners");
-}
-
-fn run(mut cmd: Command, what: &str) {
-    match cmd.output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "cannot {what} ({cmd:?} exited with {}):\n{}{}\n{HOW_TO}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        ),
-        Err(e) => panic!("cannot {what} ({cmd:?}: {e})\n{HOW_TO}"),
-    }
+    script("oslo_helper.py", args)
 }

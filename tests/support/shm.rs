@@ -1,0 +1,105 @@
+//! Shared memory between the processes of a test: a file every process
+//! maps (`MAP_SHARED`), read and written through atomics only. The parent
+//! creates it and starts children that share it ([`spawn_sharing`]), the
+//! children open it ([`Shm::from_parent`]), and all use its
+//! [`word`](Shm::word)s.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use super::{Child, ChildBuilder, param};
+
+/// How many 64-bit words the mapping holds.
+pub const SHM_WORDS: usize = 64;
+
+/// A shared mapping of [`SHM_WORDS`] atomic words.
+pub struct Shm {
+    ptr: *mut AtomicU64,
+    _file: File,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for Shm {}
+unsafe impl Sync for Shm {}
+
+impl Shm {
+    /// Creates the file at `path` (it must not exist), zeroed, and maps it.
+    pub fn create(path: &Path) -> Shm {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .expect("create shared memory file");
+        file.set_len((SHM_WORDS * 8) as u64)
+            .expect("size shared memory file");
+        Shm::map(file)
+    }
+
+    /// In a child started by [`spawn_sharing`]: its parent's shared memory.
+    pub fn from_parent() -> Shm {
+        Shm::open(Path::new(&param("SHM")))
+    }
+
+    /// Maps the file another process [`create`](Shm::create)d at `path`.
+    pub fn open(path: &Path) -> Shm {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open shm");
+        Shm::map(file)
+    }
+
+    fn map(file: File) -> Shm {
+        // SAFETY: a fresh shared mapping of a file at least this long.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SHM_WORDS * 8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Shm {
+            ptr: ptr.cast(),
+            _file: file,
+        }
+    }
+
+    /// Word `i` (below [`SHM_WORDS`]), as every process sees it.
+    pub fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < SHM_WORDS);
+        // SAFETY: in bounds, 8-aligned (page-aligned mapping), and only
+        // ever accessed atomically, by every process.
+        unsafe { &*self.ptr.add(i) }
+    }
+}
+
+impl Drop for Shm {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; no reference to it outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), SHM_WORDS * 8) };
+    }
+}
+
+/// Creates shared memory in `dir` and starts `n` children built by `build`,
+/// each told where it is (the parameter `SHM`, see [`Shm::from_parent`]).
+pub fn spawn_sharing(dir: &Path, n: usize, build: impl Fn() -> ChildBuilder) -> (Shm, Vec<Child>) {
+    let path = dir.join("shm");
+    let shm = Shm::create(&path);
+    let children = (0..n)
+        .map(|_| build().param("SHM", &path).spawn())
+        .collect();
+    (shm, children)
+}
