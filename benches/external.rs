@@ -11,7 +11,7 @@
 //!    the lock, raw OFD (a descriptor per thread) against lockutils.
 //!
 //! The helper processes are this binary, re-run with `LOCKUTILS_BENCH_CHILD`
-//! set. `BENCH_ONLY=uncontended|handoff|throughput|python` runs one part;
+//! set. `BENCH_ONLY=uncontended|kinds|handoff|throughput|python` runs one part;
 //! `BENCH_RUNS=n` sets the throughput runs (default 5);
 //! `BENCH_ONLY=strace` (or `strace-dynamic`) runs 100,000 uncontended
 //! lockutils acquisitions and nothing else, for `strace -c -f`.
@@ -196,6 +196,77 @@ fn uncontended(dir: &Path, samples: usize) {
         "#[synchronized] / raw OFD (median)",
         stats[2].median() / stats[0].median(),
         1.5,
+    );
+}
+
+// ---- 1b. kinds (issue 5): readers and semaphores ---------------------------
+
+/// A call site for `name` with `spec` options, in `dir`.
+fn kind_site(
+    name: &'static str,
+    dir: &Path,
+    f: impl FnOnce(LockSpec) -> LockSpec,
+) -> &'static CallSite {
+    let dir: &'static str = Box::leak(
+        dir.to_str()
+            .expect("utf-8 path")
+            .to_owned()
+            .into_boxed_str(),
+    );
+    let spec = f(LockSpec::new(name, "", "external::bench")
+        .external()
+        .lock_path(dir));
+    Box::leak(Box::new(CallSite::new(spec)))
+}
+
+fn raw_ofd_read(fd: libc::c_int, c: &mut u64) {
+    ofd(fd, libc::F_OFD_SETLK, libc::F_RDLCK);
+    *black_box(c) += 1;
+    ofd(fd, libc::F_OFD_SETLK, libc::F_UNLCK);
+}
+
+fn kinds(dir: &Path, samples: usize) {
+    let raw_file = open_rw(&dir.join("raw-kinds"));
+    let raw_fd = raw_file.as_raw_fd();
+    let exclusive = kind_site("bench-kind-x", dir, |s| s);
+    let shared = kind_site("bench-kind-r", dir, |s| s.shared());
+    let semaphore = kind_site("bench-kind-sem", dir, |s| s.permits(4));
+    let mut c = 0;
+    for site in [exclusive, shared, semaphore] {
+        lockutils_site(site, &mut c); // open each file once
+    }
+    let [mut c0, mut c1, mut c2, mut c3, mut c4] = [0u64; 5];
+    let mut vs = vec![
+        variant("raw F_OFD_SETLK F_RDLCK + F_UNLCK (raw read lock)", || {
+            raw_ofd_read(raw_fd, &mut c0)
+        }),
+        variant("#[synchronized(.., shared, external)] (reader)", || {
+            lockutils_site(shared, &mut c1)
+        }),
+        variant("raw F_OFD_SETLK F_WRLCK + F_UNLCK (raw write lock)", || {
+            raw_ofd(raw_fd, &mut c2)
+        }),
+        variant("#[synchronized(.., external)] (exclusive)", || {
+            lockutils_site(exclusive, &mut c3)
+        }),
+        variant(
+            "#[synchronized(.., permits = 4, external)], slots free",
+            || lockutils_site(semaphore, &mut c4),
+        ),
+    ];
+    let stats = run_group(&mut vs, samples, Duration::from_millis(2));
+    print_table(
+        "## 1b. Readers and semaphores, uncontended (ns/op; ratio vs raw read lock)",
+        &stats,
+        0,
+    );
+    println!(
+        "shared / raw F_RDLCK (median): {:.2}x",
+        stats[1].median() / stats[0].median()
+    );
+    println!(
+        "semaphore (free slot) / exclusive lockutils lock (median): {:.2}x",
+        stats[4].median() / stats[3].median()
     );
 }
 
@@ -624,6 +695,9 @@ fn main() {
     println!("lock files in {} ", dir.display());
     if run("uncontended") {
         uncontended(dir, support::samples(200));
+    }
+    if run("kinds") {
+        kinds(dir, support::samples(200));
     }
     if run("handoff") {
         handoff(&exe, dir, 4);
