@@ -255,36 +255,12 @@ fn child_pg_unreachable() {
         return;
     }
     let port: u16 = param_as("PORT");
-    let url = format!("postgres://lockutils:s3cret@127.0.0.1:{port}/locks");
-    lockutils::set_backend(&url).unwrap();
-    let ran = AtomicBool::new(false);
-    let started = Instant::now();
-    let err = guarded(&ran).unwrap_err();
-    let took = started.elapsed();
-    assert!(!ran.load(Ordering::SeqCst), "the body ran without the lock");
-    let text = err.to_string();
-    println!("unreachable PostgreSQL, after {took:?}: {text}");
-    assert!(!text.contains("s3cret"), "{text}");
-    match &err {
-        LockError::Backend {
-            name,
-            backend,
-            op,
-            cause,
-        } => {
-            assert_eq!(name, "pg-unreachable");
-            assert_eq!(
-                backend,
-                &format!("postgres://lockutils:***@127.0.0.1:{port}/locks")
-            );
-            assert_eq!(*op, "connect");
-            assert!(cause.to_lowercase().contains("refused"), "{cause}");
-        }
-        other => panic!("expected LockError::Backend, got {other:?}"),
-    }
-    assert!(
-        text.contains(&format!("postgres://lockutils:***@127.0.0.1:{port}/locks")),
-        "{text}"
+    servers::check_unreachable(
+        &format!("postgres://lockutils:s3cret@127.0.0.1:{port}/locks"),
+        &format!("postgres://lockutils:***@127.0.0.1:{port}/locks"),
+        "pg-unreachable",
+        "PostgreSQL",
+        guarded,
     );
     report("checked");
 }

@@ -370,3 +370,44 @@ extern "C" fn stop_all() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// In a child process: points external locks at `url` (a closed port, with
+/// the password `s3cret`), calls `guarded` (a `Result`-returning
+/// `#[synchronized(name, external)]` function that sets its flag when its
+/// body runs) and checks the error: `LockError::Backend` naming the lock,
+/// the URL as `redacted`, `connect` and the refusal; no password anywhere;
+/// the body not run.
+pub fn check_unreachable(
+    url: &str,
+    redacted: &str,
+    name: &str,
+    label: &str,
+    guarded: fn(&std::sync::atomic::AtomicBool) -> Result<u32, lockutils::LockError>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    lockutils::set_backend(url).unwrap();
+    let ran = AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let err = guarded(&ran).unwrap_err();
+    let took = started.elapsed();
+    assert!(!ran.load(Ordering::SeqCst), "the body ran without the lock");
+    let text = err.to_string();
+    println!("unreachable {label}, after {took:?}: {text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains(redacted), "{text}");
+    match &err {
+        lockutils::LockError::Backend {
+            name: n,
+            backend,
+            op,
+            cause,
+        } => {
+            assert_eq!(n, name);
+            assert_eq!(backend, redacted);
+            assert_eq!(*op, "connect");
+            assert!(cause.to_lowercase().contains("refused"), "{cause}");
+        }
+        other => panic!("expected LockError::Backend, got {other:?}"),
+    }
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+}
