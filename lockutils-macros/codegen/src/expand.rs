@@ -396,12 +396,12 @@ mod tests {
             quote!("n"),
             quote!(
                 fn f(&self) -> Pin<Box<dyn Future<Output = u8> + Send + '_>> {
-                    todo!()
+                    Box::pin(async move { 1 })
                 }
             ),
         );
         assert!(out.contains(
-            "(move || -> Pin < Box < dyn Future < Output = u8 > + Send + '_ > > { todo ! () }) ()"
+            "(move || -> Pin < Box < dyn Future < Output = u8 > + Send + '_ > > { Box :: pin (async move { 1 }) }) ()"
         ), "{out}");
         assert!(
             out.contains(":: std :: boxed :: Box :: pin (async move {"),
