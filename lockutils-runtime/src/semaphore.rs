@@ -229,6 +229,10 @@ impl RawLock {
         {
             let mut q = self.queue.lock();
             while let Some(w) = q.pop_front() {
+                // Marked under the queue lock, so that a waiter giving up
+                // (`leave`) sees either "still queued" or "woken", never
+                // neither, and passes a wake-up on instead of losing it.
+                w.woken.store(true, Ordering::Release);
                 woken.push(w);
                 if !all {
                     break;
@@ -239,7 +243,6 @@ impl RawLock {
             }
         }
         for w in woken {
-            w.woken.store(true, Ordering::Release);
             w.waker.lock().wake_by_ref();
         }
     }
@@ -525,6 +528,46 @@ pub(crate) mod tests {
         }
         assert_eq!(l.state.load(Ordering::SeqCst), 0);
         assert!(l.queue.lock().is_empty());
+    }
+
+    #[test]
+    fn waiters_giving_up_never_lose_a_wake_up() {
+        // Threads keep timing out while others release: a wake-up that went
+        // to a waiter as it gave up must be passed on, or the untimed waits
+        // at the end would sleep forever with the lock free.
+        let l = Arc::new(RawLock::new(WRITER));
+        let timeouts = Arc::new(AtomicUsize::new(0));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for t in 0..4u64 {
+            let (l, done_tx, timeouts) = (l.clone(), done_tx.clone(), timeouts.clone());
+            std::thread::spawn(move || {
+                for i in 0..3_000u64 {
+                    let d = Instant::now() + Duration::from_micros((i * 7 + t * 13) % 50);
+                    if l.lock_until(Mode::Exclusive, Some(d)) {
+                        let until = Instant::now() + Duration::from_micros(20);
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                        unsafe { l.unlock(Mode::Exclusive) };
+                    } else {
+                        timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                assert!(l.lock_until(Mode::Exclusive, None));
+                unsafe { l.unlock(Mode::Exclusive) };
+                done_tx.send(()).unwrap();
+            });
+        }
+        for _ in 0..4 {
+            done_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a waiter slept on with the lock free (lost wake-up)");
+        }
+        assert_eq!(l.state.load(Ordering::SeqCst), 0);
+        assert!(
+            timeouts.load(Ordering::Relaxed) > 0,
+            "no waiter ever gave up: test too easy"
+        );
     }
 
     #[test]
