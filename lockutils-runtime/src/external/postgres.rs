@@ -43,10 +43,10 @@ use ::postgres::{Client, Config, NoTls, SimpleQueryMessage};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::{Backend, RemoteHold, error_chain as chain, outside_runtime, redact};
+use super::{Backend, ExternalHold, RemoteHold, Target, error_chain as chain, outside_runtime};
+use crate::config::redact;
 use crate::error::LockError;
-use crate::external::FileWait;
-use crate::semaphore::Mode;
+use crate::spec::{Mode, Wait};
 
 /// Idle sessions kept for reuse; more are closed when released.
 pub(crate) const MAX_IDLE: usize = 16;
@@ -130,10 +130,11 @@ impl Postgres {
 impl Backend for Postgres {
     fn lock(
         &self,
-        name: &str,
+        target: &Target<'_>,
         mode: Mode,
-        wait: FileWait,
-    ) -> Result<Option<Box<dyn RemoteHold>>, LockError> {
+        wait: Wait,
+    ) -> Result<Option<ExternalHold>, LockError> {
+        let (name, wait) = (target.name, wait.start());
         let key = key(name);
         let sql = lock_sql(key, mode, wait);
         let got = outside_runtime(|| self.pool.run(name, &sql))?;
@@ -145,19 +146,19 @@ impl Backend for Postgres {
                 mode,
                 warned: AtomicBool::new(false),
             };
-            Box::new(hold) as Box<dyn RemoteHold>
+            ExternalHold::remote(hold)
         }))
     }
 }
 
 /// The statement that takes `key`: it returns one row whose last column is
 /// `t` or `f` (the `try` functions) or empty (the blocking ones).
-fn lock_sql(key: i64, mode: Mode, wait: FileWait) -> String {
+fn lock_sql(key: i64, mode: Mode, wait: Wait) -> String {
     let shared = if mode == Mode::Shared { "_shared" } else { "" };
     match wait {
-        FileWait::Try => format!("SELECT pg_try_advisory_lock{shared}({key})"),
-        FileWait::Block => format!("SELECT pg_advisory_lock{shared}({key})"),
-        FileWait::Until(deadline) => {
+        Wait::Try => format!("SELECT pg_try_advisory_lock{shared}({key})"),
+        Wait::Block | Wait::Timeout(_) => format!("SELECT pg_advisory_lock{shared}({key})"),
+        Wait::Until { deadline, .. } => {
             let left = deadline.saturating_duration_since(Instant::now());
             // Rounded up, so the wait never ends before the deadline; and
             // lock_timeout = 0 would mean "forever": a spent deadline is 1 ms.
@@ -346,14 +347,24 @@ mod tests {
 
     #[test]
     fn deadlines_become_a_local_lock_timeout() {
-        let until = FileWait::Until(Instant::now() + Duration::from_millis(1500));
+        let until = Wait::Until {
+            deadline: Instant::now() + Duration::from_millis(1500),
+            timeout: Duration::from_millis(1500),
+        };
         let sql = lock_sql(7, Mode::Exclusive, until);
         assert!(sql.starts_with("SET LOCAL lock_timeout = 1"), "{sql}");
         assert!(sql.ends_with("; SELECT pg_advisory_lock(7)"), "{sql}");
-        let spent = lock_sql(7, Mode::Shared, FileWait::Until(Instant::now()));
+        let spent = lock_sql(
+            7,
+            Mode::Shared,
+            Wait::Until {
+                deadline: Instant::now(),
+                timeout: Duration::ZERO,
+            },
+        );
         assert!(spent.starts_with("SET LOCAL lock_timeout = 1;"), "{spent}");
         assert_eq!(
-            lock_sql(-3, Mode::Shared, FileWait::Try),
+            lock_sql(-3, Mode::Shared, Wait::Try),
             "SELECT pg_try_advisory_lock_shared(-3)"
         );
     }
