@@ -649,6 +649,20 @@ fn names_sharing_a_file_exclude_each_other() {
         "{under:?}"
     );
     assert_eq!(try_in_child(dir.path(), "", "c_d"), "wouldblock");
+    // One lock in-process too: waiting for the other spelling while
+    // holding one is re-entry, which panics instead of waiting on itself.
+    let reentry = std::panic::catch_unwind(|| {
+        lockutils::lock("c_d")
+            .external()
+            .lock_path(dir.path())
+            .timeout(Duration::from_secs(5))
+            .acquire()
+    });
+    let message = *reentry
+        .expect_err("waited on itself instead of the re-entry panic")
+        .downcast::<String>()
+        .unwrap();
+    assert!(message.contains("already holds lock \"c_d\""), "{message}");
     drop(slash);
     drop(
         lockutils::lock("c_d")

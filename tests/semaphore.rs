@@ -479,3 +479,51 @@ fn acquire_event_carries_mode_permits_and_fair() {
     assert!(rw.contains("permits=1"), "{rw}");
     assert!(rw.contains("fair=false"), "{rw}");
 }
+
+/// Holding some of a semaphore's permits is not re-entry: the thread may
+/// wait for another, which another thread can release. (It used to panic
+/// with "would deadlock".)
+#[test]
+fn a_thread_holding_one_of_two_permits_may_wait_for_the_other() {
+    let lock = || lockutils::lock("sem-wait-second").permits(2);
+    let mine = lock().acquire().unwrap();
+    let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        let g = lock().acquire().unwrap();
+        taken_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        drop(g);
+    });
+    taken_rx.recv().unwrap();
+    // Both permits are taken, one by this thread: a timed wait times out
+    // (no re-entry panic).
+    let r = lock().timeout(Duration::from_millis(50)).acquire();
+    assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+    // And a blocking wait gets the permit the other thread releases.
+    release_tx.send(()).unwrap();
+    let second = lock().acquire().unwrap();
+    assert_eq!(
+        lockutils::__private_v0_1::holders("sem-wait-second"),
+        Some(2)
+    );
+    drop((mine, second));
+    other.join().unwrap();
+}
+
+/// Holding every permit is re-entry: waiting could never end.
+#[test]
+fn a_thread_holding_every_permit_gets_the_reentry_panic() {
+    let lock = || lockutils::lock("sem-hold-all").permits(2);
+    let (a, b) = (lock().acquire().unwrap(), lock().acquire().unwrap());
+    let r = std::panic::catch_unwind(|| lock().acquire());
+    let message = *r
+        .expect_err("waited on itself")
+        .downcast::<String>()
+        .unwrap();
+    assert!(
+        message.contains("already holds lock \"sem-hold-all\""),
+        "{message}"
+    );
+    drop((a, b));
+}

@@ -140,15 +140,18 @@ impl<'a> Lock<'a> {
         Ok(lockutils_name::file_name(self.prefix, self.name))
     }
 
+    /// The registry entry, keyed by the lock's canonical name: its file
+    /// name, so that names sharing a lock file (`a/b` and `a_b`) are one
+    /// lock in-process too.
     fn entry(&self) -> Result<EntryRef, LockError> {
-        let handle = if self.prefix.is_empty() {
+        let handle = if self.prefix.is_empty() && !self.name.contains('/') {
             lockutils_name::check("", self.name).map_err(|problem| LockError::InvalidName {
                 name: self.name.to_owned(),
                 problem,
             })?;
             entry_for(self.name, self.kind, self.mode)?
         } else {
-            entry_for(&self.full_name()?, self.kind, self.mode)?
+            entry_for(&self.file_name()?, self.kind, self.mode)?
         };
         if self.external {
             registry::keep_recent(&handle);

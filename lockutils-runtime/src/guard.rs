@@ -85,14 +85,21 @@ pub fn locks_held() -> Vec<String> {
     held.into_iter().map(|(_, name)| name).collect()
 }
 
-/// Panics if this thread holds `entry`: waiting for it would never end.
+/// Panics if this thread holds `entry` so that waiting for it would never
+/// end: it holds the lock (exclusively or shared), or, for a semaphore,
+/// every one of its permits. A thread holding some of a semaphore's
+/// permits may wait for another: other holders can release one.
 #[cold]
 pub(crate) fn check_reentry(entry: &Entry) {
     let ptr: *const Entry = entry;
-    let mine = entry.owner.load(Ordering::Relaxed) == me()
-        || SHARED
-            .try_with(|l| l.borrow().iter().any(|&(e, _)| e == ptr))
-            .unwrap_or(false);
+    let held_here = SHARED
+        .try_with(|l| l.borrow().iter().filter(|&&(e, _)| e == ptr).count())
+        .unwrap_or(0);
+    let needed = match entry.kind().permits {
+        Some(n) => n as usize,
+        None => 1,
+    };
+    let mine = entry.owner.load(Ordering::Relaxed) == me() || held_here >= needed;
     if mine {
         panic!(
             "lockutils: this thread already holds lock {:?} and tried to take it again; \
@@ -300,6 +307,7 @@ impl AsyncLockGuard {
 
 impl Drop for AsyncLockGuard {
     fn drop(&mut self) {
+        self.hold.release_remote_elsewhere();
         end_trace(self.hold.entry(), self.trace.take());
     }
 }

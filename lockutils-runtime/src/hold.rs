@@ -94,6 +94,32 @@ impl Hold {
         self.external.as_ref().is_some_and(ExternalHold::is_lost)
     }
 
+    /// Releases a lock-server lock on a helper thread, for async guards:
+    /// the release is a network round trip, which must not run on an
+    /// executor thread. The in-process lock is released as usual (after
+    /// this returns); another acquirer then waits on the server until the
+    /// release lands there.
+    pub(crate) fn release_remote_elsewhere(&mut self) {
+        if !matches!(&*self.external, Some(ExternalHold::Remote(_))) {
+            return;
+        }
+        let slot = std::sync::Arc::new(parking_lot::Mutex::new(self.external.take()));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lockutils-release".into())
+            .spawn(move || {
+                if let Some(remote) = theirs.lock().take() {
+                    remote.close();
+                }
+            });
+        if spawned.is_err() {
+            // No thread to be had: release here rather than never.
+            if let Some(remote) = slot.lock().take() {
+                remote.close();
+            }
+        }
+    }
+
     /// Releases and closes the lock file (after it was removed), keeping
     /// the in-process lock.
     pub(crate) fn forget_file(&mut self) {
@@ -107,8 +133,29 @@ impl Hold {
     #[cold]
     #[inline(never)]
     fn release_external(&mut self) {
-        if let Some(f) = self.external.take() {
-            f.release(&self.entry.external);
+        // A panic while releasing (a lock server's client, say) must not
+        // skip the in-process unlock that follows in `drop`: catch it, and
+        // resume once everything is released.
+        let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Some(f) = self.external.take() {
+                f.release(&self.entry.external);
+            }
+        }));
+        if let Err(panic) = released {
+            self.unlock_and_forget();
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// The in-process part of `drop`, also run by a panicking release.
+    #[inline(always)]
+    fn unlock_and_forget(&mut self) {
+        // SAFETY: a Hold owns the in-process lock in `mode` (see `new`),
+        // and this runs once: from `drop`, or from `release_external`,
+        // which then unwinds out of `drop` before `drop` gets here.
+        unsafe { self.entry.local.unlock(self.mode) };
+        if let EntryRef::Owned(_) = &*self.entry {
+            self.drop_entry();
         }
     }
 
@@ -126,10 +173,43 @@ impl Drop for Hold {
         if self.external.is_some() {
             self.release_external();
         }
-        // SAFETY: a Hold owns the in-process lock in `mode` (see `new`).
-        unsafe { self.entry.local.unlock(self.mode) };
-        if let EntryRef::Owned(_) = &*self.entry {
-            self.drop_entry();
+        self.unlock_and_forget();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::external::RemoteHold;
+    use crate::spec::Kind;
+
+    struct PanicsOnRelease;
+
+    impl RemoteHold for PanicsOnRelease {
+        fn release(self: Box<Self>) {
+            panic!("the lock server's client panicked");
         }
+        fn describe(&self) -> String {
+            "test server".into()
+        }
+    }
+
+    #[test]
+    fn a_panicking_external_release_still_releases_the_in_process_lock() {
+        let name = "hold-test-panicking-release";
+        let entry = crate::registry::get(name, Kind::MUTEX).unwrap();
+        assert!(entry.local.try_lock(Mode::Exclusive));
+        // SAFETY: taken just above.
+        let mut hold = unsafe { Hold::new(EntryRef::Owned(entry), Mode::Exclusive) };
+        hold.set_external(ExternalHold::remote(PanicsOnRelease));
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(hold)));
+        assert!(dropped.is_err(), "the release's panic is passed on");
+        let again = crate::registry::get(name, Kind::MUTEX).unwrap();
+        assert!(
+            again.local.try_lock(Mode::Exclusive),
+            "the in-process lock stayed taken after the external release panicked"
+        );
+        // SAFETY: taken just above.
+        unsafe { again.local.unlock(Mode::Exclusive) };
     }
 }

@@ -152,7 +152,8 @@ impl CallSite {
     #[cold]
     fn resolve(&'static self) -> Result<&'static Entry, LockError> {
         let s = &self.spec;
-        let full = lockutils_name::full_name(s.prefix, s.name);
+        // The canonical name, as `Lock::entry` keys it (see there).
+        let full = lockutils_name::file_name(s.prefix, s.name);
         let handle = acquire::entry_for(&full, s.kind, s.mode)?;
         // Another thread may have won the race; either handle is the entry.
         Ok(self.entry.get_or_init(|| handle))

@@ -33,8 +33,11 @@ use crate::spec::{Kind, Mode, Wait};
 #[cfg(feature = "etcd")]
 mod etcd;
 pub(crate) mod file;
+mod pending;
 #[cfg(feature = "postgres")]
 mod postgres;
+
+pub(crate) use pending::Pending;
 
 /// The per-entry state every backend may keep with a lock name: the lock
 /// files opened for it (lock servers keep theirs per URL). Opaque to the
@@ -71,6 +74,12 @@ pub(crate) trait Backend {
 
     /// Whether counted semaphores (`permits = N`) work here.
     fn supports_permits(&self) -> bool {
+        false
+    }
+
+    /// Whether `lock` with `Wait::Try` is cheap enough for an executor
+    /// thread (a system call, not a network round trip).
+    fn try_is_cheap(&self) -> bool {
         false
     }
 }
@@ -204,34 +213,6 @@ pub(crate) enum Dir<'a> {
     Configured,
 }
 
-impl Dir<'_> {
-    /// A copy that owns its parts, to send to another thread.
-    pub(crate) fn to_owned(self) -> OwnedDir {
-        match self {
-            Dir::Explicit(p) => OwnedDir::Explicit(p.to_path_buf()),
-            Dir::Backend(u) => OwnedDir::Backend(u.to_owned()),
-            Dir::Configured => OwnedDir::Configured,
-        }
-    }
-}
-
-/// A [`Dir`] that owns its parts.
-pub(crate) enum OwnedDir {
-    Explicit(PathBuf),
-    Backend(String),
-    Configured,
-}
-
-impl OwnedDir {
-    pub(crate) fn borrow(&self) -> Dir<'_> {
-        match self {
-            OwnedDir::Explicit(p) => Dir::Explicit(p),
-            OwnedDir::Backend(u) => Dir::Backend(u),
-            OwnedDir::Configured => Dir::Configured,
-        }
-    }
-}
-
 /// The backend chosen for one acquisition.
 pub(crate) enum Chosen<'a> {
     File(file::Files<'a>),
@@ -263,6 +244,44 @@ impl Backend for Chosen<'_> {
         match self {
             Chosen::File(f) => f.supports_permits(),
             Chosen::Server(s) => s.supports_permits(),
+        }
+    }
+
+    fn try_is_cheap(&self) -> bool {
+        match self {
+            Chosen::File(f) => f.try_is_cheap(),
+            Chosen::Server(s) => s.try_is_cheap(),
+        }
+    }
+}
+
+impl Chosen<'_> {
+    /// Starts waiting for `target` on a helper thread, for a caller that
+    /// must not block or must stop at a deadline: it keeps its in-process
+    /// lock, and dropping the [`Pending`] gives up the wait (see
+    /// `pending`). Lock files stop at once; a lock server waits on until
+    /// its own deadline (`wait`) and then lets go of what it got.
+    pub(crate) fn start_wait(
+        &self,
+        target: &Target<'_>,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<Pending, LockError> {
+        match self {
+            Chosen::File(f) => f.start_wait(target, mode),
+            Chosen::Server(server) => {
+                let (server, name, kind) = (server.clone(), target.name.to_owned(), target.kind);
+                Pending::spawn(target.name, false, move |_| {
+                    // Servers keep no per-entry state.
+                    static NONE: State = State::new();
+                    let target = Target {
+                        name: &name,
+                        kind,
+                        state: &NONE,
+                    };
+                    server.lock(&target, mode, wait)
+                })
+            }
         }
     }
 }

@@ -28,8 +28,9 @@ pub(crate) mod sys;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::pending::{Outcome, Pending, Stop};
 use super::{Backend, ExternalHold, Target};
 use crate::config;
 use crate::error::LockError;
@@ -85,6 +86,88 @@ impl Backend for Files<'_> {
     fn supports_permits(&self) -> bool {
         true
     }
+
+    fn try_is_cheap(&self) -> bool {
+        true
+    }
+}
+
+impl Files<'_> {
+    /// Starts waiting for `target` on a helper thread that gives up when
+    /// the returned [`Pending`] is dropped (see `external::pending`). The
+    /// helper uses its own open file from the pool, and the caller keeps
+    /// its in-process lock.
+    pub(crate) fn start_wait(&self, target: &Target<'_>, mode: Mode) -> Result<Pending, LockError> {
+        let open = target.state.take(target.name, *self)?;
+        let name = target.name.to_owned();
+        let permits = target.kind.permits;
+        let turn = target.state.turn.fetch_add(1, Ordering::Relaxed);
+        Pending::spawn(target.name, true, move |stop| {
+            wait_for(open, &name, mode, permits, turn, stop)
+        })
+    }
+}
+
+/// The helper's body for [`Files::start_wait`]: locks, checks the file is
+/// still linked (reopening it if it was removed), until `stop` is asked.
+fn wait_for(
+    mut open: Open,
+    name: &str,
+    mode: Mode,
+    permits: Option<u32>,
+    turn: u32,
+    stop: &Stop,
+) -> Outcome {
+    loop {
+        let got = match permits {
+            None => match lock_stoppable(&open.file, mode, Range::Whole, stop) {
+                Ok(true) => Some((open, Range::Whole)),
+                Ok(false) => None,
+                Err(e) => return Err(io_error(name, &open, "lock", e)),
+            },
+            Some(n) => slots::wait_any_slot(name, open, n, turn, stop)?,
+        };
+        let Some((locked, range)) = got else {
+            return Ok(None);
+        };
+        match locked.file.is_linked() {
+            Ok(true) => {
+                return Ok(Some(ExternalHold::File(FileHold {
+                    open: locked,
+                    range,
+                })));
+            }
+            Ok(false) => {}
+            Err(e) => return Err(io_error(name, &locked, "inspect lock file", e)),
+        }
+        // Removed while we waited: start over on the file now at the path.
+        open = locked.reopen(name)?;
+        FileHold {
+            open: locked,
+            range,
+        }
+        .close();
+    }
+}
+
+/// Waits in the kernel for `range` until it is ours (`true`) or `stop` is
+/// asked (`false`): the interrupt signal ends the kernel wait early.
+pub(crate) fn lock_stoppable(
+    file: &LockFile,
+    mode: Mode,
+    range: Range,
+    stop: &Stop,
+) -> std::io::Result<bool> {
+    loop {
+        if stop.asked() {
+            return Ok(false);
+        }
+        match file.lock_interruptible(mode, range) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// An open lock file and the directory it was opened in.
@@ -93,14 +176,34 @@ pub(crate) struct Open {
     dir: Arc<Path>,
     /// The config generation `dir` was read under; `None` for an explicit dir.
     generation: Option<u64>,
+    /// The fork generation it was opened in (see `sys::fork`).
+    forks: u32,
 }
 
 impl Open {
+    fn new(file: LockFile, dir: Arc<Path>, generation: Option<u64>) -> Open {
+        Open {
+            file,
+            dir,
+            generation,
+            forks: sys::fork::generation(),
+        }
+    }
+
+    /// Whether it can be used for `files` now: opened under that lock path,
+    /// and in this process (not inherited through `fork`).
     fn matches(&self, files: Files<'_>) -> bool {
-        match files {
+        let here = self.forks == sys::fork::generation();
+        here && match files {
             Files::Explicit(p) => self.generation.is_none() && *self.dir == *p,
             Files::Configured => self.generation == Some(config::generation()),
         }
+    }
+
+    /// Another open file of the same lock file, for a second owner.
+    fn reopen(&self, name: &str) -> Result<Open, LockError> {
+        let file = open_creating_dir(name, &self.dir)?;
+        Ok(Open::new(file, self.dir.clone(), self.generation))
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -145,12 +248,9 @@ impl Pool {
                 }
             },
         };
+        sys::fork::watch();
         let file = open_creating_dir(name, &dir)?;
-        Ok(Open {
-            file,
-            dir,
-            generation,
-        })
+        Ok(Open::new(file, dir, generation))
     }
 
     fn give_back(&self, open: Open) {
@@ -167,15 +267,26 @@ pub(crate) struct FileHold {
 impl FileHold {
     /// Unlocks and returns the file to the entry's pool. If unlocking fails
     /// the file is closed instead, which releases the lock anyway.
+    ///
+    /// In a child forked while this was held, it is the parent's lock (the
+    /// open file description is shared): the child's copy is closed without
+    /// unlocking, which leaves the parent's lock alone.
+    #[inline]
     pub(crate) fn release(self, pool: &Pool) {
+        if self.open.forks != sys::fork::generation() {
+            return; // inherited: closing our descriptor unlocks nothing
+        }
         if self.open.file.unlock(self.range).is_ok() {
             pool.give_back(self.open);
         }
     }
 
-    /// Unlocks and closes the file (after removing it).
+    /// Unlocks and closes the file (after removing it); in a forked child,
+    /// only closes it (see [`FileHold::release`]).
     pub(crate) fn close(self) {
-        let _ = self.open.file.unlock(self.range);
+        if self.open.forks == sys::fork::generation() {
+            let _ = self.open.file.unlock(self.range);
+        }
     }
 
     /// The lock file's path; `name` is the full lock name.

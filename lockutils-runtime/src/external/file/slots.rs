@@ -5,11 +5,12 @@
 //! the kernel on one of them (see [`wait_any_slot`]).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use super::sys::{LockFile, Range};
-use super::{Open, Target, io_error};
+use super::sys::Range;
+use super::{ExternalHold, FileHold, Open, Target, io_error, lock_stoppable};
 use crate::error::LockError;
+use crate::external::pending::{Pending, Stop};
 use crate::spec::Mode;
 
 /// Tries every slot once without waiting.
@@ -52,93 +53,85 @@ pub(super) fn lock_slot(
         target.state.give_back(open);
         return Ok(None);
     }
-    wait_any_slot(target, open, n).map(Some)
+    let turn = target.state.turn.fetch_add(1, Ordering::Relaxed);
+    wait_any_slot(target.name, open, n, turn, &Stop::never())
 }
 
-/// Waits until any of the `n` slots is free and locks it.
+/// Waits until any of the `n` slots is free and locks it; `Ok(None)` if
+/// `stop` was asked first.
 ///
 /// `fcntl` can only wait for one range, so the kernel wait is on one slot
-/// (spread by process and turn), on a helper thread with its own open file,
-/// while this thread re-tries every slot with a back-off from 1 to 16 ms.
-/// Whichever gets a slot first wins; the helper's slot, if it comes later,
-/// is released at once. The watched slot is handed over by the kernel with
-/// no delay; another slot that frees is found within the back-off.
-fn wait_any_slot(target: &Target<'_>, open: Open, n: u32) -> Result<(Open, Range), LockError> {
-    let turn = target.state.turn.fetch_add(1, Ordering::Relaxed);
+/// (spread by process and `turn`), on a helper thread with its own open
+/// file, while this thread re-tries every slot with a back-off from 1 to
+/// 16 ms. Whichever gets a slot first wins; the helper is then stopped
+/// (interrupted and joined, see `external::pending`), and a slot it got
+/// meanwhile is released at once. The watched slot is handed over by the
+/// kernel with no delay; another slot that frees is found within the
+/// back-off, and a `stop` is seen within it too.
+pub(super) fn wait_any_slot(
+    name: &str,
+    open: Open,
+    n: u32,
+    turn: u32,
+    stop: &Stop,
+) -> Result<Option<(Open, Range)>, LockError> {
     let slot = Range::Byte(u64::from(std::process::id().wrapping_add(turn) % n));
-    let path = open.path(target.name);
-    let watcher = match LockFile::open(&path) {
-        Ok(file) => Open {
-            file,
-            dir: open.dir.clone(),
-            generation: open.generation,
-        },
-        Err(_) => return wait_one_slot(target, open, slot),
+    let watcher = match open.reopen(name) {
+        Ok(w) => w,
+        Err(_) => return wait_one_slot(name, open, slot, stop),
     };
-    let shared = Arc::new((Mutex::new(Watch::Waiting), Condvar::new()));
-    let theirs = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name("lockutils-slot".into())
-        .spawn(move || {
-            let r = watcher.file.lock(Mode::Exclusive, slot);
-            let mut st = theirs.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Watch::Waiting = *st {
-                *st = match r {
-                    Ok(()) => Watch::Got(watcher),
-                    Err(e) => Watch::Failed(e),
-                };
-                theirs.1.notify_all();
-            }
-            // Abandoned: `watcher` closes here, releasing its slot.
-        });
-    if spawned.is_err() {
-        return wait_one_slot(target, open, slot);
-    }
-    let (state, cv) = &*shared;
-    let mut delay = std::time::Duration::from_millis(1);
-    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    let watch = Pending::spawn(name, true, move |stop| {
+        match lock_stoppable(&watcher.file, Mode::Exclusive, slot, stop) {
+            Ok(true) => Ok(Some(ExternalHold::File(FileHold {
+                open: watcher,
+                range: slot,
+            }))),
+            Ok(false) => Ok(None),
+            Err(e) => Err(LockError::Io {
+                name: String::new(),
+                path: watcher.path(""),
+                op: "lock",
+                source: e,
+            }),
+        }
+    });
+    let Ok(watch) = watch else {
+        return wait_one_slot(name, open, slot, stop);
+    };
+    let mut delay = Duration::from_millis(1);
     loop {
-        match std::mem::replace(&mut *st, Watch::Abandoned) {
-            Watch::Got(w) => {
-                target.state.give_back(open);
-                return Ok((w, slot));
+        match watch.wait_until(Instant::now() + delay) {
+            Some(Ok(Some(ExternalHold::File(FileHold { open: w, range })))) => {
+                return Ok(Some((w, range)));
             }
-            Watch::Failed(e) => return Err(io_error(target.name, &open, "lock", e)),
-            _ => *st = Watch::Waiting,
+            Some(Err(LockError::Io { source, .. })) => {
+                return Err(io_error(name, &open, "lock", source));
+            }
+            Some(_) => return Ok(None),
+            None => {}
+        }
+        if stop.asked() {
+            return Ok(None); // `watch` drops: stopped and joined
         }
         match try_slots(&open, n) {
-            Ok(Some(r)) => {
-                // Tell the helper to let go; if it just got its slot, the
-                // state drops with the last `Arc`, closing its file.
-                *st = Watch::Abandoned;
-                return Ok((open, r));
-            }
+            Ok(Some(r)) => return Ok(Some((open, r))),
             Ok(None) => {}
-            Err(e) => {
-                *st = Watch::Abandoned;
-                return Err(io_error(target.name, &open, "lock", e));
-            }
+            Err(e) => return Err(io_error(name, &open, "lock", e)),
         }
-        st = cv
-            .wait_timeout(st, delay)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-        delay = (delay * 2).min(std::time::Duration::from_millis(16));
+        delay = (delay * 2).min(Duration::from_millis(16));
     }
-}
-
-/// The helper thread's side of [`wait_any_slot`].
-enum Watch {
-    Waiting,
-    Got(Open),
-    Failed(std::io::Error),
-    Abandoned,
 }
 
 /// Fallback when no helper thread can be had: wait on one slot only.
-fn wait_one_slot(target: &Target<'_>, open: Open, slot: Range) -> Result<(Open, Range), LockError> {
-    match open.file.lock(Mode::Exclusive, slot) {
-        Ok(()) => Ok((open, slot)),
-        Err(e) => Err(io_error(target.name, &open, "lock", e)),
+fn wait_one_slot(
+    name: &str,
+    open: Open,
+    slot: Range,
+    stop: &Stop,
+) -> Result<Option<(Open, Range)>, LockError> {
+    match lock_stoppable(&open.file, Mode::Exclusive, slot, stop) {
+        Ok(true) => Ok(Some((open, slot))),
+        Ok(false) => Ok(None),
+        Err(e) => Err(io_error(name, &open, "lock", e)),
     }
 }

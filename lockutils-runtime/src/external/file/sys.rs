@@ -78,6 +78,13 @@ impl LockFile {
         imp::lock(&self.file, mode, range, true).map(|_| ())
     }
 
+    /// Waits in the kernel once: `Err` with `ErrorKind::Interrupted` when a
+    /// signal arrived first (see [`interrupt`]), so the caller can decide
+    /// whether to wait on.
+    pub(crate) fn lock_interruptible(&self, mode: Mode, range: Range) -> io::Result<()> {
+        imp::lock_once(&self.file, mode, range)
+    }
+
     /// Releases the lock on `range`.
     pub(crate) fn unlock(&self, range: Range) -> io::Result<()> {
         imp::unlock(&self.file, range)
@@ -92,6 +99,75 @@ impl LockFile {
     /// Whether the file still has a name (was not removed while we waited).
     pub(crate) fn is_linked(&self) -> io::Result<bool> {
         imp::is_linked(&self.file)
+    }
+}
+
+/// Telling a forked child from its parent.
+///
+/// A child forked without `exec` inherits the parent's open lock files,
+/// which share the parent's open file descriptions and so its OFD locks:
+/// locking through them would "succeed" while the parent holds the lock,
+/// and unlocking through them would unlock the parent's. A `pthread_atfork`
+/// child handler bumps a counter (one atomic add, async-signal-safe); files
+/// remember the count they were opened under, so the child never locks
+/// through an inherited file and drops an inherited guard without
+/// unlocking. Checking costs one relaxed load, no system call.
+pub(crate) mod fork {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static FORKS: AtomicU32 = AtomicU32::new(0);
+
+    /// How many forks led to this process (0 in the original process).
+    #[inline]
+    pub(crate) fn generation() -> u32 {
+        FORKS.load(Ordering::Relaxed)
+    }
+
+    /// Starts counting forks; call before a lock file is first opened.
+    pub(crate) fn watch() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(super::imp::on_fork_in_child);
+    }
+
+    /// Runs in the child right after `fork` (see pthread_atfork(3)).
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) extern "C" fn forked() {
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Stopping a helper thread's kernel wait.
+///
+/// A thread blocked in `F_OFD_SETLKW` cannot be woken by closing its
+/// descriptor or by any lock operation; only a signal ends the wait early
+/// (`EINTR`, see fcntl(2)). So the runtime installs a no-op handler, without
+/// `SA_RESTART`, on one real-time signal that nobody else handles (default
+/// disposition, searched from `SIGRTMAX` down), and sends it with
+/// `pthread_kill` to the helper thread it wants to stop. Helper threads
+/// block every other signal ([`helper_signal_mask`]), so no signal of the
+/// application's ever lands on them, and the interrupt signal is only ever
+/// sent to them. Where no such signal exists, waits cannot be stopped and
+/// [`signal`] is `None`.
+pub(crate) mod interrupt {
+    /// The interrupt signal, installed on first use.
+    pub(crate) fn signal() -> Option<i32> {
+        super::imp::interrupt_signal()
+    }
+
+    /// In a helper thread: blocks every signal but the interrupt one.
+    pub(crate) fn helper_signal_mask() {
+        super::imp::helper_signal_mask();
+    }
+
+    /// The calling thread, as [`send`] names it.
+    pub(crate) fn this_thread() -> u64 {
+        super::imp::this_thread()
+    }
+
+    /// Sends the interrupt signal to `thread` (from [`this_thread`]), which
+    /// must still exist (not yet joined).
+    pub(crate) fn send(thread: u64) {
+        super::imp::send_interrupt(thread);
     }
 }
 
@@ -212,6 +288,97 @@ mod imp {
         }
     }
 
+    /// One `F_OFD_SETLKW`, not retried on `EINTR`.
+    pub(super) fn lock_once(file: &File, mode: Mode, range: Range) -> io::Result<()> {
+        let kind = match mode {
+            Mode::Exclusive => libc::F_WRLCK,
+            Mode::Shared => libc::F_RDLCK,
+        };
+        let (start, len) = span(range);
+        let mut fl = flock(kind as libc::c_int, start, len);
+        // SAFETY: valid descriptor and a valid `flock` for the call.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), SETLKW, &mut fl as *mut libc::flock) };
+        if r == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    extern "C" fn on_interrupt(_: libc::c_int) {}
+
+    pub(super) fn on_fork_in_child() {
+        // SAFETY: registers a handler that only does an atomic add, which
+        // is async-signal-safe as a forked child's handlers must be.
+        unsafe { libc::pthread_atfork(None, None, Some(super::fork::forked)) };
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn interrupt_signal() -> Option<i32> {
+        use std::sync::OnceLock;
+        static SIGNAL: OnceLock<Option<i32>> = OnceLock::new();
+        *SIGNAL.get_or_init(|| {
+            (libc::SIGRTMIN()..=libc::SIGRTMAX())
+                .rev()
+                .find(|&sig| install_if_free(sig))
+        })
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(super) fn interrupt_signal() -> Option<i32> {
+        None
+    }
+
+    /// Installs the no-op handler on `sig` if nobody handles it.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn install_if_free(sig: libc::c_int) -> bool {
+        // SAFETY: `sigaction` is a plain C struct; all-zero is valid.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only reads the current one into `old`.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0
+            || old.sa_sigaction != libc::SIG_DFL
+        {
+            return false;
+        }
+        // SAFETY: as above.
+        let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+        new.sa_sigaction = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // No SA_RESTART: the interrupted fcntl must return EINTR.
+        new.sa_flags = 0;
+        // SAFETY: `new.sa_mask` is a valid sigset to empty, and `new` a
+        // valid action whose handler is async-signal-safe (it does nothing).
+        unsafe {
+            libc::sigemptyset(&mut new.sa_mask);
+            libc::sigaction(sig, &new, std::ptr::null_mut()) == 0
+        }
+    }
+
+    pub(super) fn helper_signal_mask() {
+        // SAFETY: all-zero is a valid sigset to fill.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset; the mask applies to this thread.
+        unsafe {
+            libc::sigfillset(&mut set);
+            if let Some(sig) = interrupt_signal() {
+                libc::sigdelset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        }
+    }
+
+    pub(super) fn this_thread() -> u64 {
+        // SAFETY: always safe to call.
+        unsafe { libc::pthread_self() as u64 }
+    }
+
+    pub(super) fn send_interrupt(thread: u64) {
+        if let Some(sig) = interrupt_signal() {
+            // SAFETY: the caller guarantees the thread was not joined, so
+            // the id is still valid.
+            unsafe { libc::pthread_kill(thread as libc::pthread_t, sig) };
+        }
+    }
+
     pub(super) fn unlock(file: &File, range: Range) -> io::Result<()> {
         let (start, len) = span(range);
         fcntl(
@@ -321,6 +488,27 @@ mod imp {
     pub(super) fn others_hold(_file: &File, _start: u64, _len: u64) -> io::Result<bool> {
         Ok(false) // Windows has no way to ask
     }
+
+    pub(super) fn lock_once(file: &File, mode: Mode, range: Range) -> io::Result<()> {
+        lock(file, mode, range, true).map(|_| ())
+    }
+
+    // Windows waits cannot be interrupted here (CancelSynchronousIo is not
+    // wired up): waits there are not stoppable.
+    pub(super) fn interrupt_signal() -> Option<i32> {
+        None
+    }
+
+    pub(super) fn helper_signal_mask() {}
+
+    // No fork on Windows.
+    pub(super) fn on_fork_in_child() {}
+
+    pub(super) fn this_thread() -> u64 {
+        0
+    }
+
+    pub(super) fn send_interrupt(_thread: u64) {}
 
     pub(super) fn unlock(file: &File, range: Range) -> io::Result<()> {
         let mut ov = overlapped(range);

@@ -1,0 +1,255 @@
+//! Promises at the edges (SPEC §11): giving up gives everything back at
+//! once, no helper thread or descriptor outlives an acquisition, and a
+//! child forked without `exec` neither shares nor unlocks its parent's
+//! lock. Real processes throughout; thread and descriptor counts are taken
+//! in child processes, where no other test runs beside them.
+
+mod support;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use lockutils::LockError;
+use support::{child, hold, outcome, param, release, report, running_as, try_in_child};
+
+/// This process's threads, by name.
+fn threads() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| {
+            let comm = t.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap().trim().to_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// A lock-file timeout used to leave the in-process lock taken until the
+/// kernel granted the file (possibly hours later): the helper thread that
+/// waited owned it.
+#[test]
+fn a_timeout_on_a_held_lock_file_frees_the_in_process_lock_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = hold(dir.path(), "", "edge-timeout");
+    let r = lockutils::lock("edge-timeout")
+        .external()
+        .lock_path(dir.path())
+        .timeout(Duration::from_millis(50))
+        .acquire();
+    assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+    // The very next instant, another thread can take the in-process lock.
+    let next =
+        std::thread::spawn(|| outcome(&lockutils::lock("edge-timeout").blocking(false).acquire()));
+    assert_eq!(
+        next.join().unwrap(),
+        "ok",
+        "the timed-out wait kept the lock"
+    );
+    release(holder).finish();
+}
+
+#[test]
+fn a_dropped_async_acquisition_frees_the_in_process_lock_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = hold(dir.path(), "", "edge-async-drop");
+    let lock = lockutils::lock("edge-async-drop")
+        .external()
+        .lock_path(dir.path());
+    let mut fut = Box::pin(lock.acquire_async());
+    assert!(poll_once(fut.as_mut()).is_pending(), "the file is held");
+    support::await_blocked_waiters(&dir.path().join("edge-async-drop"), 1);
+    drop(fut);
+    assert_eq!(
+        outcome(&lockutils::lock("edge-async-drop").blocking(false).acquire()),
+        "ok",
+        "the dropped future kept the in-process lock"
+    );
+    // Its kernel wait is gone too, not left queued behind the holder.
+    assert_eq!(
+        support::blocked_waiters(&dir.path().join("edge-async-drop")),
+        0
+    );
+    release(holder).finish();
+}
+
+#[test]
+fn a_thousand_timed_out_waits_leave_no_thread_or_descriptor_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = hold(dir.path(), "", "edge-thousand");
+    let mut c = child("child_thousand_timeouts")
+        .param("DIR", dir.path())
+        .spawn();
+    let got = c.next_report();
+    c.finish();
+    release(holder).finish();
+    let (before, after) = got.split_once(" -> ").unwrap();
+    assert_eq!(before, after, "threads and descriptors before -> after");
+}
+
+#[test]
+fn child_thousand_timeouts() {
+    if !running_as("child_thousand_timeouts") {
+        return;
+    }
+    let dir = param("DIR");
+    let attempt = |async_too: bool| {
+        let lock = lockutils::lock("edge-thousand")
+            .external()
+            .lock_path(&dir)
+            .timeout(Duration::from_millis(1));
+        assert!(lock.acquire().unwrap_err().is_busy());
+        if async_too {
+            // Any executor will do; this one starts no thread of its own.
+            let r = futures_lite::future::block_on(async {
+                let lock = lockutils::lock("edge-thousand")
+                    .external()
+                    .lock_path(&dir)
+                    .timeout(Duration::from_millis(1));
+                lock.acquire_async().await.map(drop)
+            });
+            assert!(r.unwrap_err().is_busy());
+        }
+    };
+    // Once first, so that lazily started threads (the async timer) and
+    // the entry's lock file exist before counting.
+    attempt(true);
+    let before = (threads(), support::open_fds());
+    for i in 0..1000 {
+        attempt(i % 10 == 0);
+    }
+    let after = (threads(), support::open_fds());
+    report(format!("{before:?} -> {after:?}"));
+}
+
+/// A semaphore waiter watches one slot in the kernel on a helper thread
+/// while it re-tries the others; when another slot frees first, the helper
+/// used to stay blocked on its slot for as long as that was held (1 -> 4
+/// threads after 6 such waits).
+#[test]
+fn semaphore_waits_leave_no_slot_watcher_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child("child_slot_watchers")
+        .param("DIR", dir.path())
+        .spawn();
+    let got = c.next_report();
+    c.finish();
+    let (before, after) = got.split_once(" -> ").unwrap();
+    assert_eq!(before, after, "threads before -> after");
+}
+
+/// Locks byte `slot` of `file` through its own open file description.
+fn ofd_lock(file: &std::fs::File, slot: i64, kind: i32) {
+    // SAFETY: `flock` is a plain C struct; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = slot;
+    fl.l_len = 1;
+    // SAFETY: a valid descriptor and `flock` for the call.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn child_slot_watchers() {
+    if !running_as("child_slot_watchers") {
+        return;
+    }
+    let dir = param("DIR");
+    let path = Path::new(&dir).join("edge-slots");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap()
+    };
+    // Both slots of permits(2) taken by other open files: slot 0 for the
+    // whole test, slot 1 released once a waiter is asleep.
+    let (slot0, slot1) = (open(), open());
+    ofd_lock(&slot0, 0, libc::F_WRLCK);
+    let lock = move || {
+        let dir = param("DIR");
+        lockutils::lock("edge-slots")
+            .permits(2)
+            .external()
+            .lock_path(&dir)
+            .acquire()
+            .map(drop)
+    };
+    let mut before = None;
+    for round in 0..6 {
+        ofd_lock(&slot1, 1, libc::F_WRLCK);
+        let waiter = std::thread::spawn(lock);
+        support::await_blocked_waiters(&path, 1);
+        ofd_lock(&slot1, 1, libc::F_UNLCK);
+        waiter.join().unwrap().unwrap();
+        if round == 0 {
+            before = Some(threads());
+        }
+    }
+    report(format!("{:?} -> {:?}", before.unwrap(), threads()));
+}
+
+/// Before: the child reused the parent's pooled descriptor (the same open
+/// file description), so its lock "succeeded" while the parent held it,
+/// and dropping its copy of the parent's guard unlocked the parent.
+#[test]
+fn a_forked_child_neither_shares_nor_unlocks_its_parents_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child("child_fork").param("DIR", dir.path()).spawn();
+    c.expect("held");
+    assert_eq!(c.next_report(), "grandchild: wouldblock");
+    // The parent still holds the file, as seen from a third process.
+    assert_eq!(try_in_child(dir.path(), "", "edge-fork"), "wouldblock");
+    c.send("release");
+    c.expect("released");
+    c.finish();
+    assert_eq!(try_in_child(dir.path(), "", "edge-fork"), "ok");
+}
+
+#[test]
+fn child_fork() {
+    if !running_as("child_fork") {
+        return;
+    }
+    let dir = param("DIR");
+    let lock = lockutils::lock("edge-fork").external().lock_path(&dir);
+    let guard = lock.acquire().unwrap();
+    report("held");
+    // SAFETY: the child only drops a guard, takes a lock and exits; the
+    // allocator and lockutils' own locks are not held by other threads.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        drop(guard); // the child's copy: must not unlock the parent's lock
+        let code = match lock.blocking(false).acquire() {
+            Err(LockError::WouldBlock { .. }) => 0,
+            Ok(_) => 1,
+            Err(_) => 2,
+        };
+        // SAFETY: ends the forked child without running the parent's
+        // atexit handlers or libtest's teardown.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child we just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let said = match libc::WEXITSTATUS(status) {
+        0 => "wouldblock",
+        1 => "ok (shared the parent's lock)",
+        _ => "error",
+    };
+    report(format!("grandchild: {said}"));
+    support::await_order("release");
+    drop(guard);
+    report("released");
+}
