@@ -8,7 +8,7 @@
 //! the names is dropped with all their edges. Dropping edges can only hide
 //! a cycle (a missed report), never invent one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +22,31 @@ pub(crate) const MAX_EDGES: usize = 65_536;
 /// Most cycles remembered as already reported (for `Warn`).
 const MAX_REPORTED: usize = 1024;
 
-/// One lock held by the context taking another: its name and who took it.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// A lock held by the context taking another: its name and who took it.
+pub(crate) trait Held {
+    fn name(&self) -> &str;
+    fn site(&self) -> Site;
+}
+
+/// A [`Held`] lock by value, for tests.
+#[cfg(test)]
 #[derive(Clone, Copy)]
 pub(crate) struct HeldLock<'a> {
     pub(crate) name: &'a str,
     pub(crate) site: Site,
+}
+
+#[cfg(test)]
+impl Held for HeldLock<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn site(&self) -> Site {
+        self.site
+    }
 }
 
 /// Who took the two ends of an edge.
@@ -136,33 +156,28 @@ impl Graph {
 
     /// Whether every edge `held[i] → name` is already recorded (the common
     /// case once a program has run its code paths once).
-    pub(crate) fn knows_all(&self, held: &[HeldLock<'_>], name: &str) -> bool {
+    pub(crate) fn knows_all(&self, held: &[impl Held], name: &str) -> bool {
         let Some(to) = self.id(name) else {
-            return held.iter().all(|h| h.name == name);
+            return held.iter().all(|h| h.name() == name);
         };
         held.iter().all(|h| {
-            h.name == name
+            h.name() == name
                 || self
-                    .id(h.name)
+                    .id(h.name())
                     .is_some_and(|from| self.edges.contains_key(&(from, to)))
         })
     }
 
     /// Looks for a cycle that the edges `held[i] → name` would close. The
     /// graph is not changed.
-    pub(crate) fn find_cycle(
-        &self,
-        held: &[HeldLock<'_>],
-        name: &str,
-        site: Site,
-    ) -> Option<Cycle> {
+    pub(crate) fn find_cycle(&self, held: &[impl Held], name: &str, site: Site) -> Option<Cycle> {
         let to = self.id(name)?;
         // Held locks whose edge to `name` is new; an existing edge closed
         // no cycle when it was added (or was reported then).
-        let targets: HashMap<u32, HeldLock<'_>> = held
+        let targets: HashMap<u32, Site> = held
             .iter()
-            .filter(|h| h.name != name)
-            .filter_map(|h| Some((self.id(h.name)?, *h)))
+            .filter(|h| h.name() != name)
+            .filter_map(|h| Some((self.id(h.name())?, h.site())))
             .filter(|(from, _)| !self.edges.contains_key(&(*from, to)))
             .collect();
         if targets.is_empty() {
@@ -170,10 +185,9 @@ impl Graph {
         }
         let path = self.shortest_path(to, |n| targets.contains_key(&n))?;
         let last = *path.last().unwrap_or(&to);
-        let closing = targets[&last];
         let mut steps = vec![Step {
             held: self.node(last).name.clone(),
-            held_site: closing.site.to_string(),
+            held_site: targets[&last].to_string(),
             taken: self.node(to).name.clone(),
             taken_site: site.to_string(),
         }];
@@ -195,7 +209,7 @@ impl Graph {
     /// path to a node for which `goal` holds (so the cycle reported is the
     /// shortest one).
     fn shortest_path(&self, start: u32, goal: impl Fn(u32) -> bool) -> Option<Vec<u32>> {
-        let mut parent: HashMap<u32, u32> = HashMap::new();
+        let mut parent: HashMap<u32, u32> = HashMap::default();
         let mut queue = VecDeque::from([start]);
         while let Some(n) = queue.pop_front() {
             for &next in &self.node(n).out {
@@ -224,15 +238,15 @@ impl Graph {
 
     /// Records the edges `held[i] → name` (self-edges aside: re-taking a
     /// held lock is the re-entry check's business).
-    pub(crate) fn add(&mut self, held: &[HeldLock<'_>], name: &str, site: Site) {
+    pub(crate) fn add(&mut self, held: &[impl Held], name: &str, site: Site) {
         self.clock.fetch_add(1, Ordering::Relaxed);
-        let new = held.iter().filter(|h| h.name != name).count();
+        let new = held.iter().filter(|h| h.name() != name).count();
         self.make_room(new + 1, new);
         let to = self.intern(name);
-        for h in held.iter().filter(|h| h.name != name) {
-            let from = self.intern(h.name);
+        for h in held.iter().filter(|h| h.name() != name) {
+            let from = self.intern(h.name());
             let sites = EdgeSites {
-                held: h.site,
+                held: h.site(),
                 taken: site,
             };
             if self.edges.insert((from, to), sites).is_none() {
@@ -243,11 +257,17 @@ impl Graph {
 
     /// Marks `names` as used now (they were nested again), so eviction
     /// keeps them.
+    ///
+    /// The clock only moves when edges are added, so a program whose edges
+    /// are all known writes nothing shared here.
     pub(crate) fn touch<'a>(&self, names: impl Iterator<Item = &'a str>) {
-        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.clock.load(Ordering::Relaxed);
         for n in names {
             if let Some(id) = self.id(n) {
-                self.node(id).used.store(now, Ordering::Relaxed);
+                let used = &self.node(id).used;
+                if used.load(Ordering::Relaxed) != now {
+                    used.store(now, Ordering::Relaxed);
+                }
             }
         }
     }

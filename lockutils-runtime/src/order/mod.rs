@@ -48,7 +48,7 @@ use std::task::{Poll, Waker};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::LockError;
-use graph::{Cycle, Graph, HeldLock};
+use graph::{Cycle, Graph, Held};
 
 /// The environment variable read for the lock-order check when
 /// [`set_lock_order_check`] was not called: `panic`, `warn` or `off`.
@@ -216,6 +216,10 @@ static GRAPH: LazyLock<RwLock<Graph>> = LazyLock::new(|| RwLock::new(Graph::defa
 
 /// One lock a context holds. `name` points into the lock's registry entry
 /// (or any string that outlives the hold; see [`enter`]).
+///
+/// Invariant: a `Listed` exists only in a hold list (or a copy taken from
+/// one while its hold is alive), and the hold removes it before its name
+/// may die, so reading `name` through a list is sound.
 #[derive(Clone, Copy)]
 struct Listed {
     name: *const str,
@@ -228,49 +232,74 @@ struct Listed {
 // contract of `enter`/`enter_async`), whichever thread reads it.
 unsafe impl Send for Listed {}
 
-impl Listed {
-    /// # Safety
-    /// The hold that listed `self` must still be alive.
-    unsafe fn held(&self) -> HeldLock<'_> {
-        HeldLock {
-            // SAFETY: see the function's contract.
-            name: unsafe { &*self.name },
-            site: self.site,
+impl Held for Listed {
+    fn name(&self) -> &str {
+        // SAFETY: see the invariant on `Listed`.
+        unsafe { &*self.name }
+    }
+    fn site(&self) -> Site {
+        self.site
+    }
+}
+
+/// What [`check`] found, to act on once no hold list is borrowed.
+struct Report {
+    cycle: Cycle,
+    /// `Panic` mode; otherwise warn, if `first`.
+    panic: bool,
+    first: bool,
+}
+
+// Both are called with no hold list borrowed: unwinding releases other
+// holds, which unlist themselves, and a subscriber might take a lock.
+impl Report {
+    /// Panics with the report in `Panic` mode.
+    fn panic_if_asked(&self) {
+        if self.panic {
+            report_panic(&self.cycle);
+        }
+    }
+
+    /// Warns, the first time this cycle is seen.
+    fn warn(&self) {
+        if self.first {
+            let cycle = &self.cycle;
+            tracing::warn!(target: "lockutils", locks = ?cycle.locks(), "{cycle}");
         }
     }
 }
 
-/// Records the edges from `held` to `name` and reports a cycle they would
-/// close. Nothing may be borrowed from the hold lists while this runs: it
-/// can panic, and unwinding releases other holds.
-fn check(held: &[HeldLock<'_>], name: &str, site: Site, mode: u8) {
-    if held.iter().all(|h| h.name == name) {
-        return;
+/// Records the edges from `held` to `name`, and returns the cycle they
+/// would close, if any. In `Panic` mode nothing is recorded then (the
+/// acquisition will not happen); in `Warn` mode the edges are recorded
+/// anyway, so later acquisitions in either order find known edges and
+/// stay quiet: one warning per cycle.
+fn check(held: &[impl Held], name: &str, site: Site, mode: u8) -> Option<Report> {
+    if held.iter().all(|h| h.name() == name) {
+        return None;
     }
     {
         let graph = GRAPH.read();
         if graph.knows_all(held, name) {
-            graph.touch(held.iter().map(|h| h.name).chain([name]));
-            return;
+            graph.touch(held.iter().map(|h| h.name()).chain([name]));
+            return None;
         }
     }
     let mut graph = GRAPH.write();
     let Some(cycle) = graph.find_cycle(held, name, site) else {
         graph.add(held, name, site);
-        return;
+        return None;
     };
-    if mode == PANIC {
-        drop(graph);
-        report_panic(&cycle);
+    let panic = mode == PANIC;
+    let first = !panic && graph.first_report(&cycle);
+    if !panic {
+        graph.add(held, name, site);
     }
-    let first = graph.first_report(&cycle);
-    // Recording the closing edge too means later acquisitions in either
-    // order find known edges and stay quiet: one warning per cycle.
-    graph.add(held, name, site);
-    drop(graph);
-    if first {
-        tracing::warn!(target: "lockutils", locks = ?cycle.locks(), "{cycle}");
-    }
+    Some(Report {
+        cycle,
+        panic,
+        first,
+    })
 }
 
 #[cold]
@@ -325,23 +354,33 @@ pub(crate) unsafe fn enter(name: &str, site: Site, waits: bool) -> Result<SyncHo
     if mode == OFF {
         return Ok(SyncHold::NONE);
     }
-    // Copied out so no borrow is alive if `check` panics.
-    let Ok(listed) = HELD.try_with(|h| h.borrow().clone()) else {
-        return Ok(SyncHold::NONE);
-    };
-    if waits && !listed.is_empty() {
-        // SAFETY: each listed lock's hold is alive: it is unlisted when
-        // dropped, on this thread.
-        let held: Vec<HeldLock<'_>> = listed.iter().map(|l| unsafe { l.held() }).collect();
-        check(&held, name, site, mode);
-    }
     let id = next_id();
     let me = Listed { name, site, id };
-    let listed = HELD.try_with(|h| h.borrow_mut().push(me)).is_ok();
-    Ok(SyncHold {
-        id: if listed { id } else { 0 },
+    let found = HELD.try_with(|h| {
+        let report = if waits {
+            check(h.borrow().as_slice(), name, site, mode)
+        } else {
+            None
+        };
+        if report.as_ref().is_none_or(|r| !r.panic) {
+            h.borrow_mut().push(me);
+        }
+        report
+    });
+    let Ok(report) = found else {
+        // Thread-locals are gone (a guard taken in a TLS destructor).
+        return Ok(SyncHold::NONE);
+    };
+    let hold = SyncHold {
+        id,
         _not_send: PhantomData,
-    })
+    };
+    if let Some(report) = report {
+        // `Panic` did not list the lock; dropping `hold` is then a no-op.
+        report.panic_if_asked();
+        report.warn();
+    }
+    Ok(hold)
 }
 
 impl Drop for SyncHold {
@@ -388,8 +427,8 @@ impl Task {
 
 /// Async holds, by task. Entries are removed when a task's last hold
 /// drops, so the table holds only tasks that hold a lock right now.
-static TASKS: LazyLock<Mutex<HashMap<Task, Vec<Listed>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static TASKS: LazyLock<Mutex<HashMap<Task, Vec<Listed>, foldhash::fast::RandomState>>> =
+    LazyLock::new(|| Mutex::new(HashMap::default()));
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -400,6 +439,14 @@ pub(crate) struct AsyncHold {
     task: Task,
     /// 0: nothing was listed.
     id: u64,
+}
+
+impl AsyncHold {
+    /// A hold that lists nothing, for acquisitions made with the check off.
+    pub(crate) const NONE: AsyncHold = AsyncHold {
+        task: Task { data: 0, vtable: 0 },
+        id: 0,
+    };
 }
 
 /// [`enter`] for an async acquisition by `task`.
@@ -417,20 +464,33 @@ pub(crate) unsafe fn enter_async(
 ) -> Result<AsyncHold, LockError> {
     let mode = resolve_for(name)?;
     if mode == OFF {
-        return Ok(AsyncHold { task, id: 0 });
+        return Ok(AsyncHold::NONE);
     }
-    let listed = TASKS.lock().get(&task).cloned().unwrap_or_default();
-    if waits && !listed.is_empty() {
-        // SAFETY: each listed lock's hold is alive: it unlists itself when
-        // dropped, and this task's holds are not dropped while it polls.
-        let held: Vec<HeldLock<'_>> = listed.iter().map(|l| unsafe { l.held() }).collect();
-        check(&held, name, site, mode);
+    // A copy, so the table is not locked while the graph is searched.
+    let listed = match TASKS.lock().get(&task) {
+        Some(l) if waits => l.clone(),
+        _ => Vec::new(),
+    };
+    let report = check(&listed, name, site, mode);
+    if let Some(r) = &report {
+        r.panic_if_asked();
     }
+    let hold = list_async(task, name, site);
+    if let Some(r) = report {
+        r.warn();
+    }
+    Ok(hold)
+}
+
+fn list_async(task: Task, name: *const str, site: Site) -> AsyncHold {
     // A task moves between threads: its ids come from one global counter.
     let id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
-    let me = Listed { name, site, id };
-    TASKS.lock().entry(task).or_default().push(me);
-    Ok(AsyncHold { task, id })
+    TASKS
+        .lock()
+        .entry(task)
+        .or_default()
+        .push(Listed { name, site, id });
+    AsyncHold { task, id }
 }
 
 impl Drop for AsyncHold {

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Barrier};
 
+use super::graph::HeldLock;
 use super::*;
 
 /// The check is process-wide: tests that set it run one at a time.
