@@ -7,7 +7,7 @@
 #![warn(missing_docs)]
 
 // Layers, top first; each names only those below it (tests/layout.rs):
-// private > builder > acquire > guard > trace > hold > registry >
+// private > builder > acquire > guard > trace > hold > order > registry >
 // external > local > config > name > spec > error.
 mod acquire;
 mod builder;
@@ -18,8 +18,6 @@ mod guard;
 mod hold;
 mod local;
 mod name;
-// The acquisition paths call into it once wired (issue 13).
-#[cfg_attr(not(test), allow(dead_code))]
 mod order;
 mod registry;
 mod spec;
