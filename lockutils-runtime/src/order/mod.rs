@@ -13,8 +13,12 @@
 //!   worker threads keeps its key, so its holds follow it. Limits, both
 //!   documented for users: branches of one `join!`/`select!` share their
 //!   task's waker, so a lock held in one branch counts as held while
-//!   another branch takes a lock; and a synchronous acquisition inside
-//!   async code sees the thread's synchronous holds only.
+//!   another branch takes a lock; a synchronous acquisition inside async
+//!   code sees the thread's synchronous holds only; a future run inside
+//!   another with its own waker (a `FuturesUnordered` member) does not see
+//!   its parent task's holds; and an async guard sent to another task stays
+//!   listed under the task that took it. The first and last can cause a
+//!   report without a real deadlock; the others only hide one.
 //!
 //! A lock counts as held from the moment it is asked for (it is pushed
 //! before waiting; nothing else runs in that context while it waits) until
