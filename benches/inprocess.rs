@@ -7,9 +7,11 @@
 //!    `parking_lot::Mutex` per thread (no global lock on the acquire path).
 //! 3. Memory: 1,000,000 distinct dynamic names, then 1,000,000 more; the
 //!    second million must add under 1 MiB of resident memory.
+//! 4. The lock-order check (SPEC §14) off and on, for one lock and for a
+//!    nested pair whose order is already known.
 //!
 //! `BENCH_SAMPLES=n` changes the number of samples; `BENCH_ONLY=uncontended|
-//! threads|memory` runs one part; `BENCH_ONLY=profile` only loops the
+//! threads|memory|order` runs one part; `BENCH_ONLY=profile` only loops the
 //! `#[synchronized]` call, for `perf record`.
 
 mod support;
@@ -21,9 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Weak};
 use std::time::{Duration, Instant};
 
-use lockutils::synchronized;
+use lockutils::{LockOrderCheck, synchronized};
 use parking_lot::Mutex;
-use support::{Padded, mono_ns, print_table, run_group, variant};
+use support::{Padded, mono_ns, print_table, run_group, variant, variant_setup};
 
 // ---- the bodies under test -------------------------------------------------
 
@@ -380,6 +382,87 @@ fn memory() {
     println!("second million added {added:.3} MiB (bar < 1 MiB) -> {ok}");
 }
 
+// ---- 4. lock-order check ---------------------------------------------------
+
+#[inline(never)]
+#[synchronized("order-outer")]
+fn nested_outer(c: &mut u64) {
+    nested_inner(c);
+}
+
+#[inline(never)]
+#[synchronized("order-inner")]
+fn nested_inner(c: &mut u64) {
+    *black_box(c) += 1;
+}
+
+#[inline(never)]
+fn runtime_async(c: &mut u64) {
+    futures_lite::future::block_on(async {
+        let _g = lockutils::lock("x").acquire_async().await.expect("lock");
+        *black_box(c) += 1;
+    });
+}
+
+fn lock_order(samples: usize) {
+    let off = || lockutils::set_lock_order_check(LockOrderCheck::Off);
+    let on = || lockutils::set_lock_order_check(LockOrderCheck::Panic);
+    let mut c = [0u64; 9];
+    let [c0, c1, c2, c3, c4, c5, c6, c7, c8] = &mut c;
+    // Record the nested pair's edge once, so "on" measures the common case.
+    on();
+    nested_outer(c3);
+    let mut vs = vec![
+        variant("static parking_lot::Mutex<()> (raw)", || {
+            raw_parking_lot(c0)
+        }),
+        variant_setup("#[synchronized(\"x\")], check off", off, || {
+            synchronized_x(c1)
+        }),
+        variant_setup("#[synchronized(\"x\")], check on", on, || {
+            synchronized_x(c2)
+        }),
+        variant_setup("nested #[synchronized] pair, check off", off, || {
+            nested_outer(c3)
+        }),
+        variant_setup("nested #[synchronized] pair, check on", on, || {
+            nested_outer(c4)
+        }),
+        variant_setup("lock(\"x\").acquire(), check off", off, || {
+            runtime_api("x", c5)
+        }),
+        variant_setup("lock(\"x\").acquire(), check on", on, || {
+            runtime_api("x", c6)
+        }),
+        variant_setup(
+            "block_on(lock(\"x\").acquire_async()), check off",
+            off,
+            || runtime_async(c7),
+        ),
+        variant_setup(
+            "block_on(lock(\"x\").acquire_async()), check on",
+            on,
+            || runtime_async(c8),
+        ),
+    ];
+    let stats = run_group(&mut vs, samples, Duration::from_millis(2));
+    off();
+    print_table(
+        "## 4. Lock-order check off / on, one thread (ns/op; ratio vs raw parking_lot)",
+        &stats,
+        0,
+    );
+    for (what, off_at) in [
+        ("#[synchronized]", 1),
+        ("nested pair", 3),
+        ("acquire()", 5),
+        ("acquire_async()", 7),
+    ] {
+        let (a, b) = (stats[off_at].median(), stats[off_at + 1].median());
+        println!("check on / off, {what}: {:.2}x (+{:.1} ns)", b / a, b - a);
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -403,5 +486,8 @@ fn main() {
     }
     if run("memory") {
         memory();
+    }
+    if run("order") {
+        lock_order(support::samples(300));
     }
 }

@@ -135,6 +135,45 @@
 //! have given the lock away since ([`LockGuard::is_lost`]) and, on etcd,
 //! offers a fencing token ([`LockGuard::fencing_token`]).
 //!
+//! # Lock-order checking
+//!
+//! The first acquisition that would close a cycle in the order locks are
+//! taken ("held A while taking B", then B while taking A, or longer) is
+//! reported before it waits, naming every lock of the cycle and the
+//! function or call site that took each. [`set_lock_order_check`] or
+//! `$LOCKUTILS_LOCK_ORDER` choose [`LockOrderCheck::Panic`] (the default with
+//! `debug_assertions`), [`LockOrderCheck::Warn`] (a `tracing` warning once
+//! per cycle) or [`LockOrderCheck::Off`] (the release default: one relaxed
+//! atomic load per acquisition).
+//!
+//! ```
+//! use lockutils::{LockOrderCheck, synchronized};
+//!
+//! #[synchronized("iptables")]
+//! fn apply_rules() { refresh_instance() }
+//! #[synchronized("instance")]
+//! fn refresh_instance() {}
+//!
+//! lockutils::set_lock_order_check(LockOrderCheck::Panic);
+//! apply_rules(); // iptables, then instance
+//! let inverted = std::thread::spawn(|| {
+//!     let _instance = lockutils::lock("instance").acquire().unwrap();
+//!     let _iptables = lockutils::lock("iptables").acquire(); // panics here
+//! });
+//! let report = inverted.join().unwrap_err();
+//! let report = report.downcast_ref::<String>().unwrap();
+//! assert!(report.contains("lock order cycle (possible deadlock) among 2 locks"));
+//! assert!(report.contains("\"iptables\" taken by") && report.contains("::apply_rules"));
+//! ```
+//!
+//! A lock counts as held by the thread that took it synchronously, or by
+//! the async task (known by its waker) that took it with
+//! [`Lock::acquire_async`] or an `async fn`. Shared, counted, fair and
+//! external locks all take part; try-locks (`blocking = false`) add no
+//! edge, since they cannot deadlock. Branches of one `join!` share their
+//! task. The graph keeps at most 4,096 names (least recently used ones are
+//! forgotten), so dynamic names stay bounded.
+//!
 //! # Prefix aliases
 //!
 //! oslo's `synchronized_with_prefix("nova-")` gives a project its own
@@ -159,9 +198,10 @@
 
 pub use lockutils_macros::synchronized;
 pub use lockutils_runtime::{
-    AsyncLockGuard, BACKEND_ENV, LOCK_PATH_ENV, Location, Lock, LockError, LockGuard, LockName,
-    NameProblem, lock, lock_path, locks_held, process_locking, redact_url,
-    remove_external_lock_file, reset_lock_path, set_backend, set_lock_path, set_process_locking,
+    AsyncLockGuard, BACKEND_ENV, LOCK_ORDER_ENV, LOCK_PATH_ENV, Location, Lock, LockError,
+    LockGuard, LockName, LockOrderCheck, NameProblem, lock, lock_order_check, lock_path,
+    locks_held, process_locking, redact_url, remove_external_lock_file, reset_lock_path,
+    set_backend, set_lock_order_check, set_lock_path, set_process_locking,
 };
 
 /// What `#[synchronized]` expands to. Not a stable API. Its name carries

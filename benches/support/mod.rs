@@ -30,6 +30,24 @@ pub fn variant<'a>(name: impl Into<String>, mut f: impl FnMut() + 'a) -> Variant
     }
 }
 
+/// Like [`variant`], calling `setup` once before each batch (e.g. to set a
+/// process-wide switch that variants of one group set differently).
+pub fn variant_setup<'a>(
+    name: impl Into<String>,
+    mut setup: impl FnMut() + 'a,
+    mut f: impl FnMut() + 'a,
+) -> Variant<'a> {
+    Variant {
+        name: name.into(),
+        run: Box::new(move |n| {
+            setup();
+            for _ in 0..n {
+                f();
+            }
+        }),
+    }
+}
+
 /// Nanoseconds per operation over the samples of one variant.
 #[derive(Clone, Debug)]
 pub struct Stats {

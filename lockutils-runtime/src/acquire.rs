@@ -16,6 +16,7 @@ use crate::external::{self, Backend, Chosen, Dir, ExternalHold, Pending};
 use crate::guard::{AsyncLockGuard, LockGuard, check_reentry};
 use crate::hold::{EntryRef, Hold};
 use crate::local::timer::Sleep;
+use crate::order::{self, AsyncHold, SyncHold, Task};
 use crate::registry;
 use crate::spec::{Kind, Mode, Wait};
 use crate::trace::{self, Site};
@@ -41,6 +42,12 @@ impl Request<'_> {
 /// Takes the in-process lock, then (for external locks) the external one.
 #[inline]
 pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, LockError> {
+    // Before anything can wait: a cycle is reported even for a free lock.
+    let order = if order::is_off() {
+        SyncHold::NONE
+    } else {
+        order_enter(&entry, req)?
+    };
     let started = trace::start();
     let mut wait = req.wait;
     if !entry.local.try_lock(req.mode) {
@@ -54,7 +61,35 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
     } else {
         hold
     };
-    Ok(LockGuard::new(hold, req.site, started))
+    Ok(LockGuard::new(hold, order, req.site, started))
+}
+
+fn order_site(site: Site) -> order::Site {
+    match site {
+        Site::Function(f) => order::Site::Function(f),
+        Site::Caller(l) => order::Site::Caller(l),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn order_enter(entry: &registry::Entry, req: &Request<'_>) -> Result<SyncHold, LockError> {
+    // SAFETY: the entry (and so its name) outlives the returned hold: the
+    // guard owning both drops the hold first, and on a failed acquisition
+    // the hold, a local, drops before the entry, a parameter.
+    unsafe { order::enter(entry.name(), order_site(req.site), !req.wait.is_try()) }
+}
+
+#[cold]
+#[inline(never)]
+async fn order_enter_async(
+    entry: &registry::Entry,
+    req: &Request<'_>,
+) -> Result<AsyncHold, LockError> {
+    let task = Task::current().await;
+    let waits = !req.wait.is_try();
+    // SAFETY: as in `order_enter`, for the async guard.
+    unsafe { order::enter_async(entry.name(), order_site(req.site), waits, task) }
 }
 
 #[cold]
@@ -132,6 +167,11 @@ pub(crate) async fn acquire_async(
     entry: EntryRef,
     req: Request<'_>,
 ) -> Result<AsyncLockGuard, LockError> {
+    let order = if order::is_off() {
+        AsyncHold::NONE
+    } else {
+        order_enter_async(&entry, &req).await?
+    };
     let started = trace::start();
     let wait = req.wait.start();
     if !entry.local.try_lock(req.mode)
@@ -160,7 +200,7 @@ pub(crate) async fn acquire_async(
             }
         }
     }
-    Ok(AsyncLockGuard::new(hold, req.site, started))
+    Ok(AsyncLockGuard::new(hold, order, req.site, started))
 }
 
 /// Waits for a [`Pending`]; `Ok(None)` when the deadline passes first.

@@ -100,6 +100,20 @@ pub enum LockError {
         cause: String,
     },
 
+    /// An environment variable of lockutils has a value it does not
+    /// understand (e.g. `LOCKUTILS_LOCK_ORDER=maybe`).
+    #[error("environment variable {var}={value:?} is not one of {expected}")]
+    InvalidEnv {
+        /// The full lock name (empty when not asked for a lock).
+        name: String,
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// The values it may have.
+        expected: &'static str,
+    },
+
     /// The operating system refused an operation on the lock path or file.
     #[error("cannot {op} {path} for lock {name:?}: {source}")]
     Io {
@@ -148,6 +162,7 @@ impl LockError {
             | LockError::KindMismatch { name, .. }
             | LockError::InvalidOptions { name, .. }
             | LockError::Backend { name, .. }
+            | LockError::InvalidEnv { name, .. }
             | LockError::Io { name, .. } => name,
         }
     }
@@ -175,6 +190,7 @@ impl From<LockError> for io::Error {
                 io::ErrorKind::InvalidInput
             }
             LockError::Backend { .. } => io::ErrorKind::Other,
+            LockError::InvalidEnv { .. } => io::ErrorKind::InvalidInput,
             LockError::Io { source, .. } => source.kind(),
         };
         io::Error::new(kind, e)

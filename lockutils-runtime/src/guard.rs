@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::hold::Hold;
+use crate::order::{AsyncHold, SyncHold};
 use crate::registry::{self, Entry};
 use crate::trace::{self, Site};
 
@@ -168,6 +169,8 @@ fn end_trace(entry: &Entry, t: Option<Box<Trace>>) {
 /// releases it, which keeps [`locks_held`] and the re-entry check honest.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
+    // Dropped before `hold`: it names the lock by the entry's name.
+    _order: SyncHold,
     hold: Hold,
     // Freed by `end_trace`, keeping the drop glue small.
     trace: ManuallyDrop<Option<Box<Trace>>>,
@@ -176,7 +179,12 @@ pub struct LockGuard {
 
 impl LockGuard {
     #[inline(always)]
-    pub(crate) fn new(hold: Hold, site: Site, started: Option<Instant>) -> LockGuard {
+    pub(crate) fn new(
+        hold: Hold,
+        order: SyncHold,
+        site: Site,
+        started: Option<Instant>,
+    ) -> LockGuard {
         let entry = hold.entry();
         if hold.is_writer() {
             set_owner(entry);
@@ -188,6 +196,7 @@ impl LockGuard {
             Some(t) => start_trace(&hold, site, t),
         };
         LockGuard {
+            _order: order,
             hold,
             trace: ManuallyDrop::new(trace),
             _not_send: PhantomData,
@@ -265,14 +274,25 @@ impl std::fmt::Debug for LockGuard {
 /// lock file (if any), then the in-process lock.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct AsyncLockGuard {
+    // Dropped before `hold`: it names the lock by the entry's name.
+    _order: AsyncHold,
     hold: Hold,
     trace: Option<Box<Trace>>,
 }
 
 impl AsyncLockGuard {
-    pub(crate) fn new(hold: Hold, site: Site, started: Option<Instant>) -> AsyncLockGuard {
+    pub(crate) fn new(
+        hold: Hold,
+        order: AsyncHold,
+        site: Site,
+        started: Option<Instant>,
+    ) -> AsyncLockGuard {
         let trace = started.and_then(|t| start_trace(&hold, site, t));
-        AsyncLockGuard { hold, trace }
+        AsyncLockGuard {
+            _order: order,
+            hold,
+            trace,
+        }
     }
 
     /// The full lock name (prefix, separator, name).

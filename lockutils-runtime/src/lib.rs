@@ -7,7 +7,7 @@
 #![warn(missing_docs)]
 
 // Layers, top first; each names only those below it (tests/layout.rs):
-// private > builder > acquire > guard > trace > hold > registry >
+// private > builder > acquire > guard > trace > hold > order > registry >
 // external > local > config > name > spec > error.
 mod acquire;
 mod builder;
@@ -18,6 +18,7 @@ mod guard;
 mod hold;
 mod local;
 mod name;
+mod order;
 mod registry;
 mod spec;
 mod trace;
@@ -35,6 +36,7 @@ pub use error::{LockError, NameProblem};
 pub use external::{Location, set_backend};
 pub use guard::{AsyncLockGuard, LockGuard, locks_held};
 pub use name::LockName;
+pub use order::{LOCK_ORDER_ENV, LockOrderCheck, lock_order_check, set_lock_order_check};
 
 #[doc(hidden)]
 pub use registry::live_entries;

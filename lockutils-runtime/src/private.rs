@@ -126,11 +126,13 @@ impl CallSite {
     }
 
     /// The uncontended case, inlined into the function: an in-process
-    /// exclusive lock that is free, with no debug subscriber listening.
+    /// exclusive lock that is free, with no debug subscriber listening and
+    /// the lock-order check off.
     #[inline(always)]
     fn try_fast(&'static self) -> Option<SiteGuard> {
         if self.fast
             && !trace::maybe_on()
+            && crate::order::is_off()
             && let Some(h) = self.entry.get()
             && h.local.try_lock(Mode::Exclusive)
         {

@@ -1,0 +1,518 @@
+//! Lock-order checking (SPEC §14): the process records "held A while taking
+//! B" for every named lock, and the first acquisition that would close a
+//! cycle (A→B then B→A, or longer) is reported before it waits.
+//!
+//! # What "held" means
+//!
+//! * **Synchronous code:** the locks this thread holds, in a thread-local
+//!   list. A synchronous guard cannot leave its thread, so the list is exact.
+//! * **Async code:** the locks held by the current *task*, recorded in a
+//!   process-wide table keyed by the task's waker (its data and vtable
+//!   pointers: tokio, async-std, smol and `futures` give each task, and
+//!   each `FuturesUnordered` member, its own). A future moving between
+//!   worker threads keeps its key, so its holds follow it. Limits, both
+//!   documented for users: branches of one `join!`/`select!` share their
+//!   task's waker, so a lock held in one branch counts as held while
+//!   another branch takes a lock; a synchronous acquisition inside async
+//!   code sees the thread's synchronous holds only; a future run inside
+//!   another with its own waker (a `FuturesUnordered` member) does not see
+//!   its parent task's holds; and an async guard sent to another task stays
+//!   listed under the task that took it. The first and last can cause a
+//!   report without a real deadlock; the others only hide one.
+//!
+//! A lock counts as held from the moment it is asked for (it is pushed
+//! before waiting; nothing else runs in that context while it waits) until
+//! its guard drops. Try-locks (`blocking = false`) cannot deadlock, so they
+//! add no edge; once taken they count as held like any other. Shared-mode
+//! and semaphore holds take part like exclusive ones (a reader waiting
+//! behind a queued writer deadlocks just the same). Re-taking a lock the
+//! context holds adds no self-edge: the re-entry check reports that.
+//!
+//! # Cost
+//!
+//! Off: [`is_off`] is one relaxed load of a global byte. On: a thread-local
+//! push and pop per acquisition; when other locks are held, a read lock of
+//! the graph to see the edges are known, and a write lock plus a
+//! breadth-first search only for a new edge. Async holds take a global
+//! mutex per acquisition and release.
+
+mod graph;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::poll_fn;
+use std::marker::PhantomData;
+use std::panic::Location;
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Poll, Waker};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::LockError;
+use graph::{Cycle, Graph, Held};
+
+/// The environment variable read for the lock-order check when
+/// [`set_lock_order_check`] was not called: `panic`, `warn` or `off`.
+pub const LOCK_ORDER_ENV: &str = "LOCKUTILS_LOCK_ORDER";
+
+/// What to do when an acquisition would close a cycle in the order locks
+/// are taken (a possible deadlock). Set with [`set_lock_order_check`] or
+/// `LOCKUTILS_LOCK_ORDER`; the default is `Panic` in builds with
+/// `debug_assertions` and `Off` otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockOrderCheck {
+    /// Panic with the report, before waiting for the lock; unwinding
+    /// releases what the panicking thread (or task) held.
+    Panic,
+    /// Log the report once per cycle, as a `tracing` warning with target
+    /// `lockutils`, and take the lock.
+    Warn,
+    /// Record nothing (one relaxed atomic load per acquisition).
+    Off,
+}
+
+const UNSET: u8 = 0;
+const OFF: u8 = 1;
+const WARN: u8 = 2;
+const PANIC: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(UNSET);
+
+impl LockOrderCheck {
+    fn code(self) -> u8 {
+        match self {
+            LockOrderCheck::Panic => PANIC,
+            LockOrderCheck::Warn => WARN,
+            LockOrderCheck::Off => OFF,
+        }
+    }
+
+    fn from_code(code: u8) -> LockOrderCheck {
+        match code {
+            PANIC => LockOrderCheck::Panic,
+            WARN => LockOrderCheck::Warn,
+            _ => LockOrderCheck::Off,
+        }
+    }
+
+    /// `Panic` with `debug_assertions`, `Off` without.
+    pub const DEFAULT: LockOrderCheck = if cfg!(debug_assertions) {
+        LockOrderCheck::Panic
+    } else {
+        LockOrderCheck::Off
+    };
+}
+
+/// Parses `panic`, `warn` or `off` (any case, surrounding blanks ignored).
+impl FromStr for LockOrderCheck {
+    type Err = LockError;
+
+    fn from_str(s: &str) -> Result<Self, LockError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "panic" => Ok(LockOrderCheck::Panic),
+            "warn" => Ok(LockOrderCheck::Warn),
+            "off" => Ok(LockOrderCheck::Off),
+            _ => Err(LockError::InvalidEnv {
+                name: String::new(),
+                var: LOCK_ORDER_ENV,
+                value: s.to_owned(),
+                expected: "panic, warn or off",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for LockOrderCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockOrderCheck::Panic => "panic",
+            LockOrderCheck::Warn => "warn",
+            LockOrderCheck::Off => "off",
+        })
+    }
+}
+
+/// Sets the lock-order check for the whole process, overriding
+/// `LOCKUTILS_LOCK_ORDER`. Locks held at the time keep the bookkeeping
+/// they started with.
+pub fn set_lock_order_check(check: LockOrderCheck) {
+    STATE.store(check.code(), Ordering::Relaxed);
+}
+
+/// The lock-order check in force: the last [`set_lock_order_check`], else
+/// `LOCKUTILS_LOCK_ORDER` (unset or empty: [`LockOrderCheck::DEFAULT`]).
+///
+/// # Errors
+/// [`LockError::InvalidEnv`] if the variable is set to anything else; every
+/// acquisition fails the same way until it is fixed or the check is set
+/// from code (a typo must not silently switch the check off).
+pub fn lock_order_check() -> Result<LockOrderCheck, LockError> {
+    resolve().map(LockOrderCheck::from_code)
+}
+
+/// True when the check is off: one relaxed load, for the fast paths.
+#[inline(always)]
+pub(crate) fn is_off() -> bool {
+    STATE.load(Ordering::Relaxed) == OFF
+}
+
+#[cold]
+fn resolve() -> Result<u8, LockError> {
+    let state = STATE.load(Ordering::Relaxed);
+    if state != UNSET {
+        return Ok(state);
+    }
+    let check = match std::env::var(LOCK_ORDER_ENV) {
+        Ok(v) if !v.trim().is_empty() => v.parse()?,
+        Ok(_) | Err(std::env::VarError::NotPresent) => LockOrderCheck::DEFAULT,
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(LockError::InvalidEnv {
+                name: String::new(),
+                var: LOCK_ORDER_ENV,
+                value: v.to_string_lossy().into_owned(),
+                expected: "panic, warn or off",
+            });
+        }
+    };
+    // A concurrent `set_lock_order_check` wins over the environment.
+    let _ = STATE.compare_exchange(UNSET, check.code(), Ordering::Relaxed, Ordering::Relaxed);
+    Ok(STATE.load(Ordering::Relaxed))
+}
+
+fn resolve_for(name: &str) -> Result<u8, LockError> {
+    resolve().map_err(|e| match e {
+        LockError::InvalidEnv {
+            var,
+            value,
+            expected,
+            ..
+        } => LockError::InvalidEnv {
+            name: name.to_owned(),
+            var,
+            value,
+            expected,
+        },
+        other => other,
+    })
+}
+
+/// Who takes a lock, for the report: a `#[synchronized]` function's path,
+/// or the caller of the run-time API.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Site {
+    Function(&'static str),
+    Caller(&'static Location<'static>),
+}
+
+impl fmt::Display for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Site::Function(p) => f.write_str(p),
+            Site::Caller(l) => write!(f, "{}:{}", l.file(), l.line()),
+        }
+    }
+}
+
+static GRAPH: LazyLock<RwLock<Graph>> = LazyLock::new(|| RwLock::new(Graph::default()));
+
+/// One lock a context holds. `name` points into the lock's registry entry
+/// (or any string that outlives the hold; see [`enter`]).
+///
+/// Invariant: a `Listed` exists only in a hold list (or a copy taken from
+/// one while its hold is alive), and the hold removes it before its name
+/// may die, so reading `name` through a list is sound.
+#[derive(Clone, Copy)]
+struct Listed {
+    name: *const str,
+    site: Site,
+    id: u64,
+}
+
+// SAFETY: `name` is only read while the hold that listed it is alive, and
+// the string it points to is immutable and outlives that hold (the
+// contract of `enter`/`enter_async`), whichever thread reads it.
+unsafe impl Send for Listed {}
+
+impl Held for Listed {
+    fn name(&self) -> &str {
+        // SAFETY: see the invariant on `Listed`.
+        unsafe { &*self.name }
+    }
+    fn site(&self) -> Site {
+        self.site
+    }
+}
+
+/// What [`check`] found, to act on once no hold list is borrowed.
+struct Report {
+    cycle: Cycle,
+    /// `Panic` mode; otherwise warn, if `first`.
+    panic: bool,
+    first: bool,
+}
+
+// Both are called with no hold list borrowed: unwinding releases other
+// holds, which unlist themselves, and a subscriber might take a lock.
+impl Report {
+    /// Panics with the report in `Panic` mode.
+    fn panic_if_asked(&self) {
+        if self.panic {
+            report_panic(&self.cycle);
+        }
+    }
+
+    /// Warns, the first time this cycle is seen.
+    fn warn(&self) {
+        if self.first {
+            let cycle = &self.cycle;
+            tracing::warn!(target: "lockutils", locks = ?cycle.locks(), "{cycle}");
+        }
+    }
+}
+
+/// Records the edges from `held` to `name`, and returns the cycle they
+/// would close, if any. In `Panic` mode nothing is recorded then (the
+/// acquisition will not happen); in `Warn` mode the edges are recorded
+/// anyway, so later acquisitions in either order find known edges and
+/// stay quiet: one warning per cycle.
+fn check(held: &[impl Held], name: &str, site: Site, mode: u8) -> Option<Report> {
+    if held.iter().all(|h| h.name() == name) {
+        return None;
+    }
+    {
+        let graph = GRAPH.read();
+        if graph.knows_all(held, name) {
+            graph.touch(held.iter().map(|h| h.name()).chain([name]));
+            return None;
+        }
+    }
+    let mut graph = GRAPH.write();
+    let Some(cycle) = graph.find_cycle(held, name, site) else {
+        graph.add(held, name, site);
+        return None;
+    };
+    let panic = mode == PANIC;
+    let first = !panic && graph.first_report(&cycle);
+    if !panic {
+        graph.add(held, name, site);
+    }
+    Some(Report {
+        cycle,
+        panic,
+        first,
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn report_panic(cycle: &Cycle) -> ! {
+    panic!("{cycle}")
+}
+
+thread_local! {
+    /// This thread's synchronous holds, oldest first.
+    static HELD: RefCell<Vec<Listed>> = const { RefCell::new(Vec::new()) };
+    static NEXT_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+fn next_id() -> u64 {
+    NEXT_ID.with(|n| {
+        let id = n.get() + 1;
+        n.set(id);
+        id
+    })
+}
+
+/// A lock listed as held by this thread; dropping it unlists the lock.
+/// Not `Send`: the thread that listed it unlists it.
+#[must_use]
+pub(crate) struct SyncHold {
+    /// 0: nothing was listed (check off, or thread-locals gone).
+    id: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl SyncHold {
+    /// A hold that lists nothing, for acquisitions made with the check off.
+    pub(crate) const NONE: SyncHold = SyncHold {
+        id: 0,
+        _not_send: PhantomData,
+    };
+}
+
+/// Before a synchronous acquisition of `name` by `site`: reports a cycle
+/// (`Panic`: panics here, before anything waits), records the new edges
+/// unless `waits` is false (a try-lock), and lists `name` as held by this
+/// thread until the returned hold drops.
+///
+/// # Errors
+/// [`LockError::InvalidEnv`] for a bad `LOCKUTILS_LOCK_ORDER`.
+///
+/// # Safety
+/// `name` must stay valid and unchanged until the returned hold is dropped.
+pub(crate) unsafe fn enter(name: &str, site: Site, waits: bool) -> Result<SyncHold, LockError> {
+    let mode = resolve_for(name)?;
+    if mode == OFF {
+        return Ok(SyncHold::NONE);
+    }
+    let id = next_id();
+    let me = Listed { name, site, id };
+    let found = HELD.try_with(|h| {
+        let report = if waits {
+            check(h.borrow().as_slice(), name, site, mode)
+        } else {
+            None
+        };
+        if report.as_ref().is_none_or(|r| !r.panic) {
+            h.borrow_mut().push(me);
+        }
+        report
+    });
+    let Ok(report) = found else {
+        // Thread-locals are gone (a guard taken in a TLS destructor).
+        return Ok(SyncHold::NONE);
+    };
+    let hold = SyncHold {
+        id,
+        _not_send: PhantomData,
+    };
+    if let Some(report) = report {
+        // `Panic` did not list the lock; dropping `hold` is then a no-op.
+        report.panic_if_asked();
+        report.warn();
+    }
+    Ok(hold)
+}
+
+impl Drop for SyncHold {
+    #[inline]
+    fn drop(&mut self) {
+        if self.id != 0 {
+            unlist(self.id);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn unlist(id: u64) {
+    let _ = HELD.try_with(|h| {
+        let mut h = h.borrow_mut();
+        if let Some(i) = h.iter().rposition(|l| l.id == id) {
+            h.remove(i);
+        }
+    });
+}
+
+/// An async task, as its waker identifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Task {
+    data: usize,
+    vtable: usize,
+}
+
+impl Task {
+    /// The task a waker wakes.
+    pub(crate) fn of(waker: &Waker) -> Task {
+        Task {
+            data: waker.data() as usize,
+            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+        }
+    }
+
+    /// The task polling the caller.
+    pub(crate) async fn current() -> Task {
+        poll_fn(|cx| Poll::Ready(Task::of(cx.waker()))).await
+    }
+}
+
+/// Async holds, by task. Entries are removed when a task's last hold
+/// drops, so the table holds only tasks that hold a lock right now.
+static TASKS: LazyLock<Mutex<HashMap<Task, Vec<Listed>, foldhash::fast::RandomState>>> =
+    LazyLock::new(|| Mutex::new(HashMap::default()));
+
+static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A lock listed as held by an async task; dropping it unlists the lock.
+/// `Send`: the future holding it may move between threads.
+#[must_use]
+pub(crate) struct AsyncHold {
+    task: Task,
+    /// 0: nothing was listed.
+    id: u64,
+}
+
+impl AsyncHold {
+    /// A hold that lists nothing, for acquisitions made with the check off.
+    pub(crate) const NONE: AsyncHold = AsyncHold {
+        task: Task { data: 0, vtable: 0 },
+        id: 0,
+    };
+}
+
+/// [`enter`] for an async acquisition by `task`.
+///
+/// # Errors
+/// [`LockError::InvalidEnv`] for a bad `LOCKUTILS_LOCK_ORDER`.
+///
+/// # Safety
+/// `name` must stay valid and unchanged until the returned hold is dropped.
+pub(crate) unsafe fn enter_async(
+    name: &str,
+    site: Site,
+    waits: bool,
+    task: Task,
+) -> Result<AsyncHold, LockError> {
+    let mode = resolve_for(name)?;
+    if mode == OFF {
+        return Ok(AsyncHold::NONE);
+    }
+    // A copy, so the table is not locked while the graph is searched.
+    let listed = match TASKS.lock().get(&task) {
+        Some(l) if waits => l.clone(),
+        _ => Vec::new(),
+    };
+    let report = check(&listed, name, site, mode);
+    if let Some(r) = &report {
+        r.panic_if_asked();
+    }
+    let hold = list_async(task, name, site);
+    if let Some(r) = report {
+        r.warn();
+    }
+    Ok(hold)
+}
+
+fn list_async(task: Task, name: *const str, site: Site) -> AsyncHold {
+    // A task moves between threads: its ids come from one global counter.
+    let id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
+    TASKS
+        .lock()
+        .entry(task)
+        .or_default()
+        .push(Listed { name, site, id });
+    AsyncHold { task, id }
+}
+
+impl Drop for AsyncHold {
+    fn drop(&mut self) {
+        if self.id == 0 {
+            return;
+        }
+        let mut tasks = TASKS.lock();
+        if let Some(list) = tasks.get_mut(&self.task) {
+            if let Some(i) = list.iter().rposition(|l| l.id == self.id) {
+                list.remove(i);
+            }
+            if list.is_empty() {
+                tasks.remove(&self.task);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
