@@ -12,6 +12,16 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --all-features --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+if (($# == 0)); then
+    # The classic per-process fcntl fallback (FreeBSD, macOS, Linux without
+    # OFD locks), forced on Linux: the multi-process suites again.
+    echo "== the same multi-process tests on classic fcntl locks (LOCKUTILS_CLASSIC_LOCKS=1)"
+    LOCKUTILS_CLASSIC_LOCKS=1 cargo test --all-features --no-fail-fast \
+        --test multiprocess --test semaphore --test rwlock --test external \
+        --test interop --test edges --test fair 2>&1 | tee -a "$log"
+    classic=${PIPESTATUS[0]}
+    ((status != 0)) || status=$classic
+fi
 set -e
 totals=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$log")
 echo

@@ -253,3 +253,47 @@ fn child_fork() {
     drop(guard);
     report("released");
 }
+
+/// Classic per-process `fcntl` locks (forced here as where OFD locks do
+/// not exist): two readers of one process share one kernel read lock, so a
+/// naive release by one would drop the other's, and a writer elsewhere
+/// would get in. Run in a child with `LOCKUTILS_CLASSIC_LOCKS=1`.
+#[test]
+fn classic_locks_keep_a_readers_lock_when_another_reader_of_its_process_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child("child_classic_readers")
+        .param("DIR", dir.path())
+        .env("LOCKUTILS_CLASSIC_LOCKS", "1")
+        .spawn();
+    c.expect("two readers, one left");
+    let writer = support::tried(
+        support::lock_child("support::child_try", dir.path(), "", "edge-classic")
+            .param("MODE", "exclusive"),
+    );
+    assert_eq!(writer, "wouldblock", "a writer got in beside a reader");
+    c.send("release");
+    c.expect("released");
+    c.finish();
+    assert_eq!(try_in_child(dir.path(), "", "edge-classic"), "ok");
+}
+
+#[test]
+fn child_classic_readers() {
+    if !running_as("child_classic_readers") {
+        return;
+    }
+    let dir = param("DIR");
+    let lock = || {
+        lockutils::lock("edge-classic")
+            .shared()
+            .external()
+            .lock_path(&dir)
+    };
+    let first = lock().acquire().unwrap();
+    let second = std::thread::scope(|s| s.spawn(|| lock().acquire().map(drop)).join());
+    second.unwrap().unwrap(); // the other reader came and went
+    report("two readers, one left");
+    support::await_order("release");
+    drop(first);
+    report("released");
+}

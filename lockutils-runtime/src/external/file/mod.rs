@@ -23,6 +23,8 @@
 //!
 //! [`sys`] holds the system calls (OFD locks, classic `fcntl`, `LockFileEx`).
 
+#[cfg(unix)]
+mod classic;
 mod slots;
 pub(crate) mod sys;
 

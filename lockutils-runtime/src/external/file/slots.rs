@@ -75,7 +75,13 @@ pub(super) fn wait_any_slot(
     turn: u32,
     stop: &Stop,
 ) -> Result<Option<(Open, Range)>, LockError> {
-    let slot = Range::Byte(u64::from(std::process::id().wrapping_add(turn) % n));
+    // Spread by process and turn; in classic mode, never a slot this
+    // process holds or watches already (the kernel would grant it at once).
+    let first = std::process::id().wrapping_add(turn) % n;
+    let slot = (0..n)
+        .map(|i| u64::from((first + i) % n))
+        .find(|&s| !open.file.ours(s))
+        .map_or(Range::Byte(u64::from(first)), Range::Byte);
     let watcher = match open.reopen(name) {
         Ok(w) => w,
         Err(_) => return wait_one_slot(name, open, slot, stop),

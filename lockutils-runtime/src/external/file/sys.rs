@@ -40,14 +40,31 @@ pub(crate) enum OpenError {
 /// An open lock file. Closing it releases any lock held through it.
 #[derive(Debug)]
 pub(crate) struct LockFile {
-    file: File,
+    handle: Handle,
 }
+
+#[derive(Debug)]
+enum Handle {
+    /// Locks belong to this open file (OFD locks; `LockFileEx` handles).
+    Own(File),
+    /// Classic per-process locks, arbitrated in-process (see `classic`).
+    #[cfg(unix)]
+    Classic(std::sync::Arc<super::classic::Inode>),
+}
+
+/// The environment variable that makes every lock file use classic
+/// per-process `fcntl` locks, as where OFD locks do not exist. Meant for
+/// testing that fallback on Linux; read once.
+#[cfg_attr(not(unix), allow(dead_code))]
+pub const CLASSIC_LOCKS_ENV: &str = "LOCKUTILS_CLASSIC_LOCKS";
 
 impl LockFile {
     /// Opens `path`, creating it (mode 0644 less the umask) if missing.
     ///
     /// Never follows a symlink, never blocks on a FIFO, never truncates or
-    /// writes; refuses anything that is not a regular file.
+    /// writes; refuses anything that is not a regular file. In classic mode
+    /// (no OFD locks for this file) the process's one descriptor for the
+    /// file is shared instead of opening another.
     pub(crate) fn open(path: &Path) -> Result<LockFile, OpenError> {
         // Look before opening, so a device or FIFO planted at the path is
         // never opened at all (opening some devices has side effects). The
@@ -57,6 +74,12 @@ impl LockFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(OpenError::Io("inspect lock file", e)),
         }
+        #[cfg(unix)]
+        if let Some(inode) = super::classic::find(path) {
+            return Ok(LockFile {
+                handle: Handle::Classic(inode),
+            });
+        }
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create(true);
         imp::harden(&mut opts);
@@ -65,40 +88,94 @@ impl LockFile {
             .metadata()
             .map_err(|e| OpenError::Io("inspect lock file", e))?;
         imp::check_kind(&meta)?;
-        Ok(LockFile { file })
+        #[cfg(unix)]
+        if imp::classic_forced() || imp::ofd_refused(&file) {
+            let inode =
+                super::classic::adopt(file).map_err(|e| OpenError::Io("inspect lock file", e))?;
+            return Ok(LockFile {
+                handle: Handle::Classic(inode),
+            });
+        }
+        Ok(LockFile {
+            handle: Handle::Own(file),
+        })
+    }
+
+    fn file(&self) -> &File {
+        match &self.handle {
+            Handle::Own(f) => f,
+            #[cfg(unix)]
+            Handle::Classic(i) => i.file(),
+        }
+    }
+
+    /// Whether this file uses classic per-process locks.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) fn is_classic(&self) -> bool {
+        !matches!(self.handle, Handle::Own(_))
+    }
+
+    fn lock_how(&self, mode: Mode, range: Range, how: imp::How) -> io::Result<bool> {
+        match &self.handle {
+            Handle::Own(f) => imp::lock(f, imp::OWN, mode, range, how),
+            #[cfg(unix)]
+            Handle::Classic(i) => i.lock(mode, range, how, |m, r, h| {
+                imp::lock(i.file(), imp::CLASSIC, m, r, h)
+            }),
+        }
     }
 
     /// Takes the lock if no one else holds it. `Ok(false)`: busy.
     pub(crate) fn try_lock(&self, mode: Mode, range: Range) -> io::Result<bool> {
-        imp::lock(&self.file, mode, range, false)
+        self.lock_how(mode, range, imp::How::Try)
     }
 
     /// Waits in the kernel until the lock is ours.
     pub(crate) fn lock(&self, mode: Mode, range: Range) -> io::Result<()> {
-        imp::lock(&self.file, mode, range, true).map(|_| ())
+        self.lock_how(mode, range, imp::How::Block).map(|_| ())
     }
 
     /// Waits in the kernel once: `Err` with `ErrorKind::Interrupted` when a
     /// signal arrived first (see [`interrupt`]), so the caller can decide
     /// whether to wait on.
     pub(crate) fn lock_interruptible(&self, mode: Mode, range: Range) -> io::Result<()> {
-        imp::lock_once(&self.file, mode, range)
+        self.lock_how(mode, range, imp::How::Once).map(|_| ())
     }
 
     /// Releases the lock on `range`.
     pub(crate) fn unlock(&self, range: Range) -> io::Result<()> {
-        imp::unlock(&self.file, range)
+        match &self.handle {
+            Handle::Own(f) => imp::unlock(f, imp::OWN, range),
+            #[cfg(unix)]
+            Handle::Classic(i) => i.unlock(range, |r| imp::unlock(i.file(), imp::CLASSIC, r)),
+        }
     }
 
-    /// Whether another open file holds a lock on any byte from `start` on
-    /// (`F_OFD_GETLK`). Always `false` on Windows, which cannot tell.
+    /// Whether a semaphore slot is held or waited for by another holder of
+    /// this process (classic mode, where the kernel cannot tell).
+    #[cfg_attr(not(unix), allow(unused_variables))]
+    pub(crate) fn ours(&self, slot: u64) -> bool {
+        match &self.handle {
+            Handle::Own(_) => false,
+            #[cfg(unix)]
+            Handle::Classic(i) => i.ours(slot),
+        }
+    }
+
+    /// Whether another owner holds a lock on any byte from `start` on
+    /// (`F_OFD_GETLK`/`F_GETLK`). Always `false` on Windows, which cannot tell.
     pub(crate) fn others_hold_from(&self, start: u64) -> io::Result<bool> {
-        imp::others_hold(&self.file, start, 0)
+        let cmds = if self.is_classic() {
+            imp::CLASSIC
+        } else {
+            imp::OWN
+        };
+        imp::others_hold(self.file(), cmds, start, 0)
     }
 
     /// Whether the file still has a name (was not removed while we waited).
     pub(crate) fn is_linked(&self) -> io::Result<bool> {
-        imp::is_linked(&self.file)
+        imp::is_linked(self.file())
     }
 }
 
@@ -189,14 +266,52 @@ mod imp {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     use std::os::unix::io::AsRawFd;
 
+    pub(crate) use super::super::classic::How;
+
+    /// The `fcntl` commands of one kind of record lock.
+    #[derive(Clone, Copy)]
+    pub(super) struct Cmds {
+        set: libc::c_int,
+        wait: libc::c_int,
+        get: libc::c_int,
+    }
+
+    /// Classic per-process locks.
+    pub(super) const CLASSIC: Cmds = Cmds {
+        set: libc::F_SETLK,
+        wait: libc::F_SETLKW,
+        get: libc::F_GETLK,
+    };
+
+    /// Locks owned by the open file: OFD locks where they exist.
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    const SETLK: libc::c_int = libc::F_OFD_SETLK;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    const SETLKW: libc::c_int = libc::F_OFD_SETLKW;
+    pub(super) const OWN: Cmds = Cmds {
+        set: libc::F_OFD_SETLK,
+        wait: libc::F_OFD_SETLKW,
+        get: libc::F_OFD_GETLK,
+    };
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    const SETLK: libc::c_int = libc::F_SETLK;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    const SETLKW: libc::c_int = libc::F_SETLKW;
+    pub(super) const OWN: Cmds = CLASSIC;
+
+    /// Whether every file must use classic locks: always where OFD locks
+    /// do not exist; on Linux when [`CLASSIC_LOCKS_ENV`](super::CLASSIC_LOCKS_ENV) says so.
+    pub(super) fn classic_forced() -> bool {
+        if cfg!(not(any(target_os = "linux", target_os = "android"))) {
+            return true;
+        }
+        static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *FORCED.get_or_init(|| std::env::var_os(super::CLASSIC_LOCKS_ENV).is_some_and(|v| v == "1"))
+    }
+
+    /// Whether the kernel or file system refuses OFD locks on `file`
+    /// (`EINVAL`, as on Linux before 3.15 and some FUSE file systems).
+    pub(super) fn ofd_refused(file: &File) -> bool {
+        let mut fl = flock(libc::F_WRLCK as libc::c_int, 0, 0);
+        matches!(
+            fcntl(file, OWN.get, &mut fl),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL)
+        )
+    }
 
     pub(super) fn harden(opts: &mut OpenOptions) {
         // std adds O_CLOEXEC itself.
@@ -235,11 +350,6 @@ mod imp {
         Err(OpenError::NotRegular(kind))
     }
 
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    const GETLK: libc::c_int = libc::F_OFD_GETLK;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    const GETLK: libc::c_int = libc::F_GETLK;
-
     fn flock(kind: libc::c_int, start: u64, len: u64) -> libc::flock {
         // SAFETY: `flock` is a plain C struct; all-zero is a valid value
         // (and l_pid must be 0 for OFD locks).
@@ -272,8 +382,21 @@ mod imp {
         }
     }
 
-    pub(super) fn lock(file: &File, mode: Mode, range: Range, wait: bool) -> io::Result<bool> {
-        let cmd = if wait { SETLKW } else { SETLK };
+    pub(super) fn lock(
+        file: &File,
+        cmds: Cmds,
+        mode: Mode,
+        range: Range,
+        how: How,
+    ) -> io::Result<bool> {
+        if how == How::Once {
+            return lock_once(file, cmds, mode, range).map(|()| true);
+        }
+        let cmd = if how == How::Block {
+            cmds.wait
+        } else {
+            cmds.set
+        };
         let kind = match mode {
             Mode::Exclusive => libc::F_WRLCK,
             Mode::Shared => libc::F_RDLCK,
@@ -281,7 +404,10 @@ mod imp {
         let (start, len) = span(range);
         match fcntl(file, cmd, &mut flock(kind as libc::c_int, start, len)) {
             Ok(()) => Ok(true),
-            Err(e) if !wait && matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+            Err(e)
+                if how == How::Try
+                    && matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) =>
+            {
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -289,7 +415,7 @@ mod imp {
     }
 
     /// One `F_OFD_SETLKW`, not retried on `EINTR`.
-    pub(super) fn lock_once(file: &File, mode: Mode, range: Range) -> io::Result<()> {
+    fn lock_once(file: &File, cmds: Cmds, mode: Mode, range: Range) -> io::Result<()> {
         let kind = match mode {
             Mode::Exclusive => libc::F_WRLCK,
             Mode::Shared => libc::F_RDLCK,
@@ -297,7 +423,7 @@ mod imp {
         let (start, len) = span(range);
         let mut fl = flock(kind as libc::c_int, start, len);
         // SAFETY: valid descriptor and a valid `flock` for the call.
-        let r = unsafe { libc::fcntl(file.as_raw_fd(), SETLKW, &mut fl as *mut libc::flock) };
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), cmds.wait, &mut fl as *mut libc::flock) };
         if r == -1 {
             Err(io::Error::last_os_error())
         } else {
@@ -305,6 +431,7 @@ mod imp {
         }
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     extern "C" fn on_interrupt(_: libc::c_int) {}
 
     pub(super) fn on_fork_in_child() {
@@ -379,18 +506,18 @@ mod imp {
         }
     }
 
-    pub(super) fn unlock(file: &File, range: Range) -> io::Result<()> {
+    pub(super) fn unlock(file: &File, cmds: Cmds, range: Range) -> io::Result<()> {
         let (start, len) = span(range);
         fcntl(
             file,
-            SETLK,
+            cmds.set,
             &mut flock(libc::F_UNLCK as libc::c_int, start, len),
         )
     }
 
-    pub(super) fn others_hold(file: &File, start: u64, len: u64) -> io::Result<bool> {
+    pub(super) fn others_hold(file: &File, cmds: Cmds, start: u64, len: u64) -> io::Result<bool> {
         let mut fl = flock(libc::F_WRLCK as libc::c_int, start, len);
-        fcntl(file, GETLK, &mut fl)?;
+        fcntl(file, cmds.get, &mut fl)?;
         Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
     }
 
@@ -463,7 +590,28 @@ mod imp {
         ov
     }
 
-    pub(super) fn lock(file: &File, mode: Mode, range: Range, wait: bool) -> io::Result<bool> {
+    /// How long a lock call may wait (classic mode does not exist here).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum How {
+        Try,
+        Block,
+        Once,
+    }
+
+    /// Windows has one kind of lock: per handle.
+    #[derive(Clone, Copy)]
+    pub(super) struct Cmds;
+    pub(super) const OWN: Cmds = Cmds;
+    pub(super) const CLASSIC: Cmds = Cmds;
+
+    pub(super) fn lock(
+        file: &File,
+        _cmds: Cmds,
+        mode: Mode,
+        range: Range,
+        how: How,
+    ) -> io::Result<bool> {
+        let wait = how != How::Try;
         let mut flags = 0;
         if mode == Mode::Exclusive {
             flags |= LOCKFILE_EXCLUSIVE_LOCK;
@@ -485,12 +633,13 @@ mod imp {
         }
     }
 
-    pub(super) fn others_hold(_file: &File, _start: u64, _len: u64) -> io::Result<bool> {
+    pub(super) fn others_hold(
+        _file: &File,
+        _cmds: Cmds,
+        _start: u64,
+        _len: u64,
+    ) -> io::Result<bool> {
         Ok(false) // Windows has no way to ask
-    }
-
-    pub(super) fn lock_once(file: &File, mode: Mode, range: Range) -> io::Result<()> {
-        lock(file, mode, range, true).map(|_| ())
     }
 
     // Windows waits cannot be interrupted here (CancelSynchronousIo is not
@@ -510,7 +659,7 @@ mod imp {
 
     pub(super) fn send_interrupt(_thread: u64) {}
 
-    pub(super) fn unlock(file: &File, range: Range) -> io::Result<()> {
+    pub(super) fn unlock(file: &File, _cmds: Cmds, range: Range) -> io::Result<()> {
         let mut ov = overlapped(range);
         // SAFETY: as in `lock`.
         if unsafe { UnlockFileEx(handle(file), 0, 1, 0, &mut ov) } != 0 {
