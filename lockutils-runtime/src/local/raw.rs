@@ -25,13 +25,11 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
+use super::sync::thread;
+use super::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 use super::timer::Sleep;
 use crate::spec::Mode;
 
@@ -82,22 +80,23 @@ impl Waiter {
 /// A waker that unparks the current thread: lets threads and tasks share
 /// one wait queue.
 pub(crate) fn thread_waker() -> Waker {
-    Waker::from(Arc::new(ThreadWaker(std::thread::current())))
+    // `std`'s `Arc`: a `Waker` is built from nothing else.
+    Waker::from(std::sync::Arc::new(ThreadWaker(thread::current())))
 }
 
-struct ThreadWaker(std::thread::Thread);
+struct ThreadWaker(thread::Thread);
 
 impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
+    fn wake(self: std::sync::Arc<Self>) {
         self.0.unpark();
     }
-    fn wake_by_ref(self: &Arc<Self>) {
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
         self.0.unpark();
     }
 }
 
 impl RawLock {
-    pub(crate) const fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         RawLock {
             cap,
             state: AtomicUsize::new(0),
@@ -255,14 +254,14 @@ impl RawLock {
             }
             while !waiter.woken.load(Ordering::Acquire) {
                 match deadline {
-                    None => std::thread::park(),
+                    None => thread::park(),
                     Some(d) => {
                         let now = Instant::now();
                         if now >= d {
                             self.leave(&waiter, &mut counted);
                             return self.try_take(mode);
                         }
-                        std::thread::park_timeout(d - now);
+                        thread::park_timeout(d - now);
                     }
                 }
             }
