@@ -217,10 +217,15 @@ impl RawLock {
     /// used). Clears [`PARKED`] when the queue empties.
     #[cold]
     fn wake(&self, all: bool) {
-        let all = all || self.mixed.load(Ordering::Relaxed);
         let mut woken = Vec::new();
         {
             let mut q = self.queue.lock();
+            // Read under the queue lock: every queued reader set `mixed`
+            // before it took this lock to queue, so this sees it. Read
+            // before the lock, a relaxed load may miss it on a weakly
+            // ordered CPU; one reader is woken, queues again behind the
+            // writer it must not pass, and the writer is never woken.
+            let all = all || self.mixed.load(Ordering::Relaxed);
             while let Some(w) = q.pop_front() {
                 // Marked under the queue lock, so that a waiter giving up
                 // (`leave`) sees either "still queued" or "woken", never
