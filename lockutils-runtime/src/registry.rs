@@ -283,3 +283,41 @@ mod tests {
         }
     }
 }
+
+/// Model check (`RUSTFLAGS="--cfg loom"`) of the get-versus-last-drop race.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+
+    /// While `h` is alive, the registry hands out `h`'s entry for its name
+    /// and no other.
+    fn is_the_live_entry(h: &Handle) -> bool {
+        peek(h.name(), |e| std::ptr::eq(e, &**h)).unwrap_or(false)
+    }
+
+    /// A handle dropped as the last one removes its entry under the shard
+    /// lock while other threads get the same name: they either share the old
+    /// entry or make a new one, never get a removed one, and nothing stays.
+    #[test]
+    fn loom_registry_get_versus_last_drop() {
+        crate::local::tests::model(|| {
+            let first = get("loom-registry", Kind::MUTEX).unwrap();
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    loom::thread::spawn(|| {
+                        let h = get("loom-registry", Kind::MUTEX).unwrap();
+                        assert!(is_the_live_entry(&h), "a removed entry was handed out");
+                        drop(h);
+                    })
+                })
+                .collect();
+            // The first handle's drop races with the others' gets and drops.
+            assert!(is_the_live_entry(&first));
+            drop(first);
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(live_entries(), 0, "an entry nobody holds stayed");
+        });
+    }
+}

@@ -20,7 +20,7 @@ pub(crate) mod sync;
 pub(crate) mod timer;
 
 #[cfg(all(test, loom))]
-mod tests;
+pub(crate) mod tests;
 
 use fifo::{FifoAsync, FifoLock};
 use raw::{LockAsync, RawLock, WRITER};

@@ -106,6 +106,9 @@ fn loom_counted_never_more_than_n() {
     model(|| {
         let lock = shared(RawLock::new(2));
         let inside = shared(AtomicUsize::new(0));
+        // The main thread holds one permit meanwhile, so the two others
+        // contend for the last one.
+        assert!(lock.try_lock(Mode::Exclusive));
         let ts: Vec<_> = (0..2)
             .map(|_| {
                 let (l, i) = (lock.clone(), inside.clone());
@@ -118,9 +121,6 @@ fn loom_counted_never_more_than_n() {
                 })
             })
             .collect();
-        // The main thread holds one permit throughout, so the two others
-        // contend for the last one.
-        assert!(lock.try_lock(Mode::Exclusive));
         inside.fetch_add(1, Ordering::SeqCst);
         thread::yield_now();
         inside.fetch_sub(1, Ordering::SeqCst);

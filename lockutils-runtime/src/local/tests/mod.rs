@@ -11,13 +11,13 @@ use super::sync::{Arc, AtomicBool, Ordering};
 mod loom_fifo;
 mod loom_raw;
 
-/// Runs `f` under `loom`, by default with at most two preemptions per
+/// Runs `f` under `loom`, by default with at most three preemptions per
 /// execution (`LOOM_MAX_PREEMPTIONS` overrides), which keeps every model to
 /// seconds on a small machine.
 pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
+        builder.preemption_bound = Some(3);
     }
     builder.check(f);
 }
