@@ -37,6 +37,9 @@ fn loom_fifo_granted_then_dropped_gives_the_lock_back() {
         task.join().unwrap();
         waiter.join().unwrap();
         assert_eq!(lock.queued(), 0);
-        assert!(lock.try_lock(Mode::Exclusive), "the dropped grant kept the lock");
+        assert!(
+            lock.try_lock(Mode::Exclusive),
+            "the dropped grant kept the lock"
+        );
     });
 }
