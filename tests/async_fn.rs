@@ -160,6 +160,55 @@ async fn async_fns_naming_the_same_lock_never_overlap() {
 
 // ------------------------------------------- functions returning a future
 
+/// Compile-time check: `F` is `Send` and `Unpin`.
+fn send_unpin<F: Future + Send + Unpin>(f: F) -> F {
+    f
+}
+
+/// Compile-time check: `F` is `Send`.
+fn send<F: Future + Send>(f: F) -> F {
+    f
+}
+
+#[synchronized("async-unpin")]
+fn unpin_future(p: Pause) -> impl Future<Output = u32> + Unpin + Send {
+    Box::pin(async move {
+        p.run().await;
+        6
+    })
+}
+
+#[synchronized("async-send")]
+fn send_future(p: Pause) -> impl Future<Output = u32> + Send {
+    async move {
+        p.run().await;
+        7
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_futures_keep_send_and_unpin() {
+    let (p, control) = pause();
+    let mut fut = send_unpin(unpin_future(p));
+    // `Unpin`: it can be polled in place, without pinning it first.
+    assert!(
+        futures_lite::future::poll_once(&mut fut).await.is_none(),
+        "completed before it was told to finish"
+    );
+    let task = tokio::spawn(fut);
+    assert_eq!(
+        assert_held_while_running("async-unpin", task, control).await,
+        6
+    );
+
+    let (p, control) = pause();
+    let task = tokio::spawn(send(send_future(p)));
+    assert_eq!(
+        assert_held_while_running("async-send", task, control).await,
+        7
+    );
+}
+
 #[synchronized("async-impl")]
 fn impl_future(p: Pause) -> impl Future<Output = (bool, u32)> + Send {
     // Runs before the future is returned, so without the lock (documented).

@@ -459,6 +459,108 @@ fn const_names_and_prefixes() {
     assert_eq!(by_literal_with_prefix(), held(&["proj-shapes-literal"]));
 }
 
+// Arguments that name `Self` or the function's generics: a call-site
+// `static` cannot name them (E0401), so the spec is built in a `const`
+// block and looked up on every call.
+
+struct Account;
+
+impl Account {
+    const NAME: LockName = LockName::new("shapes-self-name");
+    const PREFIX: &str = "acct";
+
+    #[synchronized(Self::NAME)]
+    fn update(&self) -> Vec<String> {
+        locks_held()
+    }
+
+    #[synchronized("shapes-self-prefix", prefix = Self::PREFIX)]
+    fn audit() -> Vec<String> {
+        locks_held()
+    }
+}
+
+trait Service {
+    const PREFIX: &'static str;
+    const NAME: LockName;
+}
+
+struct Nova;
+struct Cinder;
+
+impl Service for Nova {
+    const PREFIX: &'static str = "nova";
+    const NAME: LockName = LockName::new("shapes-generic-nova");
+}
+
+impl Service for Cinder {
+    const PREFIX: &'static str = "cinder-";
+    const NAME: LockName = LockName::new("shapes-generic-cinder");
+}
+
+#[synchronized("shapes-generic", prefix = T::PREFIX)]
+fn generic_prefix<T: Service>() -> Vec<String> {
+    locks_held()
+}
+
+#[synchronized(T::NAME, timeout = "10s")]
+fn generic_name<T: Service>(x: u8) -> Result<(u8, Vec<String>), LockError> {
+    Ok((x, locks_held()))
+}
+
+#[synchronized("shapes-generic-try", prefix = T::PREFIX, blocking = false)]
+fn generic_try<T: Service>() -> Result<Vec<String>, LockError> {
+    Ok(locks_held())
+}
+
+/// A generic impl: `Self` is generic too.
+struct Pool<T>(std::marker::PhantomData<T>);
+
+impl<T: Service> Pool<T> {
+    const NAME: LockName = T::NAME;
+
+    #[synchronized(Self::NAME)]
+    fn resize(&self) -> Vec<String> {
+        locks_held()
+    }
+}
+
+#[test]
+fn self_and_generic_arguments() {
+    assert_eq!(Account.update(), held(&["shapes-self-name"]));
+    assert_eq!(Account::audit(), held(&["acct-shapes-self-prefix"]));
+    // One expansion, a lock per instantiation.
+    assert_eq!(generic_prefix::<Nova>(), held(&["nova-shapes-generic"]));
+    assert_eq!(generic_prefix::<Cinder>(), held(&["cinder-shapes-generic"]));
+    assert_eq!(
+        generic_name::<Nova>(7).unwrap(),
+        (7, held(&["shapes-generic-nova"]))
+    );
+    assert_eq!(
+        Pool::<Cinder>(std::marker::PhantomData).resize(),
+        held(&["shapes-generic-cinder"])
+    );
+    assert!(is_free("nova-shapes-generic"));
+    assert!(is_free("shapes-self-name"));
+    // Still real locks, one per instantiation: busy while another thread
+    // holds that one, free otherwise.
+    let (release, holder) = hold_elsewhere("nova-shapes-generic-try");
+    assert!(matches!(
+        generic_try::<Nova>(),
+        Err(LockError::WouldBlock { name }) if name == "nova-shapes-generic-try"
+    ));
+    assert_eq!(
+        generic_try::<Cinder>().unwrap(),
+        held(&["cinder-shapes-generic-try"])
+    );
+    drop(release);
+    holder.join().unwrap();
+    assert_eq!(
+        generic_try::<Nova>().unwrap(),
+        held(&["nova-shapes-generic-try"])
+    );
+}
+
 mod reexport {
     pub use ::lockutils;
 }

@@ -99,6 +99,57 @@ impl LockSpec {
         self.wait = Wait::Timeout(Duration::from_nanos(nanos));
         self
     }
+
+    #[inline]
+    fn request(&self) -> Request<'static> {
+        let dir = match (self.lock_path, self.backend) {
+            (Some(p), _) => Dir::Explicit(Path::new(p)),
+            (None, Some(url)) => Dir::Backend(url),
+            (None, None) => Dir::Configured,
+        };
+        Request {
+            mode: self.mode,
+            external: self.external,
+            force_file: false,
+            dir,
+            wait: self.wait,
+            site: Site::Function(self.function),
+        }
+    }
+
+    fn handle(&self) -> Result<Handle, LockError> {
+        // The canonical name, as `Lock::entry` keys it (see there).
+        let full = lockutils_name::file_name(self.prefix, self.name);
+        acquire::entry_for(&full, self.kind, self.mode)
+    }
+
+    // Without a call site: for arguments that name the function's generics
+    // or `Self`, which a `static` cannot. Every call looks the name up.
+
+    /// Takes the lock for a synchronous function.
+    pub fn acquire(self) -> Result<LockGuard, LockError> {
+        acquire::acquire(EntryRef::Owned(self.handle()?), &self.request())
+    }
+
+    /// Takes the lock, or panics with the lock's name, path and the cause.
+    pub fn acquire_or_panic(self) -> LockGuard {
+        self.acquire().unwrap_or_else(|e| fail(e))
+    }
+
+    /// Takes the lock for an `async fn` or a returned future.
+    pub fn acquire_async(
+        self,
+    ) -> impl Future<Output = Result<AsyncLockGuard, LockError>> + Send + 'static {
+        let entry = self.handle();
+        let req = self.request();
+        async move { acquire::acquire_async(EntryRef::Owned(entry?), req).await }
+    }
+
+    /// Like [`LockSpec::acquire_async`], panicking on failure.
+    pub fn acquire_async_or_panic(self) -> impl Future<Output = AsyncLockGuard> + Send + 'static {
+        let fut = self.acquire_async();
+        async move { fut.await.unwrap_or_else(|e| fail(e)) }
+    }
 }
 
 /// One `#[synchronized]` function's lock, in a `static`. After the first
@@ -153,29 +204,14 @@ impl CallSite {
 
     #[cold]
     fn resolve(&'static self) -> Result<&'static Entry, LockError> {
-        let s = &self.spec;
-        // The canonical name, as `Lock::entry` keys it (see there).
-        let full = lockutils_name::file_name(s.prefix, s.name);
-        let handle = acquire::entry_for(&full, s.kind, s.mode)?;
+        let handle = self.spec.handle()?;
         // Another thread may have won the race; either handle is the entry.
         Ok(self.entry.get_or_init(|| handle))
     }
 
     #[inline]
     fn request(&'static self) -> Request<'static> {
-        let dir = match (self.spec.lock_path, self.spec.backend) {
-            (Some(p), _) => Dir::Explicit(Path::new(p)),
-            (None, Some(url)) => Dir::Backend(url),
-            (None, None) => Dir::Configured,
-        };
-        Request {
-            mode: self.spec.mode,
-            external: self.spec.external,
-            force_file: false,
-            dir,
-            wait: self.spec.wait,
-            site: Site::Function(self.spec.function),
-        }
+        self.spec.request()
     }
 
     /// Takes the lock for a synchronous function.

@@ -14,18 +14,20 @@
 use std::hash::BuildHasher;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
-use std::sync::Arc;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use hashbrown::HashTable;
-use parking_lot::Mutex;
 
 use crate::external::{State, Target};
 use crate::local::Local;
+use crate::local::sync::{Arc, Mutex};
 use crate::spec::Kind;
 
+#[cfg(not(loom))]
 const SHARD_BITS: u32 = 6;
+// Models: two shards are enough, and fewer objects explore faster.
+#[cfg(loom)]
+const SHARD_BITS: u32 = 1;
 const SHARDS: usize = 1 << SHARD_BITS;
 
 /// One named lock: its kind, in-process primitive and the external
@@ -66,17 +68,36 @@ impl Entry {
 #[repr(align(128))] // keep shards on separate cache lines
 struct Shard(Mutex<HashTable<Arc<Entry>>>);
 
+#[cfg(not(loom))]
+type Hasher = foldhash::fast::RandomState;
+// A model must run the same way every time: no random seed.
+#[cfg(loom)]
+type Hasher = foldhash::fast::FixedState;
+
 pub(crate) struct Registry {
-    hasher: foldhash::fast::RandomState,
+    hasher: Hasher,
     shards: Box<[Shard]>,
 }
 
-static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
-    hasher: foldhash::fast::RandomState::default(),
-    shards: (0..SHARDS)
-        .map(|_| Shard(Mutex::new(HashTable::new())))
-        .collect(),
-});
+impl Registry {
+    fn new() -> Registry {
+        Registry {
+            hasher: Hasher::default(),
+            shards: (0..SHARDS)
+                .map(|_| Shard(Mutex::new(HashTable::new())))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(not(loom))]
+static REGISTRY: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::new);
+
+// A fresh registry for every execution of a model.
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref REGISTRY: Registry = Registry::new();
+}
 
 impl Registry {
     fn shard(&self, hash: u64) -> &Shard {
@@ -260,5 +281,43 @@ mod tests {
                 "{n} stayed"
             );
         }
+    }
+}
+
+/// Model check (`RUSTFLAGS="--cfg loom"`) of the get-versus-last-drop race.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+
+    /// While `h` is alive, the registry hands out `h`'s entry for its name
+    /// and no other.
+    fn is_the_live_entry(h: &Handle) -> bool {
+        peek(h.name(), |e| std::ptr::eq(e, &**h)).unwrap_or(false)
+    }
+
+    /// A handle dropped as the last one removes its entry under the shard
+    /// lock while other threads get the same name: they either share the old
+    /// entry or make a new one, never get a removed one, and nothing stays.
+    #[test]
+    fn loom_registry_get_versus_last_drop() {
+        crate::local::tests::model(|| {
+            let first = get("loom-registry", Kind::MUTEX).unwrap();
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    loom::thread::spawn(|| {
+                        let h = get("loom-registry", Kind::MUTEX).unwrap();
+                        assert!(is_the_live_entry(&h), "a removed entry was handed out");
+                        drop(h);
+                    })
+                })
+                .collect();
+            // The first handle's drop races with the others' gets and drops.
+            assert!(is_the_live_entry(&first));
+            drop(first);
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(live_entries(), 0, "an entry nobody holds stayed");
+        });
     }
 }

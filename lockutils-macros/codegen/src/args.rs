@@ -64,6 +64,7 @@ impl Parse for StrArg {
 
 fn starts_path(input: ParseStream<'_>) -> bool {
     input.peek(syn::Ident)
+        || input.peek(Token![Self])
         || input.peek(Token![::])
         || input.peek(Token![crate])
         || input.peek(Token![self])
@@ -509,6 +510,9 @@ mod tests {
         assert!(args.is_fallible());
         let args: SynchronizedArgs = syn::parse_quote!(self::external_name);
         assert!(matches!(args.name, StrArg::Path(_)));
+        let args: SynchronizedArgs = syn::parse_quote!(Self::NAME, prefix = Self::PREFIX);
+        assert!(matches!(args.name, StrArg::Path(_)));
+        assert!(matches!(args.prefix, Some((_, StrArg::Path(_)))));
     }
 
     fn error(tokens: proc_macro2::TokenStream) -> String {

@@ -16,10 +16,17 @@
 //! the `static` has a name no user const is likely to have: inside that
 //! block it shadows any item of the same name the arguments might use.
 //!
+//! Arguments that name `Self` or the function's generic parameters
+//! (`T::NAME`, `prefix = Self::PREFIX`, `permits = N`) cannot be used in a
+//! `static` (E0401). Then the spec is an inline `const { LockSpec::new(..) }`
+//! block (still checked during constant evaluation, per instantiation) and
+//! the lock is looked up in the registry on every call.
+//!
 //! A plain function returning a future gets its body evaluated by an
 //! immediately called `move` closure (an early `return` in the body still
 //! yields the future) and returns a new future that first awaits the lock,
-//! then runs the original one.
+//! then runs the original one. That future is an `async` block, `Send` when
+//! its parts are; when the signature promises `Unpin` it is boxed and pinned.
 
 use proc_macro2::{Delimiter, Group, Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
@@ -38,14 +45,26 @@ pub(crate) fn expand(
     alias: Option<Alias<'_>>,
 ) -> TokenStream {
     let private = private_path(args);
-    let site = call_site_static(args, func, alias, &private);
+    let spec = lock_spec(args, func, alias, &private);
+    // A `static` cannot name the function's generics or `Self` (E0401):
+    // such a spec is built in an inline `const` block instead, which can,
+    // and taken through the registry on every call (no call-site cache).
+    let (site, receiver) = if names_generics(args, func) {
+        (TokenStream::new(), quote!((const { #spec })))
+    } else {
+        let site = site_ident();
+        (
+            quote!(static #site: #private::CallSite = #private::CallSite::new(#spec);),
+            site.into_token_stream(),
+        )
+    };
     let guard = Ident::new("__lockutils_guard", Span::mixed_site());
     let propagate = args.is_fallible() && checked.returns_result;
 
     let body = match checked.shape {
         Shape::Sync | Shape::AsyncFn => {
             let is_async = checked.shape == Shape::AsyncFn;
-            let acquire = acquire(&private, propagate, is_async);
+            let acquire = acquire(&private, &receiver, propagate, is_async);
             let stmts = &func.body;
             quote! {
                 let #guard = { #site #acquire };
@@ -53,7 +72,7 @@ pub(crate) fn expand(
             }
         }
         Shape::ImplFuture | Shape::BoxedFuture => {
-            let acquire = acquire(&private, propagate, true);
+            let acquire = acquire(&private, &receiver, propagate, true);
             let take_lock = quote!(let #guard = { #site #acquire };);
             wrap_future(func, checked.shape == Shape::BoxedFuture, take_lock)
         }
@@ -89,7 +108,9 @@ fn wrap_future(func: &MaybeItemFn, boxed: bool, take_lock: TokenStream) -> Token
             #fut.await
         }
     };
-    if boxed {
+    // An `async` block is never `Unpin`; boxed and pinned it is (and stays
+    // `Send` if it was). Only done when the signature asks for `Unpin`.
+    if boxed || promises_unpin(&func.sig.output) {
         future = quote!(::std::boxed::Box::pin(#future));
     }
     // The closure makes an early `return` in the body yield the future to
@@ -122,8 +143,50 @@ fn private_path(args: &SynchronizedArgs) -> TokenStream {
     }
 }
 
-/// `static __LOCKUTILS_SITE: CallSite = CallSite::new(LockSpec::new(..)..);`
-fn call_site_static(
+/// `-> impl Future<..> + Unpin`.
+fn promises_unpin(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let syn::Type::ImplTrait(ty) = &**ty else {
+        return false;
+    };
+    ty.bounds.iter().any(|b| {
+        matches!(b, syn::TypeParamBound::Trait(t)
+            if t.path.segments.last().is_some_and(|s| s.ident == "Unpin"))
+    })
+}
+
+/// Whether a path argument starts with `Self` or one of the function's
+/// generic parameters, which a `static` cannot name.
+fn names_generics(args: &SynchronizedArgs, func: &MaybeItemFn) -> bool {
+    let generics: Vec<&Ident> = func
+        .sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            syn::GenericParam::Type(t) => Some(&t.ident),
+            syn::GenericParam::Const(c) => Some(&c.ident),
+            syn::GenericParam::Lifetime(_) => None,
+        })
+        .collect();
+    // `T::NAME`, `Self::NAME`, or a const parameter itself (`permits = N`).
+    let generic = |path: &syn::Path| {
+        path.leading_colon.is_none()
+            && path.segments.first().is_some_and(|first| {
+                first.ident == "Self" || generics.iter().any(|g| first.ident == **g)
+            })
+    };
+    let str_arg = |arg: Option<&StrArg>| matches!(arg, Some(StrArg::Path(p)) if generic(p));
+    str_arg(Some(&args.name))
+        || str_arg(args.prefix.as_ref().map(|(_, a)| a))
+        || str_arg(args.lock_path.as_ref().map(|(_, a)| a))
+        || matches!(&args.permits, Some((_, Permits::Path(p))) if generic(p))
+}
+
+/// `LockSpec::new(..)..`: the arguments, checked during constant evaluation.
+fn lock_spec(
     args: &SynchronizedArgs,
     func: &MaybeItemFn,
     alias: Option<Alias<'_>>,
@@ -169,12 +232,7 @@ fn call_site_static(
         let nanos = Literal::u64_suffixed(timeout.nanos);
         spec.extend(quote!(.timeout_nanos(#nanos)));
     }
-    let spec = kind_options(args, spec, private);
-
-    let site = site_ident();
-    quote! {
-        static #site: #private::CallSite = #private::CallSite::new(#spec);
-    }
+    kind_options(args, spec, private)
 }
 
 /// `spec` with `.fair()`, `.shared()` and `.permits(n)`: what kind of
@@ -235,9 +293,14 @@ fn site_ident() -> Ident {
     Ident::new("__LOCKUTILS_SITE", Span::mixed_site())
 }
 
-/// The expression that takes the lock and yields the guard.
-fn acquire(private: &TokenStream, propagate: bool, is_async: bool) -> TokenStream {
-    let site = site_ident();
+/// The expression that takes the lock through `site` (the call site's
+/// `static`, or a `LockSpec`) and yields the guard.
+fn acquire(
+    private: &TokenStream,
+    site: &TokenStream,
+    propagate: bool,
+    is_async: bool,
+) -> TokenStream {
     let (call, or_panic, wait) = if is_async {
         (
             quote!(acquire_async),
@@ -422,6 +485,69 @@ mod tests {
             out.contains(":: std :: boxed :: Box :: pin (async move {"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn self_and_generic_arguments_use_a_const_block() {
+        let out = expand(
+            quote!(Self::NAME),
+            quote!(
+                fn f(&self) {}
+            ),
+        );
+        assert!(!out.contains("static"), "{out}");
+        assert!(
+            out.contains(
+                "let __lockutils_guard = { (const { :: lockutils :: __private_v0_1 :: LockSpec :: new \
+                 (:: lockutils :: __private_v0_1 :: LockName :: as_str (Self :: NAME) ,"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("\"f\")) }) . acquire_or_panic () } ;"),
+            "{out}"
+        );
+        let out = expand(
+            quote!("n", prefix = T::PREFIX, permits = N),
+            quote!(
+                async fn f<T: Tr, const N: u32>() {}
+            ),
+        );
+        assert!(out.contains("(const {"), "{out}");
+        assert!(out.contains("acquire_async_or_panic () . await"), "{out}");
+        // Another type's const is not generic: the call site is cached.
+        let out = expand(
+            quote!(Other::NAME, prefix = U::PREFIX),
+            quote!(
+                fn f<T>() {}
+            ),
+        );
+        assert!(out.contains("static __LOCKUTILS_SITE"), "{out}");
+    }
+
+    #[test]
+    fn unpin_futures_are_boxed() {
+        let out = expand(
+            quote!("n"),
+            quote!(
+                fn f() -> impl Future<Output = u8> + Unpin + Send {
+                    std::future::ready(1)
+                }
+            ),
+        );
+        assert!(
+            out.contains(":: std :: boxed :: Box :: pin (async move {"),
+            "{out}"
+        );
+        let out = expand(
+            quote!("n"),
+            quote!(
+                fn f() -> impl Future<Output = u8> + Send {
+                    async { 1 }
+                }
+            ),
+        );
+        assert!(!out.contains("Box :: pin"), "{out}");
     }
 
     #[test]

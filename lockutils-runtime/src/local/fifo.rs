@@ -10,14 +10,12 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
 use super::raw::{WRITER, thread_waker, units};
+use super::sync::thread;
+use super::sync::{Arc, AtomicBool, Mutex, Ordering};
 use super::timer::Sleep;
 use crate::spec::Mode;
 
@@ -38,7 +36,7 @@ struct Node {
 }
 
 impl FifoLock {
-    pub(crate) const fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         FifoLock {
             cap,
             state: Mutex::new(State {
@@ -88,13 +86,13 @@ impl FifoLock {
                 return true;
             }
             match deadline {
-                None => std::thread::park(),
+                None => thread::park(),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return self.leave(&node);
                     }
-                    std::thread::park_timeout(d - now);
+                    thread::park_timeout(d - now);
                 }
             }
         }

@@ -16,7 +16,11 @@ use std::time::Instant;
 
 pub(crate) mod fifo;
 pub(crate) mod raw;
+pub(crate) mod sync;
 pub(crate) mod timer;
+
+#[cfg(all(test, loom))]
+pub(crate) mod tests;
 
 use fifo::{FifoAsync, FifoLock};
 use raw::{LockAsync, RawLock, WRITER};

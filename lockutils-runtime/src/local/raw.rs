@@ -25,13 +25,11 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
+use super::sync::thread;
+use super::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 use super::timer::Sleep;
 use crate::spec::Mode;
 
@@ -82,22 +80,23 @@ impl Waiter {
 /// A waker that unparks the current thread: lets threads and tasks share
 /// one wait queue.
 pub(crate) fn thread_waker() -> Waker {
-    Waker::from(Arc::new(ThreadWaker(std::thread::current())))
+    // `std`'s `Arc`: a `Waker` is built from nothing else.
+    Waker::from(std::sync::Arc::new(ThreadWaker(thread::current())))
 }
 
-struct ThreadWaker(std::thread::Thread);
+struct ThreadWaker(thread::Thread);
 
 impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
+    fn wake(self: std::sync::Arc<Self>) {
         self.0.unpark();
     }
-    fn wake_by_ref(self: &Arc<Self>) {
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
         self.0.unpark();
     }
 }
 
 impl RawLock {
-    pub(crate) const fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         RawLock {
             cap,
             state: AtomicUsize::new(0),
@@ -218,10 +217,15 @@ impl RawLock {
     /// used). Clears [`PARKED`] when the queue empties.
     #[cold]
     fn wake(&self, all: bool) {
-        let all = all || self.mixed.load(Ordering::Relaxed);
         let mut woken = Vec::new();
         {
             let mut q = self.queue.lock();
+            // Read under the queue lock: every queued reader set `mixed`
+            // before it took this lock to queue, so this sees it. Read
+            // before the lock, a relaxed load may miss it on a weakly
+            // ordered CPU; one reader is woken, queues again behind the
+            // writer it must not pass, and the writer is never woken.
+            let all = all || self.mixed.load(Ordering::Relaxed);
             while let Some(w) = q.pop_front() {
                 // Marked under the queue lock, so that a waiter giving up
                 // (`leave`) sees either "still queued" or "woken", never
@@ -255,14 +259,14 @@ impl RawLock {
             }
             while !waiter.woken.load(Ordering::Acquire) {
                 match deadline {
-                    None => std::thread::park(),
+                    None => thread::park(),
                     Some(d) => {
                         let now = Instant::now();
                         if now >= d {
                             self.leave(&waiter, &mut counted);
                             return self.try_take(mode);
                         }
-                        std::thread::park_timeout(d - now);
+                        thread::park_timeout(d - now);
                     }
                 }
             }

@@ -39,6 +39,7 @@ fn timer() -> &'static Timer {
 
 impl Timer {
     fn run(&self) {
+        let mut expired = Vec::new();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = Instant::now();
@@ -47,9 +48,19 @@ impl Timer {
                     break;
                 }
                 st.heap.pop();
-                if let Some(w) = st.wakers.remove(&id) {
+                expired.extend(st.wakers.remove(&id));
+            }
+            if !expired.is_empty() {
+                // Wake with the state unlocked: a waker may poll its task
+                // right here and that task may use the timer (a waker that
+                // re-enters would otherwise deadlock this thread).
+                drop(st);
+                for w in expired.drain(..) {
                     w.wake();
                 }
+                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                // Time passed while waking: look at the heap again.
+                continue;
             }
             st = match st.heap.peek() {
                 Some(&Reverse((at, _))) => {
@@ -118,5 +129,47 @@ impl Drop for Sleep {
                 heap.retain(|Reverse((_, id))| wakers.contains_key(id));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::mpsc::{Sender, channel};
+    use std::task::Wake;
+    use std::time::Duration;
+
+    /// A waker that, when woken, uses the timer itself (as a task polled
+    /// inline by its waker would), then reports.
+    struct ReEnters(std::sync::Mutex<Sender<bool>>);
+
+    impl Wake for ReEnters {
+        fn wake(self: Arc<Self>) {
+            let mut later = Sleep::new(Instant::now() + Duration::from_secs(3600));
+            let expired = later.poll_expired(&mut Context::from_waker(Waker::noop()));
+            let _ = self.0.lock().unwrap().send(expired);
+        }
+    }
+
+    #[test]
+    fn a_waker_that_registers_a_new_sleep_does_not_deadlock_the_timer() {
+        let (tx, rx) = channel();
+        let waker = Waker::from(Arc::new(ReEnters(std::sync::Mutex::new(tx))));
+        let mut sleep = Sleep::new(Instant::now() + Duration::from_millis(10));
+        assert!(!sleep.poll_expired(&mut Context::from_waker(&waker)));
+        // Dropping it takes the timer's lock: if the timer thread deadlocked
+        // holding it, this test would hang instead of failing.
+        std::mem::forget(sleep);
+        let expired = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the timer thread deadlocked waking a waker that uses the timer");
+        assert!(!expired, "a sleep an hour away counted as expired");
+        // The timer still works afterwards.
+        let mut again = Sleep::new(Instant::now() + Duration::from_millis(5));
+        let (tx, rx) = channel();
+        let waker = Waker::from(Arc::new(ReEnters(std::sync::Mutex::new(tx))));
+        assert!(!again.poll_expired(&mut Context::from_waker(&waker)));
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
     }
 }
