@@ -55,7 +55,7 @@
 //!
 //! * `<lock path>/<prefix>[-]<name>`, with `/` in the name replaced by `_`:
 //!   byte for byte oslo.concurrency's file name (so `a/b` and `a_b` share a
-//!   file, as in oslo). Names that cannot be a file name (empty, NUL, `.`,
+//!   file, as in oslo, and are one lock in-process too). Names that cannot be a file name (empty, NUL, `.`,
 //!   `..`, over 255 bytes with the prefix) are [`LockError::InvalidName`].
 //! * Lock path: the lock's `lock_path`, else [`set_lock_path`], else
 //!   `$LOCKUTILS_LOCK_PATH`, else `$OSLO_LOCK_PATH`, else
@@ -69,8 +69,13 @@
 //!   with mode 0644 (less umask), never truncated or written. A symlink,
 //!   FIFO, directory or other non-regular file at the path is refused
 //!   ([`LockError::NotRegularFile`]) and left untouched.
-//! * The kernel drops the lock when the holder dies, `kill -9` included, and
-//!   child processes never inherit it.
+//! * The kernel drops the lock when the holder dies, `kill -9` included.
+//!   Children started with `exec` never inherit it; a child forked without
+//!   `exec` never locks through, nor unlocks, a descriptor it inherited.
+//! * Where only classic per-process `fcntl` locks exist (or OFD locks are
+//!   refused), one descriptor per file is shared by the process's holders,
+//!   readers are counted and semaphore slots tracked in-process, so shared
+//!   and counted locks stay correct.
 //! * Files are kept after release (deleting them would split waiters across
 //!   inodes); [`remove_external_lock_file`] removes one safely.
 //! * [`set_process_locking(false)`](set_process_locking) turns `external`
@@ -84,6 +89,12 @@
 //! `Result<_, E>` with `E: From<LockError>` returns the error (`io::Error`,
 //! `String`, `Box<dyn Error>` and `anyhow::Error` all qualify); any other
 //! function panics with a message naming the lock, the path and the cause.
+//!
+//! Giving up gives everything back at once: after a timeout, a would-block,
+//! an error or a dropped `acquire_async()` future, the in-process lock is
+//! free the next instant and no helper thread or descriptor is left behind
+//! (a helper's kernel wait is interrupted and joined). Async acquisitions
+//! never make a lock-server round trip on the executor thread.
 //!
 //! # Without the macro
 //!
