@@ -140,6 +140,12 @@ impl<'a> Lock<'a> {
         Ok(lockutils_name::file_name(self.prefix, self.name))
     }
 
+    /// The explicit lock path and lock server URL, for
+    /// [`holders`](crate::holders) to find the file.
+    pub(crate) fn place(&self) -> (Option<&'a Path>, Option<&'a str>) {
+        (self.lock_path, self.backend)
+    }
+
     /// The registry entry, keyed by the lock's canonical name: its file
     /// name, so that names sharing a lock file (`a/b` and `a_b`) are one
     /// lock in-process too.

@@ -84,6 +84,12 @@ impl Hold {
         self.external.as_ref().map(|f| f.location(name))
     }
 
+    /// The open lock file, if a lock file is held.
+    #[cfg(unix)]
+    pub(crate) fn open_file(&self) -> Option<&std::fs::File> {
+        self.external.as_ref().and_then(ExternalHold::file)
+    }
+
     /// The server lock's fencing token, if it has one.
     pub(crate) fn fencing_token(&self) -> Option<u64> {
         self.external.as_ref().and_then(ExternalHold::fencing_token)

@@ -145,6 +145,15 @@ impl ExternalHold {
         }
     }
 
+    /// The open lock file, for a lock on lock files.
+    #[cfg(unix)]
+    pub(crate) fn file(&self) -> Option<&std::fs::File> {
+        match self {
+            ExternalHold::File(f) => Some(f.file()),
+            ExternalHold::Remote(_) => None,
+        }
+    }
+
     /// A token that grows with every acquisition, where the backend has one.
     pub(crate) fn fencing_token(&self) -> Option<u64> {
         match self {

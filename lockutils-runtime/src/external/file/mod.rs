@@ -293,6 +293,12 @@ impl FileHold {
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.open.path(name)
     }
+
+    /// The open file the lock is held through.
+    #[cfg(unix)]
+    pub(crate) fn file(&self) -> &std::fs::File {
+        self.open.file.file()
+    }
 }
 
 /// The file name of the lock `name` (a full name).

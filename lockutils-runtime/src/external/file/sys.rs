@@ -96,6 +96,11 @@ impl LockFile {
         imp::others_hold(&self.file, start, 0)
     }
 
+    /// The open file the locks are held through.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Whether the file still has a name (was not removed while we waited).
     pub(crate) fn is_linked(&self) -> io::Result<bool> {
         imp::is_linked(&self.file)
