@@ -299,3 +299,43 @@ fn waiting_off_a_terminal_is_silent() {
     assert_eq!(code(&out), 0);
     assert_eq!(stderr(&out), "");
 }
+
+/// The command inherits the locked open file: SIGKILL of `lockutils`
+/// while the command runs leaves the lock held (another `run --nonblock`
+/// is refused) until the command exits.
+#[test]
+fn the_command_keeps_the_lock_when_lockutils_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut holder = Holder::lockutils("kept", dir.path(), &[]);
+    holder.kill9();
+    let out = output(&["run", "kept", "--lock-path", d, "--nonblock", "--", "true"]);
+    assert_eq!(code(&out), support::code::BUSY, "{}", stderr(&out));
+    // The lock's holder is now the command alone.
+    let lock = support::lock_status(dir.path(), "kept");
+    let holders = lock["holders"].as_array().unwrap();
+    assert!(!holders.is_empty(), "{lock}");
+    assert!(holders.iter().all(|h| h["pid"] != holder.pid()), "{lock}");
+    holder.let_go_and_drain();
+    let out = output(&["run", "kept", "--lock-path", d, "--nonblock", "--", "true"]);
+    assert_eq!(code(&out), 0, "free after the command: {}", stderr(&out));
+}
+
+/// `--close` (flock's `-o`): the command does not get the lock file, so
+/// SIGKILL of `lockutils` frees the lock while the command runs on.
+#[test]
+fn close_leaves_the_lock_with_lockutils_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut cmd = lockutils();
+    cmd.args(["run", "closed", "--close", "--lock-path", d, "--"]);
+    cmd.args(["sh", "-c", "echo held; read x; echo ran-on"]);
+    let mut holder = Holder::start(cmd, "held");
+    let out = output(&["run", "closed", "--lock-path", d, "-n", "--", "true"]);
+    assert_eq!(code(&out), support::code::BUSY, "{}", stderr(&out));
+    holder.kill9();
+    let out = output(&["run", "closed", "--lock-path", d, "-n", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The command was running all along, unlocked.
+    assert_eq!(holder.let_go_and_drain(), "ran-on\n");
+}
