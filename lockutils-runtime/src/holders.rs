@@ -6,8 +6,10 @@
 //!   POSIX or `flock(2)`), mode and, for POSIX and `flock` locks, a PID.
 //!   Open-file-description locks (lockutils' own) belong to an open file,
 //!   not a process, so their holders are found in `/proc/PID/fdinfo`, which
-//!   lists the locks held through each open file (proc(5)); see
-//!   [`procfs`](self) for the details and limits.
+//!   lists the locks held through each open file (proc(5)). Processes of
+//!   other users are unreadable unless this one is root: their OFD locks
+//!   show with no PID. Blocked OFD requests are matched to their threads
+//!   through `/proc/PID/task/TID/syscall`, which needs ptrace rights.
 //! * Other Unix (or Linux without a readable `/proc`): `F_GETLK`, which
 //!   reports one conflicting lock, with a PID for a POSIX lock. It cannot
 //!   see locks this very process holds there (classic POSIX locks never

@@ -97,6 +97,7 @@ impl LockFile {
     }
 
     /// The open file the locks are held through.
+    #[cfg(unix)]
     pub(crate) fn file(&self) -> &File {
         &self.file
     }
