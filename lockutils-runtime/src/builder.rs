@@ -140,8 +140,8 @@ impl<'a> Lock<'a> {
         Ok(lockutils_name::file_name(self.prefix, self.name))
     }
 
-    /// The explicit lock path and lock server URL, for
-    /// [`holders`](crate::holders) to find the file.
+    /// The explicit lock path and lock server URL, for `holders()` to find
+    /// the file.
     pub(crate) fn place(&self) -> (Option<&'a Path>, Option<&'a str>) {
         (self.lock_path, self.backend)
     }
