@@ -83,6 +83,12 @@ on: the lock is then held by lockutils alone, and SIGKILL of lockutils
 frees it while CMD runs on. Lock servers (postgres://, etcd://) and
 classic POSIX locks (not Linux) are held by lockutils alone either way.
 
+The lock is an open-file-description lock, which excludes lockutils and
+oslo.concurrency (lockf) users but not flock(2) users such as util-linux
+flock(1) or py-filelock. --flock also takes flock(2) on the same file,
+after the OFD lock (always in that order, so lockutils users never
+deadlock each other), and so excludes them too (Linux).
+
 While it waits longer than about a second and stderr is a terminal, it
 shows who holds the lock (PID and command line, where the OS tells) and the
 time waited; --quiet or a non-terminal stderr turns this off.
@@ -108,6 +114,9 @@ Examples:
   # Readers share the lock, writers exclude everyone
   lockutils run db --shared -- ./read-report.sh
 
+  # Also exclude `flock /var/lock/myapp/backup ...` users
+  lockutils run backup --lock-path /var/lock/myapp --flock -- ./backup.sh
+
 Exit codes: CMD's own; 64 bad arguments, 73 lock path error, 75 lock busy
 (--nonblock), 79 timed out, 126/127 CMD cannot run / not found, 130/143
 interrupted by SIGINT/SIGTERM while waiting. See `lockutils --help`.";
@@ -131,6 +140,9 @@ pub struct RunArgs {
     /// No waiting display, and no message when busy, timed out or interrupted.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Also take flock(2) on the lock file, so util-linux flock(1) and py-filelock users are excluded too.
+    #[arg(long)]
+    pub flock: bool,
     /// Do not let CMD inherit the locked file (flock's -o): the lock is held by lockutils alone.
     #[arg(long, short = 'o')]
     pub close: bool,

@@ -122,7 +122,7 @@ fn start_taking(
     let (name, prefix) = (args.name.clone(), args.place.prefix.clone());
     let lock_path = args.place.lock_path.clone();
     let (timeout, nonblock, shared) = (args.timeout, args.nonblock, args.shared);
-    let close = args.close;
+    let (close, flock) = (args.close, args.flock);
     let thread = thread::Builder::new()
         .name("lockutils-hold".into())
         .spawn(move || {
@@ -133,6 +133,9 @@ fn start_taking(
             }
             if shared {
                 lock = lock.shared();
+            }
+            if flock {
+                lock = lock.flock();
             }
             if nonblock {
                 lock = lock.blocking(false);

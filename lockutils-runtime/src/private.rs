@@ -76,6 +76,12 @@ impl LockSpec {
         self
     }
 
+    /// `flock` (the attribute checks it comes with `external`).
+    pub const fn flock(mut self) -> Self {
+        self.kind.flock = true;
+        self
+    }
+
     /// `external`.
     pub const fn external(mut self) -> Self {
         self.external = true;
