@@ -5,7 +5,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Holder, code, kill, lockutils, output, stderr, wait_for_waiters};
+use support::{Holder, code, kill, lockutils, output, stderr, stdout, wait_for_waiters};
 
 /// Two commands under the same lock, started together, never overlap:
 /// each logs `start <ns>` and `end <ns>` around a pause.
@@ -338,4 +338,48 @@ fn close_leaves_the_lock_with_lockutils_alone() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // The command was running all along, unlocked.
     assert_eq!(holder.let_go_and_drain(), "ran-on\n");
+}
+
+/// `--flock` against util-linux `flock(1)`, both ways: a `flock` holder
+/// makes `run --flock --nonblock` busy (plain `run` is not excluded by
+/// it), and `run --flock` keeps `flock -n` out while its command runs.
+#[test]
+fn flock_option_excludes_util_linux_flock_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let path = dir.path().join("fl");
+    let mut cmd = std::process::Command::new("flock");
+    cmd.arg(&path)
+        .args(["sh", "-c", "echo held; read x || true"]);
+    let other = Holder::start(cmd, "held");
+    let out = output(&["run", "fl", "--lock-path", d, "--flock", "-n", "--", "true"]);
+    assert_eq!(code(&out), support::code::BUSY, "{}", stderr(&out));
+    let out = output(&["run", "fl", "--lock-path", d, "-n", "--", "true"]);
+    assert_eq!(code(&out), 0, "without --flock, flock(1) does not exclude");
+    other.release();
+
+    let p = path.to_str().unwrap();
+    let script = format!("flock -n '{p}' true; echo \"flock -n: $?\"");
+    let out = output(&[
+        "run",
+        "fl",
+        "--lock-path",
+        d,
+        "--flock",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "flock -n: 1\n",
+        "flock(1) got in while run --flock held"
+    );
+    let status = std::process::Command::new("flock")
+        .args(["-n", p, "true"])
+        .status()
+        .expect("flock(1): apt-get install util-linux");
+    assert!(status.success(), "released after the command");
 }
