@@ -61,6 +61,8 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            drop(other.stdin.take());
+            let _ = other.wait();
             return ExitCode::FAILURE;
         }
     };
