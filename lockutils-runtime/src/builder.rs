@@ -232,7 +232,7 @@ impl<'a> Lock<'a> {
 /// notice it was removed when they get it, and retry on a new one.
 ///
 /// A missing file is not an error. `lock_path` `None` means the configured
-/// lock path. Only for plain (not fair, not semaphore) locks.
+/// lock path. Only for plain (not fair, not semaphore, not `flock`) locks.
 #[track_caller]
 pub fn remove_external_lock_file(
     name: &str,
