@@ -6,6 +6,7 @@
 #   etcd-server     etcd: the tests run a throwaway member
 #   etcd-client     etcdctl: the etcd tests revoke leases from outside
 #   protobuf-compiler, libprotobuf-dev   protoc, for building the etcd client
+#   util-linux      flock(1): the flock(2) interop tests hold locks with it
 # Needs root or sudo only when something is missing.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler libprotobuf-dev)
+command -v flock >/dev/null || need+=(util-linux)
 
 if ((${#need[@]} == 0)); then
     exit 0

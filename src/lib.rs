@@ -214,6 +214,9 @@ pub use lockutils_runtime::{
     locks_held, process_locking, redact_url, remove_external_lock_file, reset_lock_path,
     set_backend, set_lock_order_check, set_lock_path, set_process_locking,
 };
+pub use lockutils_runtime::{
+    HoldKind, HoldMode, Holder, Holders, HoldersSource, holders, holders_of_file, holders_of_files,
+};
 
 /// What `#[synchronized]` expands to. Not a stable API. Its name carries
 /// the version (see `lockutils-codegen`), and must match the codegen's.

@@ -1,7 +1,9 @@
 //! Running the command: spawn, forward signals, wait, translate the status.
 
 use std::ffi::{OsStr, OsString};
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use crate::exit;
@@ -9,7 +11,11 @@ use crate::signals;
 
 /// Runs `argv` with `env` added, forwarding signals to it; returns its exit
 /// code as a shell would (128 + N for death by signal N).
-pub fn run(argv: &[OsString], env: &[(&str, &OsStr)]) -> i32 {
+///
+/// `inherit`: a descriptor (opened close-on-exec) that the command keeps
+/// open, under the same number. Only the child's copy loses `FD_CLOEXEC`,
+/// so no other command this process might start gets it.
+pub fn run(argv: &[OsString], env: &[(&str, &OsStr)], inherit: Option<RawFd>) -> i32 {
     let Some((program, args)) = argv.split_first() else {
         return exit::fail(exit::USAGE, "no command given after `--`");
     };
@@ -17,6 +23,14 @@ pub fn run(argv: &[OsString], env: &[(&str, &OsStr)]) -> i32 {
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if let Some(fd) = inherit {
+        // SAFETY: the closure runs in the forked child before exec and
+        // only calls fcntl(2), which is async-signal-safe; it touches no
+        // memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(move || keep_open_across_exec(fd));
+        }
     }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
@@ -40,4 +54,16 @@ pub fn run(argv: &[OsString], env: &[(&str, &OsStr)]) -> i32 {
         Ok(status) => exit::from_status(status),
         Err(e) => exit::fail(exit::INTERNAL, format!("cannot wait for the command: {e}")),
     }
+}
+
+/// Clears `FD_CLOEXEC` on `fd` (in the child, between fork and exec).
+fn keep_open_across_exec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD on a descriptor number: no memory involved; an
+    // invalid number is an error, not undefined behaviour.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    // SAFETY: as above.
+    if flags == -1 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

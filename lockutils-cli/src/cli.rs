@@ -74,9 +74,20 @@ Takes the external lock NAME (waiting for it unless --nonblock or --timeout
 say otherwise), runs CMD, and releases the lock when CMD ends, passing CMD's
 exit code through (128+N if CMD died of signal N).
 
-The lock is held by this lockutils process, not by CMD: lock files are
-opened close-on-exec, and the kernel releases the lock when lockutils
-exits. If lockutils itself is killed with SIGKILL, CMD runs on unlocked.
+CMD inherits the locked open file (as with flock(1)): on Linux the lock
+belongs to that open file, so it stays held while CMD runs even if
+lockutils itself is killed with SIGKILL, and is free once CMD (and any
+process it handed the descriptor to) has closed it too. When CMD ends,
+lockutils releases the lock. --close (flock's -o) does not pass the file
+on: the lock is then held by lockutils alone, and SIGKILL of lockutils
+frees it while CMD runs on. Lock servers (postgres://, etcd://) and
+classic POSIX locks (not Linux) are held by lockutils alone either way.
+
+The lock is an open-file-description lock, which excludes lockutils and
+oslo.concurrency (lockf) users but not flock(2) users such as util-linux
+flock(1) or py-filelock. --flock also takes flock(2) on the same file,
+after the OFD lock (always in that order, so lockutils users never
+deadlock each other), and so excludes them too (Linux).
 
 While it waits longer than about a second and stderr is a terminal, it
 shows who holds the lock (PID and command line, where the OS tells) and the
@@ -103,6 +114,9 @@ Examples:
   # Readers share the lock, writers exclude everyone
   lockutils run db --shared -- ./read-report.sh
 
+  # Also exclude `flock /var/lock/myapp/backup ...` users
+  lockutils run backup --lock-path /var/lock/myapp --flock -- ./backup.sh
+
 Exit codes: CMD's own; 64 bad arguments, 73 lock path error, 75 lock busy
 (--nonblock), 79 timed out, 126/127 CMD cannot run / not found, 130/143
 interrupted by SIGINT/SIGTERM while waiting. See `lockutils --help`.";
@@ -126,6 +140,12 @@ pub struct RunArgs {
     /// No waiting display, and no message when busy, timed out or interrupted.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Also take flock(2) on the lock file, so util-linux flock(1) and py-filelock users are excluded too.
+    #[arg(long)]
+    pub flock: bool,
+    /// Do not let CMD inherit the locked file (flock's -o): the lock is held by lockutils alone.
+    #[arg(long, short = 'o')]
+    pub close: bool,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -169,14 +189,20 @@ many processes wait for it, and the age of the file.
 How holders are found (Linux): /proc/locks lists every lock with the file's
 device and inode. Classic POSIX locks (Python oslo.concurrency and
 fasteners use lockf) show their owner's PID there. Open-file-description
-locks (lockutils' own) show PID -1, so lockutils then looks through
-/proc/PID/fd and /proc/PID/fdinfo of every process: an open file's fdinfo
-lists the locks held through it. Limits: processes of other users may be
-unreadable unless you are root (their holders show as '?'); a lock held
-through a descriptor shared with forked children shows every process that
-shares it; PIDs are those of lockutils' PID namespace; flock(2) locks
-(which do not exclude lockutils or oslo) are not shown. Elsewhere, F_GETLK
-tells whether a file is locked and, for POSIX locks, one holder's PID.
+locks (lockutils' own) show PID -1, and flock(2) locks (util-linux
+flock(1), py-filelock, Rust's File::lock) show only the PID that took
+them, so for those lockutils looks through /proc/PID/fd and
+/proc/PID/fdinfo of every process: an open file's fdinfo lists the locks
+held through it. KIND says which: ofd, posix or flock. A flock(2) lock does
+not exclude lockutils or oslo (nor they it) unless `run --flock` is used.
+Limits: processes of other users may be unreadable unless you are root
+(their holders show as '?'); a lock held through a descriptor shared with
+forked children, or with the command of `lockutils run`, shows every
+process that shares it; PIDs are those of lockutils' PID namespace.
+Elsewhere, F_GETLK tells whether a file is locked and, for POSIX locks, one
+holder's PID; waiters then show as '?'.
+
+The same answer is available to programs as lockutils::holders().
 
 The output is a snapshot: a lock can change hands right after.";
 
@@ -188,9 +214,13 @@ Examples:
 
 JSON: {\"lock_path\": DIR, \"locks\": [{\"name\", \"path\", \"state\" (\"free\",
 \"held\", \"missing\" or \"error\"), \"mode\" (\"exclusive\", \"shared\" or null),
-\"holders\": [{\"pid\" (null if unknown), \"kind\" (\"ofd\" or \"posix\"),
-\"mode\", \"start\", \"end\" (null: to end of file), \"command\" (or null)}],
-\"waiters\", \"age_seconds\", \"error\"}]}. Exit codes: 0; 64 bad arguments;
+\"holders\": [HOLDER], \"waiters\" (a count, null if unknown), \"waiting\"
+([HOLDER] of the blocked requests, null if unknown), \"source\" (\"proc\",
+\"getlk\" or \"lockfileex\"), \"age_seconds\", \"error\"}]}; HOLDER is
+{\"pid\" (null if unknown), \"kind\" (\"ofd\", \"posix\", \"flock\" or
+\"unknown\"), \"mode\", \"start\", \"end\" (null: to end of file), \"since\"
+(Unix time the process started: the lock was taken no earlier; or null),
+\"command\" (or null)}. Exit codes: 0; 64 bad arguments;
 73 lock path not set or unreadable.";
 
 /// `lockutils status`.

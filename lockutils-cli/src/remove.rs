@@ -56,8 +56,7 @@ fn remove_one(args: &RemoveArgs, name: &str, dir: &std::path::Path) -> i32 {
             Ok(guard) => drop(guard),
             Err(LockError::WouldBlock { .. }) => {
                 let by = holders::of_path(&path)
-                    .filter(|u| !u.holders.is_empty())
-                    .map(|u| format!(" by {}", u.describe_holders()))
+                    .map(|u| format!(" by {}", holders::describe(&u)))
                     .unwrap_or_default();
                 return exit::fail(
                     exit::BUSY,

@@ -1,6 +1,7 @@
 //! `lockutils run`: take the lock, run the command, release.
 
 use std::io::{IsTerminal, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
@@ -32,7 +33,7 @@ pub fn run(args: RunArgs) -> i32 {
         Ok(held) => held,
         Err(code) => return code,
     };
-    let code = child::run(&args.command, &[]);
+    let code = child::run(&args.command, &[], held.inherit);
     held.release();
     code
 }
@@ -42,6 +43,8 @@ pub fn run(args: RunArgs) -> i32 {
 struct Held {
     release: mpsc::Sender<()>,
     thread: JoinHandle<()>,
+    /// The locked descriptor for the command to inherit (unless `--close`).
+    inherit: Option<RawFd>,
 }
 
 impl Held {
@@ -66,11 +69,11 @@ fn wait_for_lock(args: &RunArgs, full: &str, file: String) -> Result<Held, i32> 
     let show = !args.quiet && std::io::stderr().is_terminal();
     let mut display = Display::new(show, full, path, args.timeout);
     let started = Instant::now();
-    loop {
+    let inherit = loop {
         match result_rx.recv_timeout(TICK) {
-            Ok(Ok(())) => {
+            Ok(Ok(fd)) => {
                 display.clear();
-                break;
+                break fd;
             }
             Ok(Err(e)) => {
                 display.clear();
@@ -90,10 +93,11 @@ fn wait_for_lock(args: &RunArgs, full: &str, file: String) -> Result<Held, i32> 
             return Err(interrupted(args, full, sig, &mut display));
         }
         display.tick(started.elapsed());
-    }
+    };
     let held = Held {
         release: release_tx,
         thread,
+        inherit,
     };
     // A signal between taking the lock and starting the command also means
     // "don't run it".
@@ -104,8 +108,9 @@ fn wait_for_lock(args: &RunArgs, full: &str, file: String) -> Result<Held, i32> 
     Ok(held)
 }
 
-/// What the thread taking the lock reports.
-type Taken = Result<(), LockError>;
+/// What the thread taking the lock reports: the descriptor the command is
+/// to inherit, if any.
+type Taken = Result<Option<RawFd>, LockError>;
 
 /// Starts the thread that takes the lock, reports, and holds it until the
 /// returned sender is dropped.
@@ -117,6 +122,7 @@ fn start_taking(
     let (name, prefix) = (args.name.clone(), args.place.prefix.clone());
     let lock_path = args.place.lock_path.clone();
     let (timeout, nonblock, shared) = (args.timeout, args.nonblock, args.shared);
+    let (close, flock) = (args.close, args.flock);
     let thread = thread::Builder::new()
         .name("lockutils-hold".into())
         .spawn(move || {
@@ -128,6 +134,9 @@ fn start_taking(
             if shared {
                 lock = lock.shared();
             }
+            if flock {
+                lock = lock.flock();
+            }
             if nonblock {
                 lock = lock.blocking(false);
             } else if let Some(t) = timeout {
@@ -135,7 +144,10 @@ fn start_taking(
             }
             match lock.acquire() {
                 Ok(guard) => {
-                    let _ = result_tx.send(Ok(()));
+                    // Valid while `guard` lives, which is until the command
+                    // has ended (`Held::release`).
+                    let fd = guard.lock_file_fd().filter(|_| !close);
+                    let _ = result_tx.send(Ok(fd.map(|fd| fd.as_raw_fd())));
                     // Hold until the sender is dropped (or the process ends).
                     let _ = release_rx.recv();
                     drop(guard);
@@ -154,8 +166,7 @@ fn not_taken(args: &RunArgs, full: &str, path: Option<&Path>, e: &LockError) -> 
     let code = exit::code_for(e);
     let held_by = || {
         path.and_then(holders::of_path)
-            .filter(|u| !u.holders.is_empty())
-            .map(|u| format!(", held by {}", u.describe_holders()))
+            .map(|u| format!(", held by {}", holders::describe(&u)))
             .unwrap_or_default()
     };
     let msg = match e {
@@ -248,10 +259,10 @@ impl Display {
             return format!("waiting for lock {name:?}");
         };
         match holders::of_path(path) {
-            Some(usage) if !usage.holders.is_empty() => format!(
+            Some(found) => format!(
                 "waiting for lock {name:?} ({}), held by {}",
                 path.display(),
-                usage.describe_holders()
+                holders::describe(&found)
             ),
             _ => format!("waiting for lock {name:?} ({})", path.display()),
         }

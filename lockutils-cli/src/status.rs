@@ -5,9 +5,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use lockutils::{Holder, HoldersSource};
+
 use crate::cli::StatusArgs;
 use crate::exit;
-use crate::holders::{self, Access, FileId, Kind, Usage};
+use crate::holders::{self, kind_label, mode, mode_label};
 use crate::json;
 
 /// One lock file's row.
@@ -15,7 +17,10 @@ struct Row {
     name: String,
     path: PathBuf,
     state: State,
-    usage: Usage,
+    holders: Vec<Holder>,
+    /// `None`: the OS cannot tell.
+    waiters: Option<Vec<Holder>>,
+    source: Option<HoldersSource>,
     age: Option<Duration>,
 }
 
@@ -99,14 +104,17 @@ fn file_names(args: &StatusArgs, dir: &Path) -> Result<Vec<String>, i32> {
 fn inspect(dir: &Path, names: Vec<String>) -> Vec<Row> {
     let now = SystemTime::now();
     let mut rows = Vec::with_capacity(names.len());
-    let mut ids = Vec::new();
+    // Rows of regular files, to ask the library about all at once.
+    let mut files = Vec::new();
     for name in names {
         let path = dir.join(&name);
         let mut row = Row {
             name,
             path,
             state: State::Free,
-            usage: Usage::default(),
+            holders: Vec::new(),
+            waiters: Some(Vec::new()),
+            source: None,
             age: None,
         };
         match fs::symlink_metadata(&row.path) {
@@ -119,58 +127,70 @@ fn inspect(dir: &Path, names: Vec<String>) -> Vec<Row> {
                 // Lock files are never written, so mtime is their creation.
                 let born = meta.created().or_else(|_| meta.modified());
                 row.age = born.ok().and_then(|t| now.duration_since(t).ok());
-                ids.push((rows.len(), FileId::of(&meta)));
+                files.push(rows.len());
             }
         }
         rows.push(row);
     }
-    let file_ids: Vec<FileId> = ids.iter().map(|(_, id)| *id).collect();
-    match holders::inspect(&file_ids) {
-        Some(usages) => {
-            for ((i, _), usage) in ids.iter().zip(usages) {
-                rows[*i].usage = usage;
-            }
-        }
-        None => {
-            for (i, _) in &ids {
-                match holders::probe(&rows[*i].path) {
-                    Ok(usage) => rows[*i].usage = usage,
-                    Err(e) => rows[*i].state = State::Error(format!("cannot inspect: {e}")),
+    let paths: Vec<&Path> = files.iter().map(|&i| rows[i].path.as_path()).collect();
+    let answers = lockutils::holders_of_files(&paths);
+    for (&i, answer) in files.iter().zip(answers) {
+        let row = &mut rows[i];
+        match answer {
+            Ok(found) => {
+                if found.is_held() {
+                    row.state = State::Held;
                 }
+                row.holders = found.holders;
+                row.waiters = found.waiters;
+                row.source = Some(found.source);
             }
-        }
-    }
-    for (i, _) in &ids {
-        let row = &mut rows[*i];
-        if matches!(row.state, State::Free) && !row.usage.holders.is_empty() {
-            row.state = State::Held;
+            Err(e) => row.state = State::Error(format!("cannot inspect: {e}")),
         }
     }
     rows
 }
 
-fn mode(usage: &Usage) -> Option<&'static str> {
-    if usage.holders.is_empty() {
-        None
-    } else if usage.holders.iter().any(|h| h.access == Access::Exclusive) {
-        Some("exclusive")
-    } else {
-        Some("shared")
-    }
+fn source_label(s: Option<HoldersSource>) -> Option<&'static str> {
+    Some(match s? {
+        HoldersSource::ProcLocks => "proc",
+        HoldersSource::GetLk => "getlk",
+        _ => "lockfileex",
+    })
 }
 
-fn access_label(a: Access) -> &'static str {
-    match a {
-        Access::Exclusive => "exclusive",
-        Access::Shared => "shared",
-    }
+/// Seconds since the Unix epoch, with milliseconds.
+fn unix_seconds(t: Option<SystemTime>) -> Option<String> {
+    let d = t?.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    Some(format!("{:.3}", d.as_secs_f64()))
 }
 
-fn kind_label(k: Kind) -> &'static str {
-    match k {
-        Kind::Ofd => "ofd",
-        Kind::Posix => "posix",
+/// `{"pid", "kind", "mode", "start", "end", "since", "command"}`.
+fn holder_json(out: &mut String, h: &Holder) {
+    out.push_str("{\"pid\": ");
+    json::opt_number(out, h.pid);
+    out.push_str(", \"kind\": ");
+    json::string(out, kind_label(h.kind));
+    out.push_str(", \"mode\": ");
+    json::string(out, mode_label(h.mode));
+    let _ = write!(out, ", \"start\": {}, \"end\": ", h.start);
+    json::opt_number(out, h.end);
+    out.push_str(", \"since\": ");
+    json::opt_number(out, unix_seconds(h.since));
+    out.push_str(", \"command\": ");
+    json::opt_string(out, h.command.as_deref());
+    out.push('}');
+}
+
+fn holders_json(out: &mut String, list: &[Holder]) {
+    out.push('[');
+    for (j, h) in list.iter().enumerate() {
+        if j > 0 {
+            out.push_str(", ");
+        }
+        holder_json(out, h);
     }
+    out.push(']');
 }
 
 fn render_json(dir: &Path, rows: &[Row]) -> String {
@@ -189,26 +209,19 @@ fn render_json(dir: &Path, rows: &[Row]) -> String {
         out.push_str(", \"state\": ");
         json::string(&mut out, row.state.label());
         out.push_str(", \"mode\": ");
-        json::opt_string(&mut out, mode(&row.usage));
-        out.push_str(", \"holders\": [");
-        for (j, h) in row.usage.holders.iter().enumerate() {
-            out.push_str(if j == 0 { "{\"pid\": " } else { ", {\"pid\": " });
-            json::opt_number(&mut out, h.pid);
-            out.push_str(", \"kind\": ");
-            json::string(&mut out, kind_label(h.kind));
-            out.push_str(", \"mode\": ");
-            json::string(&mut out, access_label(h.access));
-            let _ = write!(out, ", \"start\": {}, \"end\": ", h.start);
-            json::opt_number(&mut out, h.end);
-            out.push_str(", \"command\": ");
-            json::opt_string(&mut out, h.command.as_deref());
-            out.push('}');
+        json::opt_string(&mut out, mode(&row.holders));
+        out.push_str(", \"holders\": ");
+        holders_json(&mut out, &row.holders);
+        out.push_str(", \"waiters\": ");
+        json::opt_number(&mut out, row.waiters.as_ref().map(Vec::len));
+        out.push_str(", \"waiting\": ");
+        match &row.waiters {
+            Some(w) => holders_json(&mut out, w),
+            None => out.push_str("null"),
         }
-        let _ = write!(
-            out,
-            "], \"waiters\": {}, \"age_seconds\": ",
-            row.usage.waiters
-        );
+        out.push_str(", \"source\": ");
+        json::opt_string(&mut out, source_label(row.source));
+        out.push_str(", \"age_seconds\": ");
         json::opt_number(&mut out, row.age.map(|a| format!("{:.3}", a.as_secs_f64())));
         out.push_str(", \"error\": ");
         json::opt_string(
@@ -242,38 +255,36 @@ fn render_table(dir: &Path, rows: &[Row]) -> String {
         out.push_str("no lock files\n");
         return out;
     }
-    let header = ["LOCK", "STATE", "MODE", "PID", "WAITERS", "AGE", "COMMAND"];
-    let mut lines: Vec<[String; 7]> = Vec::new();
+    let header = [
+        "LOCK", "STATE", "MODE", "KIND", "PID", "WAITERS", "AGE", "COMMAND",
+    ];
+    let mut lines: Vec<[String; 8]> = Vec::new();
     for row in rows {
         let mut cells = [
             row.name.clone(),
             row.state.label().to_owned(),
-            mode(&row.usage).unwrap_or("-").to_owned(),
+            mode(&row.holders).unwrap_or("-").to_owned(),
             "-".to_owned(),
-            row.usage.waiters.to_string(),
+            "-".to_owned(),
+            row.waiters
+                .as_ref()
+                .map_or("?".to_owned(), |w| w.len().to_string()),
             short_age(row.age),
             match &row.state {
                 State::Error(e) => e.clone(),
                 _ => "-".to_owned(),
             },
         ];
-        let mut holders = row.usage.holders.iter();
+        let mut holders = row.holders.iter();
         if let Some(h) = holders.next() {
-            cells[3] = h.pid.map_or("?".into(), |p| p.to_string());
-            cells[6] = h
-                .command
-                .as_deref()
-                .map_or("?".into(), |c| holders::one_line(c, 100));
+            holder_cells(&mut cells, h);
         }
         lines.push(cells);
-        // Further holders (shared locks, forked children) on their own lines.
+        // Further holders (shared locks, processes sharing the open file)
+        // on their own lines.
         for h in holders {
-            let mut more: [String; 7] = Default::default();
-            more[3] = h.pid.map_or("?".into(), |p| p.to_string());
-            more[6] = h
-                .command
-                .as_deref()
-                .map_or("?".into(), |c| holders::one_line(c, 100));
+            let mut more: [String; 8] = Default::default();
+            holder_cells(&mut more, h);
             lines.push(more);
         }
     }
@@ -283,7 +294,7 @@ fn render_table(dir: &Path, rows: &[Row]) -> String {
             *w = (*w).max(c.chars().count());
         }
     }
-    let mut push = |cells: [&str; 7]| {
+    let mut push = |cells: [&str; 8]| {
         let mut line = String::new();
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
             if i == cells.len() - 1 {
@@ -300,4 +311,14 @@ fn render_table(dir: &Path, rows: &[Row]) -> String {
         push(cells.each_ref().map(String::as_str));
     }
     out
+}
+
+/// KIND, PID and COMMAND of one holder.
+fn holder_cells(cells: &mut [String; 8], h: &Holder) {
+    cells[3] = kind_label(h.kind).to_owned();
+    cells[4] = h.pid.map_or("?".into(), |p| p.to_string());
+    cells[7] = h
+        .command
+        .as_deref()
+        .map_or("?".into(), |c| holders::one_line(c, 100));
 }

@@ -5,7 +5,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Holder, code, kill, lockutils, output, stderr, wait_for_waiters};
+use support::{Holder, code, kill, lockutils, output, stderr, stdout, wait_for_waiters};
 
 /// Two commands under the same lock, started together, never overlap:
 /// each logs `start <ns>` and `end <ns>` around a pause.
@@ -298,4 +298,88 @@ fn waiting_off_a_terminal_is_silent() {
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(code(&out), 0);
     assert_eq!(stderr(&out), "");
+}
+
+/// The command inherits the locked open file: SIGKILL of `lockutils`
+/// while the command runs leaves the lock held (another `run --nonblock`
+/// is refused) until the command exits.
+#[test]
+fn the_command_keeps_the_lock_when_lockutils_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut holder = Holder::lockutils("kept", dir.path(), &[]);
+    holder.kill9();
+    let out = output(&["run", "kept", "--lock-path", d, "--nonblock", "--", "true"]);
+    assert_eq!(code(&out), support::code::BUSY, "{}", stderr(&out));
+    // The lock's holder is now the command alone.
+    let lock = support::lock_status(dir.path(), "kept");
+    let holders = lock["holders"].as_array().unwrap();
+    assert!(!holders.is_empty(), "{lock}");
+    assert!(holders.iter().all(|h| h["pid"] != holder.pid()), "{lock}");
+    holder.let_go_and_drain();
+    let out = output(&["run", "kept", "--lock-path", d, "--nonblock", "--", "true"]);
+    assert_eq!(code(&out), 0, "free after the command: {}", stderr(&out));
+}
+
+/// `--close` (flock's `-o`): the command does not get the lock file, so
+/// SIGKILL of `lockutils` frees the lock while the command runs on.
+#[test]
+fn close_leaves_the_lock_with_lockutils_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut cmd = lockutils();
+    cmd.args(["run", "closed", "--close", "--lock-path", d, "--"]);
+    cmd.args(["sh", "-c", "echo held; read x; echo ran-on"]);
+    let mut holder = Holder::start(cmd, "held");
+    let out = output(&["run", "closed", "--lock-path", d, "-n", "--", "true"]);
+    assert_eq!(code(&out), support::code::BUSY, "{}", stderr(&out));
+    holder.kill9();
+    let out = output(&["run", "closed", "--lock-path", d, "-n", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The command was running all along, unlocked.
+    assert_eq!(holder.let_go_and_drain(), "ran-on\n");
+}
+
+/// `--flock` against util-linux `flock(1)`, both ways: a `flock` holder
+/// makes `run --flock --nonblock` busy (plain `run` is not excluded by
+/// it), and `run --flock` keeps `flock -n` out while its command runs.
+#[test]
+fn flock_option_excludes_util_linux_flock_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let path = dir.path().join("fl");
+    let mut cmd = std::process::Command::new("flock");
+    cmd.arg(&path)
+        .args(["sh", "-c", "echo held; read x || true"]);
+    let other = Holder::start(cmd, "held");
+    let out = output(&["run", "fl", "--lock-path", d, "--flock", "-n", "--", "true"]);
+    assert_eq!(code(&out), support::code::BUSY, "{}", stderr(&out));
+    let out = output(&["run", "fl", "--lock-path", d, "-n", "--", "true"]);
+    assert_eq!(code(&out), 0, "without --flock, flock(1) does not exclude");
+    other.release();
+
+    let p = path.to_str().unwrap();
+    let script = format!("flock -n '{p}' true; echo \"flock -n: $?\"");
+    let out = output(&[
+        "run",
+        "fl",
+        "--lock-path",
+        d,
+        "--flock",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "flock -n: 1\n",
+        "flock(1) got in while run --flock held"
+    );
+    let status = std::process::Command::new("flock")
+        .args(["-n", p, "true"])
+        .status()
+        .expect("flock(1): apt-get install util-linux");
+    assert!(status.success(), "released after the command");
 }

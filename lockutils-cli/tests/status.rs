@@ -65,7 +65,8 @@ fn free_missing_and_listing() {
 }
 
 /// A lock held by lockutils (the library, in a `lockutils run` process)
-/// shows as held by that process, not by the command it runs.
+/// shows as held by that process and by the command, which shares its
+/// locked open file; with `--close`, by lockutils alone.
 #[test]
 fn lock_held_by_lockutils_shows_its_pid() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,12 +74,22 @@ fn lock_held_by_lockutils_shows_its_pid() {
     let lock = lock_status(dir.path(), "held");
     assert_eq!(lock["state"], "held", "{lock}");
     assert_eq!(lock["mode"], "exclusive", "{lock}");
+    assert_eq!(lock["source"], "proc", "{lock}");
     let holders = lock["holders"].as_array().unwrap();
-    assert_eq!(holders.len(), 1, "{lock}");
-    assert_eq!(holders[0]["pid"], holder.pid(), "{lock}");
-    assert_eq!(holders[0]["kind"], "ofd");
-    let command = holders[0]["command"].as_str().unwrap();
+    assert_eq!(holders.len(), 2, "lockutils and its command: {lock}");
+    let ours = holders
+        .iter()
+        .find(|h| h["pid"] == holder.pid())
+        .unwrap_or_else(|| panic!("pid {} missing: {lock}", holder.pid()));
+    assert_eq!(ours["kind"], "ofd");
+    let command = ours["command"].as_str().unwrap();
     assert!(command.contains("run held"), "command line {command:?}");
+    assert!(ours["since"].as_f64().unwrap() > 0.0, "{lock}");
+    let other = holders.iter().find(|h| h["pid"] != holder.pid()).unwrap();
+    assert!(
+        other["command"].as_str().unwrap().starts_with("sh -c"),
+        "{lock}"
+    );
 
     let d = dir.path().to_str().unwrap();
     let table = stdout(&output(&["status", "held", "--lock-path", d]));
@@ -94,6 +105,17 @@ fn lock_held_by_lockutils_shows_its_pid() {
     holder.release();
     let lock = lock_status(dir.path(), "held");
     assert_eq!(lock["state"], "free", "{lock}");
+
+    let holder = Holder::lockutils("held", dir.path(), &["--close"]);
+    let lock = lock_status(dir.path(), "held");
+    let pids: Vec<&serde_json::Value> = lock["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["pid"])
+        .collect();
+    assert_eq!(pids, [holder.pid()], "{lock}");
+    holder.release();
 }
 
 /// Two shared holders show as two PIDs, mode shared; the lock path comes
@@ -112,10 +134,12 @@ fn shared_holders_all_show() {
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let lock = &all["locks"][0];
     assert_eq!(lock["mode"], "shared", "{lock}");
+    // The lockutils processes (their commands hold the lock too).
     let mut pids: Vec<i64> = lock["holders"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|h| h["command"].as_str().unwrap().contains("lockutils"))
         .map(|h| h["pid"].as_i64().unwrap())
         .collect();
     pids.sort();
@@ -172,4 +196,55 @@ fn no_lock_path_is_a_lock_path_error() {
     let out = output(&["status", "--lock-path", missing.to_str().unwrap()]);
     assert_eq!(code(&out), support::code::LOCK_PATH);
     assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
+}
+
+/// util-linux `flock(1)` holding a lock file: a flock holder (PID and
+/// command) in the table and in `--json`; a second `flock` waiting for it
+/// is a waiter with its PID.
+#[test]
+fn flock1_holders_and_waiters_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job");
+    let mut cmd = Command::new("flock");
+    cmd.arg(&path)
+        .args(["sh", "-c", "echo held; read x || true"]);
+    let holder = Holder::start(cmd, "held");
+    let lock = lock_status(dir.path(), "job");
+    assert_eq!(lock["state"], "held", "{lock}");
+    let holders = lock["holders"].as_array().unwrap();
+    let flock = holders
+        .iter()
+        .find(|h| h["pid"] == holder.pid())
+        .unwrap_or_else(|| panic!("flock's pid {} missing: {lock}", holder.pid()));
+    assert_eq!(flock["kind"], "flock", "{lock}");
+    assert_eq!(flock["mode"], "exclusive", "{lock}");
+    assert!(
+        flock["command"].as_str().unwrap().starts_with("flock "),
+        "{lock}"
+    );
+
+    let d = dir.path().to_str().unwrap();
+    let table = stdout(&output(&["status", "job", "--lock-path", d]));
+    let row = table
+        .lines()
+        .find(|l| l.contains(&holder.pid().to_string()))
+        .unwrap_or_else(|| panic!("no row with flock's pid:\n{table}"));
+    assert!(row.contains("flock"), "{table}");
+    assert!(table.contains("KIND"), "{table}");
+
+    let mut waiter = Command::new("flock")
+        .arg(&path)
+        .arg("true")
+        .spawn()
+        .expect("start flock");
+    support::wait_for_waiters(dir.path(), "job", 1);
+    let lock = lock_status(dir.path(), "job");
+    let waiting = lock["waiting"].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{lock}");
+    assert_eq!(waiting[0]["pid"], waiter.id(), "{lock}");
+    assert_eq!(waiting[0]["kind"], "flock", "{lock}");
+
+    holder.release();
+    assert!(waiter.wait().unwrap().success());
+    assert_eq!(lock_status(dir.path(), "job")["state"], "free");
 }

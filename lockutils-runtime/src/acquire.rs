@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use crate::error::LockError;
 use crate::external::{self, Backend, Chosen, Dir, ExternalHold, Pending};
@@ -57,11 +58,72 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
     // SAFETY: we just took the in-process lock in `req.mode`.
     let hold = unsafe { Hold::new(entry, req.mode) };
     let hold = if req.wants_external() {
-        lock_external_sync(hold, req.dir, wait.start())?
+        let wait = wait.start();
+        let hold = lock_external_sync(hold, req.dir, wait)?;
+        if hold.entry().kind().flock {
+            flock_sync(hold, wait)?
+        } else {
+            hold
+        }
     } else {
         hold
     };
     Ok(LockGuard::new(hold, order, req.site, started))
+}
+
+/// The first and the longest pause between two tries of a flock(2) wait
+/// that must end at a deadline or be given up (flock(2) has no timeout).
+const FLOCK_PAUSES: (Duration, Duration) = (Duration::from_micros(500), Duration::from_millis(20));
+
+/// With `flock`: after the OFD lock, flock(2) on the same file, waiting as
+/// `wait` says. When it stays busy the hold is dropped here, giving back
+/// the OFD and in-process locks before the error returns.
+#[cold]
+fn flock_sync(mut hold: Hold, wait: Wait) -> Result<Hold, LockError> {
+    let deadline = wait.deadline();
+    let block = !wait.is_try() && deadline.is_none();
+    let mut pause = FLOCK_PAUSES.0;
+    loop {
+        if hold.flock(block)? {
+            return Ok(hold);
+        }
+        let left = deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        if left.is_zero() {
+            return Err(wait.busy(hold.entry().name()));
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(FLOCK_PAUSES.1);
+    }
+}
+
+/// The async counterpart of [`flock_sync`]: polls without blocking the
+/// task's thread. Dropping the future drops the hold, releasing all.
+#[cold]
+async fn flock_async(hold: &mut Hold, wait: Wait) -> Result<bool, LockError> {
+    let deadline = wait.deadline();
+    let mut pause = FLOCK_PAUSES.0;
+    loop {
+        if hold.flock(false)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if wait.is_try() || deadline.is_some_and(|d| d <= now) {
+            return Ok(false);
+        }
+        let next = now + pause;
+        let mut sleep = Sleep::new(deadline.map_or(next, |d| d.min(next)));
+        std::future::poll_fn(|cx| {
+            if sleep.poll_expired(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        pause = (pause * 2).min(FLOCK_PAUSES.1);
+    }
 }
 
 fn order_site(site: Site) -> order::Site {
@@ -113,6 +175,12 @@ fn backend_for<'d>(hold: &Hold, dir: Dir<'d>) -> Result<Chosen<'d>, LockError> {
         return Err(LockError::InvalidOptions {
             name: entry.name().to_owned(),
             reason: "semaphores (permits) work with lock files only, not lock servers",
+        });
+    }
+    if entry.kind().flock && matches!(backend, Chosen::Server(_)) {
+        return Err(LockError::InvalidOptions {
+            name: entry.name().to_owned(),
+            reason: "flock locks lock files; this lock is on a lock server",
         });
     }
     Ok(backend)
@@ -199,6 +267,9 @@ pub(crate) async fn acquire_async(
                 None => return Err(wait.busy(hold.entry().name())),
             }
         }
+        if hold.entry().kind().flock && !flock_async(&mut hold, wait).await? {
+            return Err(wait.busy(hold.entry().name()));
+        }
     }
     Ok(AsyncLockGuard::new(hold, order, req.site, started))
 }
@@ -237,6 +308,11 @@ pub(crate) fn entry_for(
         name: full_name.to_owned(),
         reason,
     };
+    if kind.flock && kind.permits.is_some() {
+        return Err(invalid(
+            "flock(2) has no counted mode: `flock` cannot be combined with permits",
+        ));
+    }
     match kind.permits {
         Some(0) => return Err(invalid("permits must be at least 1")),
         Some(_) if mode == Mode::Shared => {

@@ -113,6 +113,23 @@ impl<'a> Lock<'a> {
         self
     }
 
+    /// Also lock the lock file with `flock(2)` (Linux), so util-linux
+    /// `flock(1)`, py-filelock, Rust std `File::lock`, fs4 and fd-lock
+    /// users are excluded too (OFD locks and flock(2) locks do not see each
+    /// other). Taken after the OFD lock, through the same open file, and
+    /// released before it; a non-blocking or timed attempt that finds the
+    /// flock busy gives the OFD and in-process locks back at once. A timed
+    /// wait for the flock part polls (flock(2) has no timeout). Needs
+    /// [`external`](Lock::external) on lock files (not a lock server, not
+    /// with [`permits`](Lock::permits), not on NFS); every user of the name
+    /// in this process must say `flock`. Elsewhere than Linux it adds
+    /// nothing: the BSDs and macOS already make flock(2) and fcntl locks
+    /// exclude each other.
+    pub fn flock(mut self) -> Self {
+        self.kind.flock = true;
+        self
+    }
+
     /// A counted semaphore: at most `permits` holders at once in this
     /// process, and with [`external`](Lock::external) at most `permits`
     /// across every process using the lock file. Every user of the name
@@ -140,10 +157,22 @@ impl<'a> Lock<'a> {
         Ok(lockutils_name::file_name(self.prefix, self.name))
     }
 
+    /// The explicit lock path and lock server URL, for `holders()` to find
+    /// the file.
+    pub(crate) fn place(&self) -> (Option<&'a Path>, Option<&'a str>) {
+        (self.lock_path, self.backend)
+    }
+
     /// The registry entry, keyed by the lock's canonical name: its file
     /// name, so that names sharing a lock file (`a/b` and `a_b`) are one
     /// lock in-process too.
     fn entry(&self) -> Result<EntryRef, LockError> {
+        if self.kind.flock && !self.external {
+            return Err(LockError::InvalidOptions {
+                name: lockutils_name::full_name(self.prefix, self.name),
+                reason: "flock locks the lock file: add external",
+            });
+        }
         let handle = if self.prefix.is_empty() && !self.name.contains('/') {
             lockutils_name::check("", self.name).map_err(|problem| LockError::InvalidName {
                 name: self.name.to_owned(),
@@ -203,7 +232,7 @@ impl<'a> Lock<'a> {
 /// notice it was removed when they get it, and retry on a new one.
 ///
 /// A missing file is not an error. `lock_path` `None` means the configured
-/// lock path. Only for plain (not fair, not semaphore) locks.
+/// lock path. Only for plain (not fair, not semaphore, not `flock`) locks.
 #[track_caller]
 pub fn remove_external_lock_file(
     name: &str,

@@ -239,6 +239,22 @@ impl LockGuard {
         self.hold.is_lost()
     }
 
+    /// The descriptor of the open lock file the lock is held through (an
+    /// external lock on lock files; `None` otherwise).
+    ///
+    /// On Linux the lock belongs to this open file description, not to the
+    /// process: a child that inherits the descriptor (clear `FD_CLOEXEC` in
+    /// the child, e.g. with `CommandExt::pre_exec`) keeps the lock held
+    /// after this process dies, until every copy is closed. This is how
+    /// `lockutils run` hands its lock to the command. Dropping the guard
+    /// still releases it for all of them. Elsewhere (classic POSIX locks
+    /// belong to the process) a child holds nothing through it.
+    #[cfg(unix)]
+    pub fn lock_file_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.hold.open_file().map(|f| f.as_fd())
+    }
+
     pub(crate) fn hold_mut(&mut self) -> &mut Hold {
         &mut self.hold
     }

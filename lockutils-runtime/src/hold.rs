@@ -3,6 +3,7 @@
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 
+use crate::error::LockError;
 use crate::external::{ExternalHold, Location};
 use crate::registry::{Entry, Handle};
 use crate::spec::Mode;
@@ -82,6 +83,23 @@ impl Hold {
     pub(crate) fn location(&self) -> Option<Location> {
         let name = self.entry.name();
         self.external.as_ref().map(|f| f.location(name))
+    }
+
+    /// Takes flock(2) on the held lock file too, waiting in the kernel if
+    /// `block`. `Ok(false)`: busy. Without an external lock (process
+    /// locking off) there is nothing to take: `Ok(true)`.
+    pub(crate) fn flock(&mut self, block: bool) -> Result<bool, LockError> {
+        let (name, mode) = (self.entry.name(), self.mode);
+        match self.external.as_mut() {
+            Some(external) => external.flock(name, mode, block),
+            None => Ok(true),
+        }
+    }
+
+    /// The open lock file, if a lock file is held.
+    #[cfg(unix)]
+    pub(crate) fn open_file(&self) -> Option<&std::fs::File> {
+        self.external.as_ref().and_then(ExternalHold::file)
     }
 
     /// The server lock's fencing token, if it has one.

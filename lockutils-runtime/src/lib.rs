@@ -16,6 +16,7 @@ mod error;
 mod external;
 mod guard;
 mod hold;
+mod holders;
 mod local;
 mod name;
 mod order;
@@ -35,6 +36,9 @@ pub use config::{
 pub use error::{LockError, NameProblem};
 pub use external::{Location, set_backend};
 pub use guard::{AsyncLockGuard, LockGuard, locks_held};
+pub use holders::{
+    HoldKind, HoldMode, Holder, Holders, HoldersSource, holders, holders_of_file, holders_of_files,
+};
 pub use name::LockName;
 pub use order::{LOCK_ORDER_ENV, LockOrderCheck, lock_order_check, set_lock_order_check};
 

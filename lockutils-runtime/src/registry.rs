@@ -244,6 +244,7 @@ mod tests {
         let fair = Kind {
             fair: true,
             permits: None,
+            flock: false,
         };
         assert_eq!(get("registry-test-a", fair).err(), Some(Kind::MUTEX));
         let c = get("registry-test-b", Kind::MUTEX).unwrap();

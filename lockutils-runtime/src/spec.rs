@@ -32,12 +32,15 @@ pub(crate) struct Kind {
     /// `Some(n)`: a counted semaphore; `None`: a reader/writer lock (whose
     /// default, exclusive mode is a plain mutex).
     pub(crate) permits: Option<u32>,
+    /// The lock file is also locked with `flock(2)` (lock files only).
+    pub(crate) flock: bool,
 }
 
 impl Kind {
     pub(crate) const MUTEX: Kind = Kind {
         fair: false,
         permits: None,
+        flock: false,
     };
 }
 
@@ -49,7 +52,11 @@ impl fmt::Display for Kind {
             (true, None) => f.write_str("a fair lock"),
             (false, Some(n)) => write!(f, "a semaphore of {n} permits"),
             (true, Some(n)) => write!(f, "a fair semaphore of {n} permits"),
+        }?;
+        if self.flock {
+            f.write_str(" with flock(2)")?;
         }
+        Ok(())
     }
 }
 
@@ -129,6 +136,7 @@ mod tests {
             this: Kind {
                 fair: true,
                 permits: None,
+                flock: false,
             }
             .to_string(),
             other: Kind::MUTEX.to_string(),

@@ -1,4 +1,4 @@
-//! A Python with oslo.concurrency and fasteners, for the interop tests of
+//! A Python with oslo.concurrency, fasteners and py-filelock, for the interop tests of
 //! the root crate and of `lockutils-cli`: both include this file (the CLI's
 //! with `#[path]`), so they bootstrap, and share, the same venv.
 //!
@@ -6,7 +6,7 @@
 //! packages, e.g. the venv `.ci/run` made), else the venv
 //! `<workspace>/target/lockutils-pyenv` (or `$LOCKUTILS_PYENV`), created on
 //! first use with `python3 -m venv` and `pip install oslo.concurrency
-//! fasteners`. Test binaries running at the same time serialise the
+//! fasteners filelock` (again when the package list grows). Test binaries running at the same time serialise the
 //! bootstrap with an external lockutils lock, and a marker file says the
 //! venv is complete. Any failure fails the test with what to install: it
 //! is never skipped.
@@ -17,11 +17,12 @@ use std::sync::OnceLock;
 
 const HOW_TO: &str = "the interop tests need Python 3 with venv and pip, and access to PyPI: \
      `apt-get install python3 python3-venv python3-pip` (Debian/Ubuntu), or set \
-     LOCKUTILS_PYTHON to a python that has `oslo.concurrency` and `fasteners` installed";
+     LOCKUTILS_PYTHON to a python that has `oslo.concurrency`, `fasteners` and `filelock` installed";
 
-const PACKAGES: [&str; 2] = ["oslo.concurrency", "fasteners"];
+const PACKAGES: [&str; 3] = ["oslo.concurrency", "fasteners", "filelock"];
 
-/// Written into the venv once it is complete.
+/// Written into the venv once it is complete, listing [`PACKAGES`]: a venv
+/// made for a shorter list is completed.
 const MARKER: &str = ".lockutils-ready";
 
 /// The interpreter to run oslo.concurrency with, bootstrapped if needed.
@@ -50,7 +51,8 @@ fn bootstrap() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target").join("lockutils-pyenv"));
     let py = venv.join("bin").join("python");
     let marker = venv.join(MARKER);
-    if marker.exists() {
+    let complete = || std::fs::read_to_string(&marker).is_ok_and(|m| m == PACKAGES.join("\n"));
+    if complete() {
         return py;
     }
     let parent = venv.parent().expect("venv path has a parent");
@@ -61,13 +63,15 @@ fn bootstrap() -> PathBuf {
         .lock_path(parent)
         .acquire()
         .unwrap_or_else(|e| panic!("cannot lock the venv bootstrap: {e}"));
-    if marker.exists() {
+    if complete() {
         return py;
     }
     let python3 = std::env::var_os("LOCKUTILS_PYTHON3").unwrap_or_else(|| "python3".into());
-    let mut venv_cmd = Command::new(&python3);
-    venv_cmd.arg("-m").arg("venv").arg(&venv);
-    run(venv_cmd, "create the venv");
+    if !py.exists() {
+        let mut venv_cmd = Command::new(&python3);
+        venv_cmd.arg("-m").arg("venv").arg(&venv);
+        run(venv_cmd, "create the venv");
+    }
     let mut pip = Command::new(&py);
     pip.args([
         "-m",
@@ -77,7 +81,7 @@ fn bootstrap() -> PathBuf {
         "--disable-pip-version-check",
     ])
     .args(PACKAGES);
-    run(pip, "pip install oslo.concurrency fasteners");
+    run(pip, "pip install oslo.concurrency fasteners filelock");
     check_imports(&py);
     std::fs::write(&marker, PACKAGES.join("\n"))
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", marker.display()));
@@ -86,8 +90,11 @@ fn bootstrap() -> PathBuf {
 
 fn check_imports(py: &Path) {
     let mut cmd = Command::new(py);
-    cmd.args(["-c", "import fasteners, oslo_concurrency.lockutils"]);
-    run(cmd, "import oslo_concurrency and fasteners");
+    cmd.args([
+        "-c",
+        "import fasteners, filelock, oslo_concurrency.lockutils",
+    ]);
+    run(cmd, "import oslo_concurrency, fasteners and filelock");
 }
 
 fn run(mut cmd: Command, what: &str) {

@@ -131,6 +131,29 @@ impl Holder {
     }
 }
 
+impl Holder {
+    /// Kills the holding process itself (SIGKILL) and reaps it. Processes
+    /// it started (the command of `lockutils run`) live on, and still read
+    /// the stdin this holder writes to.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        let status = self.child.wait().expect("reap");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+
+    /// Closes its stdin and reads its stdout to the end: returns once
+    /// every process writing there (the command too) has exited.
+    pub fn let_go_and_drain(&mut self) -> String {
+        drop(self.stdin.take());
+        let mut rest = String::new();
+        let _ = self.stdout.read_to_string(&mut rest);
+        rest
+    }
+}
+
 impl Drop for Holder {
     fn drop(&mut self) {
         if self.stdin.is_some() {

@@ -11,6 +11,7 @@
 //! timeout = "250ms"
 //! fair
 //! shared
+//! flock
 //! permits = 4 | permits = CONST
 //! crate = some::path
 //! ```
@@ -32,6 +33,7 @@ mod kw {
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(fair);
     syn::custom_keyword!(shared);
+    syn::custom_keyword!(flock);
     syn::custom_keyword!(permits);
 }
 
@@ -152,6 +154,7 @@ pub(crate) struct SynchronizedArgs {
     pub(crate) timeout: Option<Timeout>,
     pub(crate) fair: Option<kw::fair>,
     pub(crate) shared: Option<kw::shared>,
+    pub(crate) flock: Option<kw::flock>,
     pub(crate) permits: Option<(kw::permits, Permits)>,
     pub(crate) krate: Option<(Token![crate], Path)>,
 }
@@ -178,6 +181,7 @@ impl SynchronizedArgs {
             timeout: None,
             fair: None,
             shared: None,
+            flock: None,
             permits: None,
             krate: None,
         }
@@ -227,6 +231,12 @@ impl SynchronizedArgs {
         Ok(())
     }
 
+    fn set_flock(&mut self, keyword: kw::flock) -> syn::Result<()> {
+        reject_repeat(self.flock.is_some(), keyword.span, "flock")?;
+        self.flock = Some(keyword);
+        Ok(())
+    }
+
     fn set_permits(&mut self, keyword: kw::permits, value: PermitsArg) -> syn::Result<()> {
         reject_repeat(self.permits.is_some(), keyword.span, "permits")?;
         let value = match value {
@@ -273,6 +283,8 @@ impl SynchronizedArgs {
             self.set_fair(input.parse()?)
         } else if lookahead.peek(kw::shared) {
             self.set_shared(input.parse()?)
+        } else if lookahead.peek(kw::flock) {
+            self.set_flock(input.parse()?)
         } else if lookahead.peek(kw::permits) {
             let keyword = input.parse()?;
             input.parse::<Token![=]>()?;
@@ -313,7 +325,10 @@ fn starts_with_option(input: ParseStream<'_>) -> bool {
         // `crate::NAME` is a path, `crate = x` an option.
         return fork.peek2(Token![=]);
     }
-    let is_flag = fork.peek(kw::external) || fork.peek(kw::fair) || fork.peek(kw::shared);
+    let is_flag = fork.peek(kw::external)
+        || fork.peek(kw::fair)
+        || fork.peek(kw::shared)
+        || fork.peek(kw::flock);
     is_flag && (fork.peek2(Token![,]) || is_last_token(&fork))
 }
 

@@ -248,6 +248,9 @@ fn kind_options(
     if args.shared.is_some() {
         spec.extend(quote!(.shared()));
     }
+    if args.flock.is_some() {
+        spec.extend(quote!(.flock()));
+    }
     match &args.permits {
         Some((_, Permits::Lit(lit, n))) => {
             let mut n = Literal::u32_suffixed(*n);

@@ -3,6 +3,7 @@
 //! Parsing (`args.rs`) only knows the options one by one; here we look at
 //! them together and at the function they decorate: literal names and
 //! prefixes, `timeout` with `blocking = false`, `shared` with `permits`,
+//! `flock` without `external` or with `permits`,
 //! options that need the function to return `Result`, `const fn`, and the
 //! prefix of an alias.
 //! The outcome is a [`Checked`] model that `expand.rs` turns into code.
@@ -75,6 +76,19 @@ pub(crate) fn check(
                        shared (reader) mode, every holder takes one permit; drop `shared`, or \
                        drop `permits` for a reader/writer lock";
         combine(&mut errors, syn::Error::new(shared.span, message));
+    }
+
+    if let Some(flock) = &args.flock {
+        if args.external.is_none() {
+            let message = "`flock` needs `external`: it also locks the lock file with flock(2), \
+                           and only an external lock has a lock file";
+            combine(&mut errors, syn::Error::new(flock.span, message));
+        }
+        if args.permits.is_some() {
+            let message = "`flock` and `permits` cannot be combined: flock(2) has no counted \
+                           mode";
+            combine(&mut errors, syn::Error::new(flock.span, message));
+        }
     }
 
     let (shape, output) = shape_of(func);

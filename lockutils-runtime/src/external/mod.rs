@@ -145,6 +145,27 @@ impl ExternalHold {
         }
     }
 
+    /// Takes flock(2) on the lock file too (lock files only). `Ok(false)`:
+    /// busy; `name` is the full lock name.
+    pub(crate) fn flock(&mut self, name: &str, mode: Mode, block: bool) -> Result<bool, LockError> {
+        match self {
+            ExternalHold::File(f) => f.flock(name, mode, block),
+            ExternalHold::Remote(_) => Err(LockError::InvalidOptions {
+                name: name.to_owned(),
+                reason: "flock locks lock files; this lock is on a lock server",
+            }),
+        }
+    }
+
+    /// The open lock file, for a lock on lock files.
+    #[cfg(unix)]
+    pub(crate) fn file(&self) -> Option<&std::fs::File> {
+        match self {
+            ExternalHold::File(f) => Some(f.file()),
+            ExternalHold::Remote(_) => None,
+        }
+    }
+
     /// A token that grows with every acquisition, where the backend has one.
     pub(crate) fn fencing_token(&self) -> Option<u64> {
         match self {

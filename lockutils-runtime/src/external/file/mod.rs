@@ -21,7 +21,25 @@
 //! nothing with a newcomer who creates a new file. Such a waiter reopens
 //! and tries again.
 //!
-//! [`sys`] holds the system calls (OFD locks, classic `fcntl`, `LockFileEx`).
+//! With `flock` (Linux), the file is also locked with `flock(2)`, after
+//! the OFD lock and through the same open file, and released before it.
+//! flock(2) locks belong to the open file description just as OFD locks do,
+//! and this process's holders of one lock already exclude each other in
+//! process before either is asked for, so the same open file serves both:
+//! no second one is needed. The one fixed order (OFD, then flock) means two
+//! lockutils processes never hold one each while waiting for the other;
+//! `flock(1)` and py-filelock users take flock only, so they never wait for
+//! an OFD lock while holding the flock. A `flock` that is busy for a
+//! non-blocking or timed attempt gives the OFD and in-process locks back
+//! at once. The caller takes the flock once the OFD lock is held (see
+//! `acquire.rs`): flock(2) has no timed wait, so a timed or async wait for
+//! it polls (0.5 ms, doubling to 20 ms), on the caller's thread or task, so
+//! that giving up releases everything before it returns. On NFS, Linux emulates
+//! flock(2) with byte-range locks, which would conflict with our own OFD
+//! lock: do not use `flock` there.
+//!
+//! [`sys`] holds the system calls (OFD locks, classic `fcntl`, `LockFileEx`,
+//! `flock`).
 
 #[cfg(unix)]
 mod classic;
@@ -67,13 +85,18 @@ impl Backend for Files<'_> {
             let Some((open, range)) = got else {
                 return Ok(None);
             };
-            match open.file.is_linked() {
-                Ok(true) => return Ok(Some(ExternalHold::File(FileHold { open, range }))),
+            let hold = FileHold {
+                open,
+                range,
+                flock: false,
+            };
+            match hold.open.file.is_linked() {
+                Ok(true) => return Ok(Some(ExternalHold::File(hold))),
                 // Removed while we waited: drop this file and start over.
-                Ok(false) => FileHold { open, range }.close(),
+                Ok(false) => hold.close(),
                 Err(e) => {
-                    let err = io_error(target.name, &open, "inspect lock file", e);
-                    FileHold { open, range }.close();
+                    let err = io_error(target.name, &hold.open, "inspect lock file", e);
+                    hold.close();
                     return Err(err);
                 }
             }
@@ -137,6 +160,7 @@ fn wait_for(
                 return Ok(Some(ExternalHold::File(FileHold {
                     open: locked,
                     range,
+                    flock: false,
                 })));
             }
             Ok(false) => {}
@@ -147,6 +171,7 @@ fn wait_for(
         FileHold {
             open: locked,
             range,
+            flock: false,
         }
         .close();
     }
@@ -264,11 +289,14 @@ impl Pool {
 pub(crate) struct FileHold {
     open: Open,
     range: Range,
+    /// `flock(2)` is held too.
+    flock: bool,
 }
 
 impl FileHold {
-    /// Unlocks and returns the file to the entry's pool. If unlocking fails
-    /// the file is closed instead, which releases the lock anyway.
+    /// Unlocks (flock first, then the OFD lock) and returns the file to the
+    /// entry's pool. If unlocking fails the file is closed instead, which
+    /// releases the locks anyway.
     ///
     /// In a child forked while this was held, it is the parent's lock (the
     /// open file description is shared): the child's copy is closed without
@@ -278,7 +306,8 @@ impl FileHold {
         if self.open.forks != sys::fork::generation() {
             return; // inherited: closing our descriptor unlocks nothing
         }
-        if self.open.file.unlock(self.range).is_ok() {
+        let flock_released = !self.flock || self.open.file.funlock().is_ok();
+        if self.open.file.unlock(self.range).is_ok() && flock_released {
             pool.give_back(self.open);
         }
     }
@@ -287,13 +316,34 @@ impl FileHold {
     /// only closes it (see [`FileHold::release`]).
     pub(crate) fn close(self) {
         if self.open.forks == sys::fork::generation() {
+            if self.flock {
+                let _ = self.open.file.funlock();
+            }
             let _ = self.open.file.unlock(self.range);
+        }
+    }
+
+    /// Takes flock(2) too (see the module docs), waiting in the kernel if
+    /// `block`. `Ok(false)`: busy. `name` is the full lock name.
+    pub(crate) fn flock(&mut self, name: &str, mode: Mode, block: bool) -> Result<bool, LockError> {
+        match self.open.file.flock(mode, block) {
+            Ok(got) => {
+                self.flock = got;
+                Ok(got)
+            }
+            Err(e) => Err(io_error(name, &self.open, "flock", e)),
         }
     }
 
     /// The lock file's path; `name` is the full lock name.
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.open.path(name)
+    }
+
+    /// The open file the lock is held through.
+    #[cfg(unix)]
+    pub(crate) fn file(&self) -> &std::fs::File {
+        self.open.file.file()
     }
 }
 

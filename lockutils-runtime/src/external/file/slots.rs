@@ -91,6 +91,7 @@ pub(super) fn wait_any_slot(
             Ok(true) => Ok(Some(ExternalHold::File(FileHold {
                 open: watcher,
                 range: slot,
+                flock: false,
             }))),
             Ok(false) => Ok(None),
             Err(e) => Err(LockError::Io {
@@ -107,7 +108,7 @@ pub(super) fn wait_any_slot(
     let mut delay = Duration::from_millis(1);
     loop {
         match watch.wait_until(Instant::now() + delay) {
-            Some(Ok(Some(ExternalHold::File(FileHold { open: w, range })))) => {
+            Some(Ok(Some(ExternalHold::File(FileHold { open: w, range, .. })))) => {
                 return Ok(Some((w, range)));
             }
             Some(Err(LockError::Io { source, .. })) => {

@@ -101,7 +101,8 @@ impl LockFile {
         })
     }
 
-    fn file(&self) -> &File {
+    /// The open file the locks are held through.
+    pub(crate) fn file(&self) -> &File {
         match &self.handle {
             Handle::Own(f) => f,
             #[cfg(unix)]
@@ -171,6 +172,32 @@ impl LockFile {
             imp::OWN
         };
         imp::others_hold(self.file(), cmds, start, 0)
+    }
+
+    /// Takes `flock(2)` on the whole file (`LOCK_EX`, or `LOCK_SH` for
+    /// shared), waiting in the kernel if `wait`. `Ok(false)`: busy.
+    ///
+    /// Only Linux (and Android) keeps flock(2) and fcntl locks apart, so
+    /// only there is this a lock of its own; elsewhere it succeeds without
+    /// a system call: the BSDs' and macOS's flock(2) and fcntl locks
+    /// already exclude each other (and a second, flock(2), lock of ours
+    /// would conflict with our own fcntl lock), and Windows has none.
+    pub(crate) fn flock(&self, mode: Mode, wait: bool) -> io::Result<bool> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return imp::flock_whole(self.file(), mode, wait);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = (mode, wait);
+            Ok(true)
+        }
+    }
+
+    /// Releases what [`flock`](LockFile::flock) took.
+    pub(crate) fn funlock(&self) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return imp::funlock(self.file());
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        Ok(())
     }
 
     /// Whether the file still has a name (was not removed while we waited).
@@ -513,6 +540,41 @@ mod imp {
             cmds.set,
             &mut flock(libc::F_UNLCK as libc::c_int, start, len),
         )
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn flock_op(file: &File, op: libc::c_int) -> io::Result<()> {
+        loop {
+            // SAFETY: flock(2) on an open descriptor; no memory is passed.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn flock_whole(file: &File, mode: Mode, wait: bool) -> io::Result<bool> {
+        let mut op = match mode {
+            Mode::Exclusive => libc::LOCK_EX,
+            Mode::Shared => libc::LOCK_SH,
+        };
+        if !wait {
+            op |= libc::LOCK_NB;
+        }
+        match flock_op(file, op) {
+            Ok(()) => Ok(true),
+            Err(e) if !wait && e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn funlock(file: &File) -> io::Result<()> {
+        flock_op(file, libc::LOCK_UN)
     }
 
     pub(super) fn others_hold(file: &File, cmds: Cmds, start: u64, len: u64) -> io::Result<bool> {

@@ -1,0 +1,6 @@
+use lockutils::synchronized;
+
+#[synchronized("job", flock)]
+fn f() {}
+
+fn main() {}
