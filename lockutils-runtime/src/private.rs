@@ -14,9 +14,9 @@ use crate::external::Dir;
 use crate::guard::{AsyncLockGuard, LockGuard};
 use crate::hold::{EntryRef, Hold};
 use crate::local::LocalAsync;
-use crate::order::AsyncHold;
 pub use crate::name::LockName;
 use crate::name::const_panic;
+use crate::order::AsyncHold;
 use crate::registry::{Entry, Handle};
 use crate::spec::{Kind, Mode, Wait};
 use crate::trace::{self, Site};
@@ -333,7 +333,10 @@ impl SiteAcquire {
         };
         let entry: &'static Entry = entry;
         let wait = site.spec.wait.start();
-        self.state = State::Local(entry.local.lock_async(Mode::Exclusive, wait.deadline()), wait);
+        self.state = State::Local(
+            entry.local.lock_async(Mode::Exclusive, wait.deadline()),
+            wait,
+        );
     }
 }
 
@@ -385,7 +388,9 @@ impl SiteAcquire {
 
 impl std::fmt::Debug for SiteAcquire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("SiteAcquire").field(&self.site.spec.name).finish()
+        f.debug_tuple("SiteAcquire")
+            .field(&self.site.spec.name)
+            .finish()
     }
 }
 

@@ -27,8 +27,20 @@ pub(super) fn probe(path: &Path) -> Result<Holders, LockError> {
     if !check_file(path)? {
         return Ok(free(path.to_path_buf(), SOURCE));
     }
-    let file = open(path).map_err(|e| io_error(path, "open lock file", e))?;
-    let holder = sys::conflicting(&file).map_err(|e| io_error(path, "query lock on", e))?;
+    // Classic locks: a descriptor opened and closed here would drop this
+    // process's own locks on the file; ask through the one it keeps.
+    #[cfg(unix)]
+    let kept = crate::external::file::with_classic_file(path, sys::conflicting);
+    #[cfg(not(unix))]
+    let kept = None;
+    let holder = match kept {
+        Some(r) => r,
+        None => {
+            let file = open(path).map_err(|e| io_error(path, "open lock file", e))?;
+            sys::conflicting(&file)
+        }
+    }
+    .map_err(|e| io_error(path, "query lock on", e))?;
     let mut found = free(path.to_path_buf(), SOURCE);
     found.holders.extend(holder);
     Ok(found)

@@ -197,6 +197,15 @@ pub(crate) fn lock_stoppable(
     }
 }
 
+/// Runs `f` on this process's classic-mode descriptor for `path`, if it
+/// has one. In classic mode, opening and closing another descriptor of the
+/// file would drop every lock the process holds on it, so code that only
+/// asks about the file (`holders`) must use this one.
+#[cfg(unix)]
+pub(crate) fn with_classic_file<R>(path: &Path, f: impl FnOnce(&std::fs::File) -> R) -> Option<R> {
+    classic::find(path).map(|inode| f(inode.file()))
+}
+
 /// An open lock file and the directory it was opened in.
 pub(crate) struct Open {
     file: LockFile,
