@@ -1,5 +1,11 @@
 //! etcd v3 leases (`etcd://[user:password@]host:2379[,host:2379...][/prefix][?ttl=10]`).
 //!
+//! TLS: `?cacert=/ca.pem` turns it on (`https://` to every endpoint, the
+//! server's certificate checked against that CA and the endpoint's host
+//! name); `&cert=/client.pem&key=/client.key` adds a client certificate
+//! (etcd's `--client-cert-auth`). The stack is rustls (ring) in tonic.
+//! Without `cacert` the connection is plaintext; with it, never.
+//!
 //! Each acquisition is a key-per-waiter queue, the recipe of etcd's own
 //! `concurrency.Mutex` and `RWMutex`, with one lease per acquisition:
 //!
@@ -33,8 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use parking_lot::Mutex;
 use tokio::runtime::Runtime;
@@ -66,6 +72,9 @@ struct Inner {
     options: ConnectOptions,
     prefix: String,
     ttl: i64,
+    /// TLS is on without a client certificate: a server that demands one
+    /// drops the connection with no more than "broken pipe"; errors say so.
+    tls_without_cert: bool,
     /// Runs the client and the keepalive tasks; never dropped (backends
     /// live as long as the process).
     runtime: Runtime,
@@ -89,34 +98,17 @@ impl Etcd {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
+        let (ttl, files) = query_options(query).map_err(bad)?;
+        let tls = files.options().map_err(bad)?;
+        let tls_without_cert = tls.is_some() && files.cert.is_none();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints: Vec<String> = hosts
             .split(',')
             .filter(|h| !h.is_empty())
-            .map(|h| format!("http://{h}"))
+            .map(|h| format!("{scheme}://{h}"))
             .collect();
         if endpoints.is_empty() {
             return Err(bad("no host: expected etcd://host:port".into()));
-        }
-        let mut ttl = DEFAULT_TTL;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("ttl", v)) => {
-                    ttl = v
-                        .parse()
-                        .ok()
-                        .filter(|t| (1..=86_400).contains(t))
-                        .ok_or_else(|| {
-                            bad(format!(
-                                "ttl={v:?}: expected a number of seconds from 1 to 86400"
-                            ))
-                        })?;
-                }
-                _ => {
-                    return Err(bad(format!(
-                        "unknown option {pair:?}: expected ttl=SECONDS"
-                    )));
-                }
-            }
         }
         let prefix = match path.trim_matches('/') {
             "" => DEFAULT_PREFIX.to_owned(),
@@ -128,6 +120,9 @@ impl Etcd {
             // only a watch or the keepalive stream is open.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_tcp_keepalive(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
         if let Some((user, password)) = userinfo.and_then(|u| u.split_once(':')) {
             options = options.with_user(user, password);
         }
@@ -143,6 +138,7 @@ impl Etcd {
             options,
             prefix,
             ttl: ttl as i64,
+            tls_without_cert,
             runtime,
             client: Mutex::new(None),
         };
@@ -166,6 +162,71 @@ impl Backend for Etcd {
                 .block_on(inner.clone().acquire(name, mode, wait))
         });
         Ok(got?.map(|h| Box::new(h) as Box<dyn RemoteHold>))
+    }
+}
+
+/// The URL's query: `ttl`, and the TLS files.
+fn query_options(query: &str) -> Result<(u64, TlsFiles), String> {
+    let mut ttl = DEFAULT_TTL;
+    let mut files = TlsFiles::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ttl", v)) => {
+                ttl = v
+                    .parse()
+                    .ok()
+                    .filter(|t| (1..=86_400).contains(t))
+                    .ok_or_else(|| {
+                        format!("ttl={v:?}: expected a number of seconds from 1 to 86400")
+                    })?;
+            }
+            Some(("cacert", v)) => files.ca = Some(v.to_owned()),
+            Some(("cert", v)) => files.cert = Some(v.to_owned()),
+            Some(("key", v)) => files.key = Some(v.to_owned()),
+            _ => {
+                return Err(format!(
+                    "unknown option {pair:?}: expected ttl=SECONDS, cacert=PATH, cert=PATH \
+                         or key=PATH"
+                ));
+            }
+        }
+    }
+    Ok((ttl, files))
+}
+
+/// The TLS files named in the URL.
+#[derive(Default)]
+struct TlsFiles {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsFiles {
+    /// tonic's TLS settings: `None` without `cacert`.
+    fn options(&self) -> Result<Option<TlsOptions>, String> {
+        let read = |what: &str, path: &str| {
+            std::fs::read(path).map_err(|e| format!("{what}={path}: cannot read it: {e}"))
+        };
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() || self.key.is_some() {
+                return Err("cert and key need cacert=PATH (TLS is on only with cacert)".into());
+            }
+            return Ok(None);
+        };
+        let ca_pem = read("cacert", ca)?;
+        if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!("cacert={ca}: not a PEM certificate"));
+        }
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+            }
+            (None, None) => {}
+            _ => return Err("cert and key go together".into()),
+        }
+        Ok(Some(tls))
     }
 }
 
@@ -204,11 +265,19 @@ impl Inner {
         mode: Mode,
         wait: FileWait,
     ) -> Result<Option<EtcdHold>, LockError> {
-        let to_error = |(op, cause): Failure| LockError::Backend {
-            name: name.to_owned(),
-            backend: self.url.clone(),
-            op,
-            cause,
+        let to_error = |(op, mut cause): Failure| {
+            if self.tls_without_cert && cause.contains("transport error") {
+                cause.push_str(
+                    " (TLS with no client certificate: if the server demands one, add \
+                     cert=PATH&key=PATH to the URL)",
+                );
+            }
+            LockError::Backend {
+                name: name.to_owned(),
+                backend: self.url.clone(),
+                op,
+                cause,
+            }
         };
         let mut client = self.client().await.map_err(to_error)?;
         let granted = request("grant a lease", client.lease_grant(self.ttl, None)).await;
@@ -524,6 +593,8 @@ mod tests {
             "etcd://h?ttl=x",
             "etcd://h?color=red",
             "etcd://",
+            "etcd://h?cert=/c.pem&key=/k.pem",
+            "etcd://h?cacert=/nonexistent/ca.pem",
         ] {
             assert!(Etcd::new(bad).is_err(), "{bad}");
         }

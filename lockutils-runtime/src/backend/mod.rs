@@ -23,6 +23,8 @@ use crate::semaphore::Mode;
 #[cfg(feature = "etcd")]
 mod etcd;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 
 /// A lock server.

@@ -33,16 +33,26 @@
 //!
 //! Any of the client settings may be overridden in the URL
 //! (`?keepalives_idle=30&connect_timeout=10`, as libpq names them).
+//!
+//! * **TLS**: `?sslmode=verify-full&sslrootcert=/ca.pem` (also `require`,
+//!   `verify-ca`, and `sslcert`/`sslkey` for a client certificate), with
+//!   libpq's meanings; see [`pg_tls`](super::pg_tls). Never a fallback to
+//!   plaintext.
+//! * **Password**: in the URL, else from `PGPASSWORD`; neither is ever
+//!   shown (messages carry the URL with the password as `***`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ::postgres::config::SslMode as PgSslMode;
 use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, SimpleQueryMessage};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::pg_tls;
 use super::{Backend, RemoteHold, error_chain as chain, outside_runtime, redact};
 use crate::error::LockError;
 use crate::external::FileWait;
@@ -75,6 +85,8 @@ pub(crate) struct Postgres {
 /// The connection settings and the idle sessions.
 struct Pool {
     config: Config,
+    /// The TLS connector, when the URL asks for TLS.
+    tls: Option<MakeRustlsConnect>,
     /// The URL without its password, for messages.
     url: String,
     idle: Mutex<Vec<Client>>,
@@ -83,12 +95,26 @@ struct Pool {
 impl Postgres {
     /// Parses the URL; connects only when a lock is first taken.
     pub(crate) fn new(url: &str) -> Result<Postgres, LockError> {
-        let mut config: Config = url.parse().map_err(|e| LockError::Backend {
+        let bad = |cause: String| LockError::Backend {
             name: String::new(),
             backend: redact(url),
             op: "configure",
-            cause: format!("not a PostgreSQL URL: {}", chain(&e)),
-        })?;
+            cause,
+        };
+        let (plain_url, tls) = pg_tls::split(url).map_err(bad)?;
+        let mut config: Config = plain_url
+            .parse()
+            .map_err(|e| bad(format!("not a PostgreSQL URL: {}", chain(&e))))?;
+        let tls = tls.client_config().map_err(bad)?.map(|c| {
+            // Refuse the session if the server declines TLS.
+            config.ssl_mode(PgSslMode::Require);
+            MakeRustlsConnect::new(c)
+        });
+        if config.get_password().is_none()
+            && let Some(password) = std::env::var_os("PGPASSWORD")
+        {
+            config.password(password.as_encoded_bytes());
+        }
         let given = |key: &str| {
             url.split_once('?')
                 .is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(key)))
@@ -118,6 +144,7 @@ impl Postgres {
         config.options(&options);
         let pool = Pool {
             config,
+            tls,
             url: redact(url),
             idle: Mutex::new(Vec::new()),
         };
@@ -218,9 +245,11 @@ impl Pool {
     }
 
     fn connect(&self, name: &str) -> Result<Client, LockError> {
-        self.config
-            .connect(NoTls)
-            .map_err(|e| self.error(name, "connect", &e))
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        connected.map_err(|e| self.error(name, "connect", &e))
     }
 
     /// Keeps an unlocked session for reuse, unless enough are kept.
