@@ -159,9 +159,9 @@
 
 pub use lockutils_macros::synchronized;
 pub use lockutils_runtime::{
-    AsyncLockGuard, BACKEND_ENV, LOCK_PATH_ENV, Lock, LockError, LockGuard, LockName, NameProblem,
-    lock, lock_path, locks_held, process_locking, redact_url, remove_external_lock_file,
-    reset_lock_path, set_backend, set_lock_path, set_process_locking,
+    AsyncLockGuard, BACKEND_ENV, LOCK_PATH_ENV, Lock, LockError, LockGuard, LockName, Lost,
+    NameProblem, lock, lock_path, locks_held, process_locking, redact_url,
+    remove_external_lock_file, reset_lock_path, set_backend, set_lock_path, set_process_locking,
 };
 
 /// What `#[synchronized]` expands to. Not a stable API.

@@ -4,7 +4,7 @@ use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::path::PathBuf;
 
-use crate::backend::RemoteHold;
+use crate::backend::{Lost, RemoteHold};
 use crate::external::ExternalHold;
 use crate::registry::{Entry, Handle};
 use crate::semaphore::Mode;
@@ -97,6 +97,11 @@ impl Hold {
     /// Whether a server lock may have been given away since.
     pub(crate) fn is_lost(&self) -> bool {
         self.remote().is_some_and(|r| r.is_lost())
+    }
+
+    /// A future that completes when the server lock is lost.
+    pub(crate) fn lost(&self) -> Lost {
+        Lost::new(self.remote().and_then(|r| r.lost_flag()))
     }
 
     /// Releases and closes the lock file (after it was removed), keeping

@@ -25,6 +25,7 @@ mod trace;
 #[doc(hidden)]
 pub mod private;
 
+pub use backend::Lost;
 pub use backend::redact as redact_url;
 pub use config::{
     BACKEND_ENV, LOCK_PATH_ENV, lock_path, process_locking, reset_lock_path, set_backend,

@@ -6,6 +6,7 @@
 //! | `file:///var/lib/nova/locks` | lock files in that directory (same as `set_lock_path`) |
 //! | `postgres://user:pass@host:5432/db` | PostgreSQL session advisory locks (feature `postgres`) |
 //! | `etcd://host:2379` | etcd v3 leases (feature `etcd`) |
+//! | `redis://host:6379/0`, `rediss://…` | Redis `SET NX PX` with renewal (feature `redis`) |
 //!
 //! A remote backend implements [`Backend`]; what it hands back while a lock
 //! is held is a [`RemoteHold`]. Backends are made once per URL and shared
@@ -20,12 +21,18 @@ use crate::error::LockError;
 use crate::external::FileWait;
 use crate::semaphore::Mode;
 
+pub use lost::Lost;
+pub(crate) use lost::LostFlag;
+
 #[cfg(feature = "etcd")]
 mod etcd;
+mod lost;
 #[cfg(feature = "postgres")]
 mod pg_tls;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 
 /// A lock server.
 pub(crate) trait Backend: Send + Sync {
@@ -58,6 +65,12 @@ pub(crate) trait RemoteHold: Send {
     /// (a lost session or lease).
     fn is_lost(&self) -> bool {
         false
+    }
+
+    /// The flag the backend's keepalive sets when the lock is lost, for
+    /// [`Lost`] futures; `None` if this hold cannot tell.
+    fn lost_flag(&self) -> Option<Arc<LostFlag>> {
+        None
     }
 }
 
@@ -102,14 +115,20 @@ fn make(url: &str) -> Result<Arc<dyn Backend>, LockError> {
         Some("etcd") => Err(bad(
             "this build of lockutils has no etcd backend: enable the `etcd` feature".into(),
         )),
+        #[cfg(feature = "redis")]
+        Some("redis" | "rediss") => Ok(Arc::new(redis::Redis::new(url)?)),
+        #[cfg(not(feature = "redis"))]
+        Some("redis" | "rediss") => Err(bad(
+            "this build of lockutils has no Redis backend: enable the `redis` feature".into(),
+        )),
         Some("file") => Err(bad(
             "file:// is not a lock server; it sets the lock path".into()
         )),
         Some(other) => Err(bad(format!(
-            "unknown scheme {other:?}: expected file://, postgres:// or etcd://"
+            "unknown scheme {other:?}: expected file://, postgres://, etcd:// or redis://"
         ))),
         None => Err(bad(
-            "not a URL: expected file://, postgres:// or etcd://".into()
+            "not a URL: expected file://, postgres://, etcd:// or redis://".into(),
         )),
     }
 }
@@ -133,7 +152,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// An error and its causes, each once: `a: b: c`.
-#[cfg(any(feature = "postgres", feature = "etcd"))]
+#[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -183,8 +202,8 @@ mod tests {
 
     #[test]
     fn unknown_schemes_are_errors_naming_the_url() {
-        let e = make("redis://u:pw@h").err().unwrap().to_string();
-        assert!(e.contains("redis://u:***@h"), "{e}");
+        let e = make("memcached://u:pw@h").err().unwrap().to_string();
+        assert!(e.contains("memcached://u:***@h"), "{e}");
         assert!(e.contains("unknown scheme"), "{e}");
         assert!(make("nonsense").is_err());
     }
