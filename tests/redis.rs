@@ -378,3 +378,54 @@ fn an_unreachable_server_is_a_clear_error_and_the_body_does_not_run() {
     c.expect("checked");
     c.finish();
 }
+
+// ---------------------------------------------------------------------------
+// rediss://
+
+fn rediss(host: &str, ca: &std::path::Path) -> String {
+    let port = servers::redis_tls();
+    format!("rediss://{host}:{port}/0?cacert={}", ca.display())
+}
+
+/// The `cause` of the `LockError::Backend` that taking a lock on `url` gives.
+fn cause_of(url: &str) -> String {
+    match redis_lock("redis-tls-bad", url).acquire() {
+        Err(LockError::Backend { cause, .. }) => {
+            println!("{url}: {cause}");
+            cause
+        }
+        other => panic!("expected LockError::Backend, got {other:?}"),
+    }
+}
+
+#[test]
+fn rediss_verifies_the_server_and_never_falls_back() {
+    let certs = servers::certs();
+    let started = Instant::now();
+    let guard = redis_lock("redis-tls", &rediss("localhost", &certs.ca))
+        .acquire()
+        .unwrap();
+    println!(
+        "rediss: first lock (TLS handshake included) in {:?}",
+        started.elapsed()
+    );
+    assert!(guard.fencing_token().is_some());
+    drop(guard);
+    let with_cert = format!(
+        "{}&cert={}&key={}",
+        rediss("127.0.0.1", &certs.ca),
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    let _mutual = redis_lock("redis-tls-mutual", &with_cert)
+        .acquire()
+        .unwrap();
+    let cause = cause_of(&rediss("127.0.0.2", &certs.ca));
+    assert!(cause.contains("not valid for name"), "{cause}");
+    let cause = cause_of(&rediss("localhost", &certs.other_ca));
+    assert!(cause.contains("UnknownIssuer"), "{cause}");
+    // TLS asked of a plaintext server.
+    let plain = servers::redis().replace("redis://", "rediss://");
+    let cause = cause_of(&format!("{plain}?cacert={}", certs.ca.display()));
+    assert!(cause.contains("TLS handshake"), "{cause}");
+}

@@ -230,6 +230,37 @@ pub fn start_redis() -> Redis {
     }
 }
 
+/// The port of a redis-server that speaks only TLS (the test server
+/// certificate, on 127.0.0.1 and 127.0.0.2; client certificates optional);
+/// started on first use.
+pub fn redis_tls() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let c = certs();
+        let dir = server_dir("redistls", &RunAs(None));
+        let port = free_port();
+        let mut cmd = Command::new(which("redis-server", "apt-get install redis-server"));
+        cmd.args(["--bind", "127.0.0.1 127.0.0.2", "--port", "0"])
+            .args([
+                "--tls-port",
+                &port.to_string(),
+                "--tls-auth-clients",
+                "optional",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&c.server_cert)
+            .arg("--tls-key-file")
+            .arg(&c.server_key)
+            .arg("--tls-ca-cert-file")
+            .arg(&c.ca)
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir);
+        let ready = "Ready to accept connections";
+        start(cmd, "redis-server (TLS)", ready, libc::SIGTERM, dir);
+        port
+    })
+}
+
 /// The shared redis-server's URL (`redis://127.0.0.1:PORT/0`), started on
 /// first use; [`REDIS_ENV`](super::REDIS_ENV) names one started elsewhere.
 pub fn redis() -> &'static str {

@@ -79,6 +79,9 @@ struct Inner {
     /// The URL without its password, for messages.
     url: String,
     client: Client,
+    /// `rediss://`: a server that does not speak TLS leaves the handshake
+    /// unanswered, which the client reports only as a timeout.
+    tls: bool,
     ttl: Duration,
     idle: Mutex<Vec<Connection>>,
     /// The held keys the renewal thread keeps alive, by hold id.
@@ -146,6 +149,7 @@ impl Redis {
         let inner = Inner {
             url: redact(url),
             client,
+            tls,
             ttl: Duration::from_secs(ttl),
             idle: Mutex::new(Vec::new()),
             held: Mutex::new(HashMap::new()),
@@ -292,7 +296,13 @@ impl Inner {
     ) -> Result<Option<RedisHold>, LockError> {
         let key = format!("lockutils:{name}");
         let token = new_token();
-        let fail = |(op, e): (&'static str, RedisError)| self.error(name, op, error_chain(&e));
+        let fail = |(op, e): (&'static str, RedisError)| {
+            let mut cause = error_chain(&e);
+            if self.tls && op == "connect" && e.is_timeout() {
+                cause.push_str(" (no answer to the TLS handshake: does the server speak TLS?)");
+            }
+            self.error(name, op, cause)
+        };
         let mut sent = Instant::now();
         let mut busy = match self.attempt(&key, &token).map_err(fail)? {
             Ok(fence) => return Ok(Some(self.held(key, token, fence, sent))),
