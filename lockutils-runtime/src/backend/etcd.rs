@@ -26,10 +26,15 @@
 //!
 //! `R` is the fencing token: it grows with every acquisition of any lock on
 //! the server. Releasing revokes the lease, which deletes the key. If a
-//! keepalive fails or the lease expires, the hold is lost:
-//! [`RemoteHold::is_lost`] turns true and a `tracing` warning says so. A
-//! holder that dies stops renewing its lease, so waiters proceed at most
-//! `ttl` seconds later.
+//! keepalive fails, the lease expires, or the key is deleted while its
+//! lease lives (a watch on it from the moment it is held), the hold is
+//! lost: [`RemoteHold::is_lost`] turns true (it reads a flag and a clock,
+//! asking no one), a `tracing` warning says so and `LockGuard::lost`
+//! completes. The lease's life is counted from just before each request
+//! that extended it was sent (the grant included), so the client never
+//! believes in a lease the server has already let expire. A holder that
+//! dies stops renewing its lease, so waiters proceed at most `ttl` seconds
+//! later.
 //!
 //! Names are escaped (`%` → `%25`, `/` → `%2F`) so that no name's keys can
 //! fall under another name's prefix.
@@ -46,6 +51,7 @@ use parking_lot::Mutex;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+use super::lost::LostFlag;
 use super::{Backend, RemoteHold, error_chain, outside_runtime, redact};
 use crate::error::LockError;
 use crate::external::FileWait;
@@ -280,10 +286,13 @@ impl Inner {
             }
         };
         let mut client = self.client().await.map_err(to_error)?;
+        // The lease lives `ttl` from when the server granted it, which is
+        // after this; counting from here errs on the safe side.
+        let asked = Instant::now();
         let granted = request("grant a lease", client.lease_grant(self.ttl, None)).await;
         let lease = granted.map_err(to_error)?;
         let ttl = Duration::from_secs(lease.ttl().max(1) as u64);
-        let state = Arc::new(LeaseState::new(ttl));
+        let state = Arc::new(LeaseState::new(ttl, asked));
         let keeper = self
             .runtime
             .spawn(keep_alive(client.clone(), lease.id(), state.clone()));
@@ -294,6 +303,7 @@ impl Inner {
             revision: 0,
             state,
             keeper,
+            key_watch: None,
             revoked: false,
         };
         let r = hold.enqueue_and_wait(&mut client, name, mode, wait).await;
@@ -302,7 +312,10 @@ impl Inner {
             hold.revoke(&mut client).await;
         }
         match r {
-            Ok(true) => Ok(Some(hold)),
+            Ok(true) => {
+                hold.watch_own_key(client).await.map_err(to_error)?;
+                Ok(Some(hold))
+            }
             Ok(false) => Ok(None),
             Err(e) => Err(to_error(e)),
         }
@@ -316,19 +329,25 @@ struct LeaseState {
     renewed: Mutex<Instant>,
     /// Set once the lease is known lost; waiters watch it.
     lost: watch::Sender<bool>,
+    /// Set once a held lock is known lost; `LockGuard::lost` waits on it.
+    flag: Arc<LostFlag>,
     /// The hold was released on purpose: losing the lease is expected.
     released: AtomicBool,
     warned: AtomicBool,
+    /// The hold's description, once held (for the warning).
+    describe: Mutex<String>,
 }
 
 impl LeaseState {
-    fn new(ttl: Duration) -> LeaseState {
+    fn new(ttl: Duration, asked: Instant) -> LeaseState {
         LeaseState {
             ttl,
-            renewed: Mutex::new(Instant::now()),
+            renewed: Mutex::new(asked),
             lost: watch::Sender::new(false),
+            flag: LostFlag::new(),
             released: AtomicBool::new(false),
             warned: AtomicBool::new(false),
+            describe: Mutex::new(String::new()),
         }
     }
 
@@ -339,11 +358,16 @@ impl LeaseState {
     /// Marks the lease lost and warns once (not after a release).
     fn lose(&self, lease: i64, why: &str) {
         self.lost.send_replace(true);
-        if !self.released.load(Ordering::Acquire) && !self.warned.swap(true, Ordering::AcqRel) {
+        let describe = self.describe.lock().clone();
+        if !describe.is_empty() {
+            // Held: the flag warns and wakes `LockGuard::lost`.
+            self.flag.set(&describe, why);
+        } else if !self.released.load(Ordering::Acquire)
+            && !self.warned.swap(true, Ordering::AcqRel)
+        {
             tracing::warn!(
                 lease = format_args!("{lease:x}"),
-                "lockutils: etcd lease lost ({why}); the lock held or awaited with it \
-                 may have been given to someone else"
+                "lockutils: etcd lease lost ({why}) while waiting for the lock"
             );
         }
     }
@@ -357,7 +381,6 @@ async fn keep_alive(mut client: Client, lease: i64, state: Arc<LeaseState>) {
             .lease_keep_alive(lease)
             .await
             .map_err(|e| error_chain(&e))?;
-        *state.renewed.lock() = Instant::now();
         loop {
             tokio::time::sleep(period).await;
             let sent = Instant::now();
@@ -388,6 +411,8 @@ struct EtcdHold {
     revision: i64,
     state: Arc<LeaseState>,
     keeper: tokio::task::JoinHandle<()>,
+    /// Watches our key while held: its deletion means the lock is lost.
+    key_watch: Option<tokio::task::JoinHandle<()>>,
     revoked: bool,
 }
 
@@ -397,7 +422,11 @@ impl EtcdHold {
     async fn revoke(&mut self, client: &mut Client) {
         self.revoked = true;
         self.state.released.store(true, Ordering::Release);
+        self.state.flag.released();
         self.keeper.abort();
+        if let Some(w) = self.key_watch.take() {
+            w.abort();
+        }
         let lease = self.lease;
         if let Err((_, cause)) = request("release", client.lease_revoke(lease)).await {
             tracing::debug!(
@@ -486,6 +515,33 @@ impl EtcdHold {
         }
     }
 
+    /// Starts watching our key from just after it was created: a deletion
+    /// (by anyone, while the lease may still live) loses the lock. The
+    /// watch is set up before the lock is handed out, so nothing is missed.
+    async fn watch_own_key(&mut self, mut client: Client) -> Result<(), Failure> {
+        *self.state.describe.lock() = self.describe();
+        let options = WatchOptions::new()
+            .with_start_revision(self.revision + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let watching = client.watch(self.key.as_str(), Some(options));
+        let mut events = request("watch the lock key", watching).await?;
+        let (state, lease) = (self.state.clone(), self.lease);
+        self.key_watch = Some(self.inner.runtime.spawn(async move {
+            let why = loop {
+                match events.message().await {
+                    Ok(Some(r)) if !r.events().is_empty() => break "the lock key was deleted",
+                    Ok(Some(r)) if r.canceled() => break "the watch on the lock key was canceled",
+                    Ok(Some(_)) => {}
+                    // The stream broke (e.g. the member went away): the
+                    // keepalive tells whether the lease survives.
+                    Ok(None) | Err(_) => return,
+                }
+            };
+            state.lose(lease, why);
+        }));
+        Ok(())
+    }
+
     /// Waits until no key in `blockers` is older than ours.
     async fn await_turn(&self, client: &mut Client, blockers: &str) -> Result<(), Failure> {
         loop {
@@ -543,6 +599,10 @@ impl RemoteHold for EtcdHold {
                 .lose(self.lease, "not renewed within its time-to-live");
         }
         lost
+    }
+
+    fn lost_flag(&self) -> Option<Arc<LostFlag>> {
+        Some(self.state.flag.clone())
     }
 }
 

@@ -13,7 +13,7 @@ use event_listener::{Event, EventListener};
 /// Set once, when a held lock is known lost.
 #[derive(Default)]
 #[cfg_attr(
-    not(feature = "redis"),
+    not(any(feature = "redis", feature = "postgres", feature = "etcd")),
     allow(dead_code) // only lock servers set it
 )]
 pub(crate) struct LostFlag {
@@ -23,7 +23,10 @@ pub(crate) struct LostFlag {
     event: Event,
 }
 
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "etcd")),
+    allow(dead_code)
+)]
 impl LostFlag {
     pub(crate) fn new() -> Arc<LostFlag> {
         Arc::new(LostFlag::default())
