@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use lockutils::__private::{CallSite, LockSpec};
+use lockutils::__private_v0_1::{CallSite, LockSpec};
 use support::{mono_ns, percentile, print_table, run_group, variant};
 
 const CHILD_ENV: &str = "LOCKUTILS_BENCH_CHILD";
@@ -86,8 +86,9 @@ fn naive_open_lock_close(path: &CString, c: &mut u64) {
 #[inline(never)]
 fn raw_ofd_fstat(fd: libc::c_int, c: &mut u64) {
     ofd(fd, libc::F_OFD_SETLK, libc::F_WRLCK);
-    // SAFETY: valid descriptor and buffer.
+    // SAFETY: `stat` is a plain C struct; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and buffer.
     assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
     assert!(black_box(st.st_nlink) > 0);
     *black_box(c) += 1;
@@ -316,6 +317,8 @@ fn map_shm(path: &Path, create: bool) -> &'static Shm {
         )
     };
     assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: a fresh shared mapping of at least `size_of::<Shm>()` zeroed
+    // bytes, never unmapped, and `Shm` is made of atomics (all-zero valid).
     unsafe { &*(p as *const Shm) }
 }
 
@@ -330,7 +333,10 @@ fn asleep(pid: u32) -> bool {
 
 enum Locker {
     Raw(File),
-    Lockutils(&'static CallSite, Option<lockutils::__private::SiteGuard>),
+    Lockutils(
+        &'static CallSite,
+        Option<lockutils::__private_v0_1::SiteGuard>,
+    ),
 }
 
 impl Locker {
@@ -562,6 +568,7 @@ fn increment(counter: &File) {
     let n = unsafe { libc::pread(counter.as_raw_fd(), b.as_mut_ptr().cast(), 8, 0) };
     assert_eq!(n, 8);
     let v = u64::from_le_bytes(b) + 1;
+    // SAFETY: valid descriptor; the buffer is 8 live bytes.
     let n = unsafe { libc::pwrite(counter.as_raw_fd(), v.to_le_bytes().as_ptr().cast(), 8, 0) };
     assert_eq!(n, 8);
 }

@@ -373,7 +373,7 @@ fn memory() {
         delta(first, second),
         t2.as_nanos() as f64 / M as f64
     );
-    let live = lockutils::__private::live_entries();
+    let live = lockutils::__private_v0_1::live_entries();
     println!("\nlive registry entries at the end: {live}");
     let added = delta(first, second);
     let ok = if added < 1.0 { "MET" } else { "MISSED" };

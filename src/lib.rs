@@ -159,14 +159,15 @@
 
 pub use lockutils_macros::synchronized;
 pub use lockutils_runtime::{
-    AsyncLockGuard, BACKEND_ENV, LOCK_PATH_ENV, Lock, LockError, LockGuard, LockName, Lost,
-    NameProblem, lock, lock_path, locks_held, process_locking, redact_url,
+    AsyncLockGuard, BACKEND_ENV, LOCK_PATH_ENV, Location, Lock, LockError, LockGuard, LockName,
+    Lost, NameProblem, lock, lock_path, locks_held, process_locking, redact_url,
     remove_external_lock_file, reset_lock_path, set_backend, set_lock_path, set_process_locking,
 };
 
-/// What `#[synchronized]` expands to. Not a stable API.
+/// What `#[synchronized]` expands to. Not a stable API. Its name carries
+/// the version (see `lockutils-codegen`), and must match the codegen's.
 #[doc(hidden)]
-pub mod __private {
+pub mod __private_v0_1 {
     pub use lockutils_runtime::live_entries;
     pub use lockutils_runtime::private::*;
 }

@@ -375,3 +375,33 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default()
 }
+
+/// The messages a new user meets first, pinned word for word.
+#[test]
+fn kind_mismatch_and_backend_errors_read_as_sentences() {
+    let plain = lockutils::lock("msg-kind").acquire().unwrap();
+    let e = lockutils::lock("msg-kind").fair().acquire().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "lock \"msg-kind\" was asked for as a fair lock, but it is in use as a lock; \
+         every user of a lock name must ask for the same kind"
+    );
+    drop(plain);
+
+    let e = lockutils::set_backend("memcached://u:secret@h:11211").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "lock server memcached://u:***@h:11211: cannot configure: unknown scheme \
+         \"memcached\": expected file://, postgres:// or etcd://"
+    );
+    let e = lockutils::lock("msg-backend")
+        .external()
+        .backend("memcached://h")
+        .acquire()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "lock \"msg-backend\" on memcached://h: cannot configure: unknown scheme \
+         \"memcached\": expected file://, postgres:// or etcd://"
+    );
+}

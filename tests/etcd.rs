@@ -41,8 +41,10 @@ fn etcd_lock<'a>(name: &'a str, url: &'a str, mode: &str) -> lockutils::Lock<'a>
 }
 
 fn describe(guard: &lockutils::LockGuard) -> String {
-    let d = guard.lock_file().expect("a remote lock describes itself");
-    d.to_str().unwrap().to_owned()
+    match guard.location().expect("a remote lock describes itself") {
+        lockutils::Location::Server(d) => d,
+        other => panic!("a lock server's lock is not a file: {other:?}"),
+    }
 }
 
 /// The lease id (hex) in a guard's description.

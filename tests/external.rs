@@ -131,6 +131,28 @@ fn child_planted() {
 }
 
 #[test]
+fn location_names_the_lock_file_and_the_old_lock_file_still_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lockutils::lock("where").prefix("nova").external();
+    let guard = lock.lock_path(dir.path()).acquire().unwrap();
+    let path = dir.path().join("nova-where");
+    assert_eq!(
+        guard.location(),
+        Some(lockutils::Location::File(path.clone()))
+    );
+    assert_eq!(
+        guard.location().unwrap().to_string(),
+        path.display().to_string()
+    );
+    #[allow(deprecated)]
+    let old = guard.lock_file();
+    assert_eq!(old, Some(path));
+    drop(guard);
+    let in_process = lockutils::lock("where-not").acquire().unwrap();
+    assert_eq!(in_process.location(), None);
+}
+
+#[test]
 fn lock_files_are_never_truncated_or_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kept");
@@ -140,7 +162,13 @@ fn lock_files_are_never_truncated_or_written() {
         .lock_path(dir.path())
         .acquire()
         .unwrap();
-    assert_eq!(guard.lock_file().as_deref(), Some(&*path));
+    assert_eq!(
+        guard
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .as_deref(),
+        Some(&*path)
+    );
     drop(guard);
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
@@ -152,7 +180,13 @@ fn lock_files_are_never_truncated_or_written() {
         .lock_path(dir.path())
         .acquire()
         .unwrap();
-    let meta = std::fs::metadata(guard.lock_file().unwrap()).unwrap();
+    let meta = std::fs::metadata(
+        guard
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(meta.len(), 0);
     assert_eq!(
         meta.permissions().mode() & 0o777 & !0o644,
@@ -329,6 +363,7 @@ fn child_emfile() {
         rlim_cur: highest + 1 + 16,
         rlim_max: old.rlim_max,
     };
+    // SAFETY: a valid rlimit to read.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
 
     let mut guards = Vec::new();
@@ -350,6 +385,7 @@ fn child_emfile() {
     lockutils::set_lock_path(&dir);
     let ran = AtomicBool::new(false);
     let r = emfile_result(&ran);
+    // SAFETY: a valid rlimit to read.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
     assert!(!ran.load(Ordering::SeqCst), "the body ran without its lock");
     match r {
@@ -448,7 +484,12 @@ fn child_no_lock_path() {
 
     lockutils::set_lock_path(support::param("DIR"));
     let g = lockutils::lock("nopath").external().acquire().unwrap();
-    assert!(g.lock_file().unwrap().starts_with(support::param("DIR")));
+    assert!(
+        g.location()
+            .and_then(lockutils::Location::into_file)
+            .unwrap()
+            .starts_with(support::param("DIR"))
+    );
     report("ok");
 }
 
@@ -504,7 +545,13 @@ fn child_env_path() {
     let expect = PathBuf::from(support::param("EXPECT"));
     let set = PathBuf::from(support::param("SET"));
     let explicit = PathBuf::from(support::param("EXPLICIT"));
-    let file_of = |lock: lockutils::Lock<'_>| lock.acquire().unwrap().lock_file().unwrap();
+    let file_of = |lock: lockutils::Lock<'_>| {
+        lock.acquire()
+            .unwrap()
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .unwrap()
+    };
     let env = || lockutils::lock("env").external();
 
     assert_eq!(lockutils::lock_path().as_deref(), Some(&*expect));
@@ -526,7 +573,13 @@ fn missing_lock_directories_are_created() {
         .lock_path(&deep)
         .acquire()
         .unwrap();
-    assert_eq!(guard.lock_file().as_deref(), Some(&*deep.join("deep")));
+    assert_eq!(
+        guard
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .as_deref(),
+        Some(&*deep.join("deep"))
+    );
     assert!(deep.join("deep").is_file());
     for d in [tmp.path().join("a"), tmp.path().join("a/b"), deep] {
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
@@ -562,7 +615,10 @@ fn file_names_are_oslos() {
             .acquire()
             .unwrap_or_else(|e| panic!("{name:?}/{prefix:?}: {e}"));
         assert_eq!(
-            guard.lock_file().as_deref(),
+            guard
+                .location()
+                .and_then(lockutils::Location::into_file)
+                .as_deref(),
             Some(&*dir.path().join(file)),
             "{name:?}"
         );
@@ -643,7 +699,13 @@ fn invalid_names_are_refused_before_touching_the_disk() {
         .lock_path(dir.path())
         .acquire();
     assert_eq!(
-        g.unwrap().lock_file().unwrap().file_name().unwrap().len(),
+        g.unwrap()
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .len(),
         255
     );
 }
@@ -683,7 +745,10 @@ fn child_no_process_locking() {
         .lock_path(&dir)
         .acquire()
         .unwrap();
-    assert_eq!(fresh.lock_file(), None);
+    assert_eq!(
+        fresh.location().and_then(lockutils::Location::into_file),
+        None
+    );
     assert!(!dir.join("fresh").exists());
 
     let shared = lockutils::lock("shared").external().lock_path(&dir);
@@ -694,7 +759,7 @@ fn child_no_process_locking() {
         .timeout(Duration::from_secs(10))
         .acquire()
         .unwrap();
-    assert_eq!(g.lock_file(), None);
+    assert_eq!(g.location().and_then(lockutils::Location::into_file), None);
     let other_thread = std::thread::scope(|s| {
         s.spawn(|| {
             lockutils::lock("shared")
@@ -742,7 +807,13 @@ fn remove_deletes_an_idle_lock_file() {
         .external()
         .lock_path(dir.path())
         .acquire();
-    assert_eq!(g.unwrap().lock_file().as_deref(), Some(&*path));
+    assert_eq!(
+        g.unwrap()
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .as_deref(),
+        Some(&*path)
+    );
 }
 
 #[test]

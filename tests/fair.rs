@@ -16,7 +16,7 @@ use lockutils::{LockError, synchronized};
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn queued(name: &str) -> Option<usize> {
-    lockutils::__private::queued(name)
+    lockutils::__private_v0_1::queued(name)
 }
 
 /// Waits until `name` has `n` waiters in line, failing after [`PATIENCE`].
@@ -152,7 +152,7 @@ fn a_queued_writer_holds_back_later_readers() {
     let writer = std::thread::spawn(move || {
         let g = lockutils::lock(NAME).fair().acquire().unwrap();
         l.lock().unwrap().push("writer in");
-        assert_eq!(lockutils::__private::holders(NAME), Some(1));
+        assert_eq!(lockutils::__private_v0_1::holders(NAME), Some(1));
         l.lock().unwrap().push("writer out");
         drop(g);
     });

@@ -53,7 +53,10 @@ fn oslo_holder_excludes_rust() {
         .acquire()
         .expect("free after Python released");
     assert_eq!(
-        guard.lock_file().as_deref(),
+        guard
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .as_deref(),
         Some(&*dir.path().join("nova-iptables"))
     );
 }
@@ -153,7 +156,12 @@ fn oslo_makes_the_same_file_names() {
             .prefix(prefix)
             .external()
             .lock_path(dir.path());
-        let ours = guard.acquire().unwrap().lock_file().unwrap();
+        let ours = guard
+            .acquire()
+            .unwrap()
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .unwrap();
         assert_eq!(ours.parent(), Some(dir.path()));
         assert_eq!(
             ours.file_name().unwrap().to_str(),

@@ -316,7 +316,10 @@ fn nonblocking_and_timeout_against_another_process() {
         .acquire()
         .unwrap();
     assert_eq!(
-        guard.lock_file().as_deref(),
+        guard
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .as_deref(),
         Some(&*dir.path().join("nova-busy"))
     );
     assert_eq!(try_in_child(dir.path(), "nova-", "busy"), "wouldblock");
@@ -399,7 +402,13 @@ fn async_phases(dir: &Path, path: &Path, mut holder: Child) -> Child {
         };
         let (r, ()) = futures_lite::future::zip(lock.acquire_async(), order_release).await;
         let guard = r.expect("acquire after the other process released");
-        assert_eq!(guard.lock_file().as_deref(), Some(path));
+        assert_eq!(
+            guard
+                .location()
+                .and_then(lockutils::Location::into_file)
+                .as_deref(),
+            Some(path)
+        );
         let busy = tokio::task::spawn_blocking({
             let dir = dir.to_owned();
             move || try_in_child(&dir, "", "async")
@@ -447,7 +456,11 @@ fn cancelled_async_wait_lets_go_of_the_lock() {
             .acquire_async(),
     );
     assert_eq!(
-        again.unwrap().lock_file().as_deref(),
+        again
+            .unwrap()
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .as_deref(),
         Some(&*dir.path().join("cancelled"))
     );
     holder.finish();
@@ -484,7 +497,13 @@ fn lock_file_path_is_where_the_children_look() {
         .acquire();
     let guard = guard.unwrap();
     let expected: &Path = &dir.path().join("p-where");
-    assert_eq!(guard.lock_file().as_deref(), Some(expected));
+    assert_eq!(
+        guard
+            .location()
+            .and_then(lockutils::Location::into_file)
+            .as_deref(),
+        Some(expected)
+    );
     assert_eq!(try_in_child(dir.path(), "p", "where"), "wouldblock");
     drop(guard);
     assert_eq!(try_in_child(dir.path(), "p-", "where"), "ok");

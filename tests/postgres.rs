@@ -40,8 +40,10 @@ fn pg_locks_id(description: &str) -> (u32, u32) {
 }
 
 fn describe(guard: &lockutils::LockGuard) -> String {
-    let d = guard.lock_file().expect("a remote lock describes itself");
-    d.to_str().unwrap().to_owned()
+    match guard.location().expect("a remote lock describes itself") {
+        lockutils::Location::Server(d) => d,
+        other => panic!("a lock server's lock is not a file: {other:?}"),
+    }
 }
 
 /// `lockutils::lock(name)` on the test server, as exclusive or shared.

@@ -1,7 +1,7 @@
 //! The registry keeps no dead names (oslo's weak-value dictionary). Alone
 //! in its test binary so that no other test's locks are counted.
 
-use lockutils::__private::live_entries;
+use lockutils::__private_v0_1::live_entries;
 
 #[test]
 fn dead_names_are_forgotten() {

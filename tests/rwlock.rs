@@ -162,7 +162,7 @@ fn a_waiting_writer_keeps_new_readers_out() {
     wait_for("a new reader is refused", PATIENCE, || {
         is_busy(&reader().blocking(false).acquire())
     });
-    assert_eq!(lockutils::__private::holders(NAME), Some(1));
+    assert_eq!(lockutils::__private_v0_1::holders(NAME), Some(1));
     assert!(
         log.lock().unwrap().is_empty(),
         "the writer got in with a reader"
@@ -204,7 +204,7 @@ fn a_waiting_async_writer_keeps_new_readers_out() {
         .unwrap();
     let writer = rt.spawn(async {
         let g = lockutils::lock(NAME).acquire_async().await.unwrap();
-        assert_eq!(lockutils::__private::holders(NAME), Some(1));
+        assert_eq!(lockutils::__private_v0_1::holders(NAME), Some(1));
         drop(g);
     });
     wait_for("a new reader is refused", PATIENCE, || {
@@ -238,10 +238,10 @@ fn async_readers_share_and_a_waiting_writer_leaves_the_executor_free() {
             .acquire_async()
             .await
             .unwrap();
-        assert_eq!(lockutils::__private::holders(NAME), Some(2));
+        assert_eq!(lockutils::__private_v0_1::holders(NAME), Some(2));
         let writer = tokio::spawn(async {
             let g = lockutils::lock(NAME).acquire_async().await.unwrap();
-            lockutils::__private::holders(NAME).map(|n| (n, drop(g)))
+            lockutils::__private_v0_1::holders(NAME).map(|n| (n, drop(g)))
         });
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(1)).await;

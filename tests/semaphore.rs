@@ -63,7 +63,7 @@ fn three_permits_admit_exactly_three_threads() {
     wait_for("3 threads are inside", PATIENCE, || {
         inside.load(Ordering::SeqCst) == 3
     });
-    assert_eq!(lockutils::__private::holders("sem-three"), Some(3));
+    assert_eq!(lockutils::__private_v0_1::holders("sem-three"), Some(3));
     let fourth = lock().blocking(false).acquire();
     assert!(
         matches!(fourth, Err(LockError::WouldBlock { .. })),
@@ -75,7 +75,7 @@ fn three_permits_admit_exactly_three_threads() {
     }
     assert_eq!(max.load(Ordering::SeqCst), 3);
     assert_eq!(
-        lockutils::__private::holders("sem-three"),
+        lockutils::__private_v0_1::holders("sem-three"),
         None,
         "entry not freed"
     );
@@ -148,7 +148,7 @@ fn another_number_of_permits_is_a_kind_mismatch() {
         .permits(3)
         .acquire()
         .unwrap();
-    assert_eq!(lockutils::__private::holders("sem-mismatch"), Some(2));
+    assert_eq!(lockutils::__private_v0_1::holders("sem-mismatch"), Some(2));
     drop((held, second));
     // Once nobody uses the name, it can become another kind.
     let g = lockutils::lock("sem-mismatch")
@@ -168,7 +168,7 @@ fn zero_permits_and_shared_semaphores_are_invalid() {
 
 #[synchronized("sem-macro", permits = 2)]
 fn two_at_a_time() -> Option<usize> {
-    lockutils::__private::holders("sem-macro")
+    lockutils::__private_v0_1::holders("sem-macro")
 }
 
 #[synchronized("sem-macro-mismatch", permits = 2)]
@@ -370,7 +370,7 @@ const MACRO_DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/lockutils-semapho
 
 #[synchronized("sem-ext-macro", permits = 2, external, lock_path = MACRO_DIR, blocking = false)]
 fn pooled_external() -> Result<Option<usize>, LockError> {
-    Ok(lockutils::__private::holders("sem-ext-macro"))
+    Ok(lockutils::__private_v0_1::holders("sem-ext-macro"))
 }
 
 /// The attribute with `permits = 2, external`: another process holding
@@ -404,7 +404,7 @@ fn async_external_wait_leaves_the_executor_free() {
                 .external()
                 .lock_path(&path);
             let guard = lock.acquire_async().await.expect("async permit");
-            guard.lock_file()
+            guard.location().and_then(lockutils::Location::into_file)
         });
         // Ticks on the same thread while the waiter waits.
         let mut ticks = 0;

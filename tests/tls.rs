@@ -84,7 +84,7 @@ fn pg_verify_full_works_and_the_session_is_encrypted() {
         .backend(&url)
         .acquire()
         .unwrap();
-    let describe = guard.lock_file().unwrap().to_str().unwrap().to_owned();
+    let describe = guard.location().unwrap().to_string();
     assert!(!describe.contains(TLS_PG_PASSWORD), "{describe}");
     let objid = describe
         .split("objid ")

@@ -1,6 +1,10 @@
 //! Process-wide settings: where external locks live, and whether they are on.
 //!
-//! External locks go to the lock server chosen with [`set_backend`] or
+//! This module is the bottom of the runtime: it names nothing above it.
+//! Checking a lock server's URL is `external`'s job, which then records it
+//! here.
+//!
+//! External locks go to the lock server chosen with `set_backend` or
 //! `$LOCKUTILS_BACKEND` (`postgres://...`, `etcd://...`), else to lock files.
 //! The lock path is, in order: the lock's own `lock_path`, the directory
 //! given to [`set_lock_path`] (or `set_backend("file:///dir")`),
@@ -17,9 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::backend::{self, Backend};
-use crate::error::LockError;
-
 /// The environment variables read for the lock path, in order.
 pub const LOCK_PATH_ENV: [&str; 2] = ["LOCKUTILS_LOCK_PATH", "OSLO_LOCK_PATH"];
 
@@ -31,7 +32,7 @@ pub const BACKEND_ENV: &str = "LOCKUTILS_BACKEND";
 static BACKEND: LazyLock<RwLock<Option<String>>> = LazyLock::new(|| {
     let url = std::env::var(BACKEND_ENV)
         .ok()
-        .filter(|u| !u.is_empty() && backend::scheme(u).as_deref() != Some("file"));
+        .filter(|u| !u.is_empty() && scheme(u).as_deref() != Some("file"));
     REMOTE.store(url.is_some(), Ordering::Release);
     RwLock::new(url)
 });
@@ -66,42 +67,63 @@ fn lock_path_from_env() -> Option<Arc<Path>> {
 
 /// `/dir` for `file:///dir`.
 fn file_url_path(url: &str) -> Option<&str> {
-    if backend::scheme(url).as_deref() != Some("file") {
+    if scheme(url).as_deref() != Some("file") {
         return None;
     }
     let path = &url[url.find("://")? + 3..];
     path.starts_with('/').then_some(path)
 }
 
-/// Chooses where external locks without their own `lock_path` live:
-/// `file:///dir` (lock files in `dir`, like [`set_lock_path`]),
-/// `postgres://user:password@host:port/db` or `etcd://host:port`.
-///
-/// A lock server is contacted when first used; errors in the URL itself
-/// (unknown scheme, a backend this build lacks) are reported here.
-pub fn set_backend(url: &str) -> Result<(), LockError> {
+/// Records the lock server's URL (already checked by the caller), or
+/// `None` for lock files. A `file://` URL sets the lock path instead.
+pub(crate) fn set_backend_url(url: &str) {
     if let Some(dir) = file_url_path(url) {
         set_lock_path(dir);
         *BACKEND.write() = None;
         REMOTE.store(false, Ordering::Release);
-        return Ok(());
+        return;
     }
-    backend::get(url)?;
     *BACKEND.write() = Some(url.to_owned());
     REMOTE.store(true, Ordering::Release);
-    Ok(())
 }
 
-/// The configured lock server, or `None` for lock files.
+/// Whether `url` is a `file://` URL (which sets the lock path).
+pub(crate) fn is_file_url(url: &str) -> bool {
+    file_url_path(url).is_some()
+}
+
+/// Runs `f` on the configured lock server's URL, or returns `None` for
+/// lock files. File-only processes pay one atomic load.
 #[inline]
-pub(crate) fn backend() -> Result<Option<Arc<dyn Backend>>, LockError> {
+pub(crate) fn with_backend_url<R>(f: impl FnOnce(&str) -> R) -> Option<R> {
     let setting = &*BACKEND;
     if !REMOTE.load(Ordering::Acquire) {
-        return Ok(None);
+        return None;
     }
-    match &*setting.read() {
-        Some(url) => backend::get(url).map(Some),
-        None => Ok(None),
+    setting.read().as_deref().map(f)
+}
+
+/// The URL's scheme, lower-cased, if it has one.
+pub(crate) fn scheme(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    (!scheme.is_empty() && !rest.is_empty()).then(|| scheme.to_ascii_lowercase())
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -150,4 +172,23 @@ pub(crate) fn generation() -> u64 {
 pub(crate) fn current_lock_path() -> (u64, Option<Arc<Path>>) {
     let guard = LOCK_PATH.read();
     (GENERATION.load(Ordering::Acquire), guard.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("etcd://h:2379"), "etcd://h:2379");
+        assert_eq!(
+            redact("postgres://u:p@ss@h/db?x=1"),
+            "postgres://u:***@h/db?x=1"
+        );
+    }
 }

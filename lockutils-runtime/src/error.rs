@@ -65,15 +65,15 @@ pub enum LockError {
     /// semaphore with another number of permits): every user of a name
     /// must use it the same way.
     #[error(
-        "lock {name:?} was asked for as a {this}, but it is in use as a {other}; \
+        "lock {name:?} was asked for as {this}, but it is in use as {other}; \
          every user of a lock name must ask for the same kind"
     )]
     KindMismatch {
         /// The full lock name.
         name: String,
-        /// What this acquisition asked for.
+        /// What this acquisition asked for, with its article: `"a fair lock"`.
         this: String,
-        /// What the name is in use as.
+        /// What the name is in use as, likewise: `"a semaphore of 2 permits"`.
         other: String,
     },
 
@@ -87,9 +87,10 @@ pub enum LockError {
     },
 
     /// A lock server (PostgreSQL, etcd) failed or could not be reached.
-    #[error("lock {name:?} on {backend}: cannot {op}: {cause}")]
+    #[error("{}", backend_message(name, backend, op, cause))]
     Backend {
-        /// The full lock name (empty when configuring a backend).
+        /// The full lock name (empty when no lock was being taken, as in
+        /// `set_backend`).
         name: String,
         /// The backend's URL, password removed.
         backend: String,
@@ -114,7 +115,28 @@ pub enum LockError {
     },
 }
 
+/// `lock "x" on URL: cannot OP: CAUSE`, or `lock server URL: ...` when no
+/// lock was being taken.
+fn backend_message(name: &str, backend: &str, op: &str, cause: &str) -> String {
+    if name.is_empty() {
+        format!("lock server {backend}: cannot {op}: {cause}")
+    } else {
+        format!("lock {name:?} on {backend}: cannot {op}: {cause}")
+    }
+}
+
 impl LockError {
+    /// The same error, about the lock `name` where it named none yet (a
+    /// lock server's configuration error met while taking a lock).
+    pub(crate) fn for_lock(mut self, lock: &str) -> LockError {
+        if let LockError::Backend { name, .. } = &mut self
+            && name.is_empty()
+        {
+            lock.clone_into(name);
+        }
+        self
+    }
+
     /// The full name of the lock the error is about.
     pub fn lock_name(&self) -> &str {
         match self {
@@ -163,5 +185,28 @@ impl From<LockError> for io::Error {
 impl From<LockError> for String {
     fn from(e: LockError) -> String {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_errors_name_the_lock_or_say_there_is_none() {
+        let e = LockError::Backend {
+            name: String::new(),
+            backend: "redis://h".into(),
+            op: "configure",
+            cause: "unknown scheme".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "lock server redis://h: cannot configure: unknown scheme"
+        );
+        assert_eq!(
+            e.for_lock("nova-x").to_string(),
+            "lock \"nova-x\" on redis://h: cannot configure: unknown scheme"
+        );
     }
 }

@@ -12,10 +12,12 @@ use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::path::PathBuf;
+
+use crate::external::Location;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::backend::Lost;
+use crate::external::Lost;
 use crate::hold::Hold;
 use crate::registry::{self, Entry};
 use crate::trace::{self, Site};
@@ -101,6 +103,15 @@ pub(crate) fn check_reentry(entry: &Entry) {
     }
 }
 
+/// What `lock_file()` used to return: the path, or the server's
+/// description as a path.
+fn location_as_path(l: Location) -> PathBuf {
+    match l {
+        Location::File(p) => p,
+        other => PathBuf::from(other.to_string()),
+    }
+}
+
 struct Trace {
     site: Site,
     acquired: Instant,
@@ -109,8 +120,8 @@ struct Trace {
 #[cold]
 #[inline(never)]
 fn start_trace(hold: &Hold, site: Site, started: Instant) -> Option<Box<Trace>> {
-    let path = hold.file_path();
-    let acquired = trace::acquired(hold, site, path.as_deref(), started);
+    let location = hold.location();
+    let acquired = trace::acquired(hold, site, location.as_ref(), started);
     Some(Box::new(Trace { site, acquired }))
 }
 
@@ -182,11 +193,22 @@ impl LockGuard {
         self.hold.entry().name()
     }
 
+    /// Where the external lock is held: a lock file's path, or a lock
+    /// server's URL (password removed) and key. `None` when in-process only,
+    /// or with process locking disabled.
+    pub fn location(&self) -> Option<Location> {
+        self.hold.location()
+    }
+
     /// The lock file held, for an external lock (`None` when in-process
     /// only, or with process locking disabled). For a lock on a lock
     /// server, a description of it (URL and key).
+    #[deprecated(
+        since = "0.1.1",
+        note = "use `location()`, which tells a lock file from a lock server"
+    )]
     pub fn lock_file(&self) -> Option<PathBuf> {
-        self.hold.file_path()
+        self.hold.location().map(location_as_path)
     }
 
     /// For a lock held on a lock server that provides one (etcd): a token
@@ -263,9 +285,18 @@ impl AsyncLockGuard {
         self.hold.entry().name()
     }
 
+    /// See [`LockGuard::location`].
+    pub fn location(&self) -> Option<Location> {
+        self.hold.location()
+    }
+
     /// See [`LockGuard::lock_file`].
+    #[deprecated(
+        since = "0.1.1",
+        note = "use `location()`, which tells a lock file from a lock server"
+    )]
     pub fn lock_file(&self) -> Option<PathBuf> {
-        self.hold.file_path()
+        self.hold.location().map(location_as_path)
     }
 
     /// See [`LockGuard::fencing_token`].

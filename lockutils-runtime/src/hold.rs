@@ -2,12 +2,10 @@
 
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
-use std::path::PathBuf;
 
-use crate::backend::{Lost, RemoteHold};
-use crate::external::ExternalHold;
+use crate::external::{ExternalHold, Location, Lost};
 use crate::registry::{Entry, Handle};
-use crate::semaphore::Mode;
+use crate::spec::Mode;
 
 /// A reference to a registry entry: borrowed forever by a call site's
 /// cache, or counted (for names looked up at run time).
@@ -80,28 +78,25 @@ impl Hold {
         *self.external = Some(external);
     }
 
-    /// The lock file's path (or the server lock's description), if held.
-    pub(crate) fn file_path(&self) -> Option<PathBuf> {
-        self.external.as_ref().map(|f| f.describe(&self.entry))
-    }
-
-    fn remote(&self) -> Option<&dyn RemoteHold> {
-        self.external.as_ref().and_then(ExternalHold::remote)
+    /// Where the external lock is held, if one is.
+    pub(crate) fn location(&self) -> Option<Location> {
+        let name = self.entry.name();
+        self.external.as_ref().map(|f| f.location(name))
     }
 
     /// The server lock's fencing token, if it has one.
     pub(crate) fn fencing_token(&self) -> Option<u64> {
-        self.remote().and_then(|r| r.fencing_token())
+        self.external.as_ref().and_then(ExternalHold::fencing_token)
     }
 
     /// Whether a server lock may have been given away since.
     pub(crate) fn is_lost(&self) -> bool {
-        self.remote().is_some_and(|r| r.is_lost())
+        self.external.as_ref().is_some_and(ExternalHold::is_lost)
     }
 
     /// A future that completes when the server lock is lost.
     pub(crate) fn lost(&self) -> Lost {
-        Lost::new(self.remote().and_then(|r| r.lost_flag()))
+        Lost::new(self.external.as_ref().and_then(ExternalHold::lost_flag))
     }
 
     /// Releases and closes the lock file (after it was removed), keeping
@@ -118,7 +113,7 @@ impl Hold {
     #[inline(never)]
     fn release_external(&mut self) {
         if let Some(f) = self.external.take() {
-            f.release(&self.entry);
+            f.release(&self.entry.external);
         }
     }
 

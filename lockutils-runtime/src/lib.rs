@@ -6,34 +6,34 @@
 //! describes the semantics.
 #![warn(missing_docs)]
 
-mod backend;
+// Layers, top first; each names only those below it (tests/layout.rs):
+// private > builder > acquire > guard > trace > hold > registry >
+// external > local > config > name > spec > error.
+mod acquire;
+mod builder;
 mod config;
 mod error;
 mod external;
-mod fifo;
-mod file_lock;
 mod guard;
 mod hold;
 mod local;
-mod lock;
 mod name;
 mod registry;
-mod semaphore;
-mod timer;
+mod spec;
 mod trace;
 
 #[doc(hidden)]
 pub mod private;
 
-pub use backend::Lost;
-pub use backend::redact as redact_url;
+pub use builder::{Lock, lock, remove_external_lock_file};
+pub use config::redact as redact_url;
 pub use config::{
-    BACKEND_ENV, LOCK_PATH_ENV, lock_path, process_locking, reset_lock_path, set_backend,
-    set_lock_path, set_process_locking,
+    BACKEND_ENV, LOCK_PATH_ENV, lock_path, process_locking, reset_lock_path, set_lock_path,
+    set_process_locking,
 };
 pub use error::{LockError, NameProblem};
+pub use external::{Location, Lost, set_backend};
 pub use guard::{AsyncLockGuard, LockGuard, locks_held};
-pub use lock::{Lock, lock, remove_external_lock_file};
 pub use name::LockName;
 
 #[doc(hidden)]

@@ -6,16 +6,15 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::acquire::{self, Request};
 use crate::error::LockError;
 use crate::external::Dir;
 use crate::guard::{AsyncLockGuard, LockGuard};
 use crate::hold::EntryRef;
-use crate::local::Kind;
-use crate::lock::{self, Request, Wait};
 pub use crate::name::LockName;
 use crate::name::const_panic;
 use crate::registry::{Entry, Handle};
-use crate::semaphore::Mode;
+use crate::spec::{Kind, Mode, Wait};
 use crate::trace::{self, Site};
 
 /// A `#[synchronized]` attribute's arguments, checked during constant
@@ -154,7 +153,7 @@ impl CallSite {
     fn resolve(&'static self) -> Result<&'static Entry, LockError> {
         let s = &self.spec;
         let full = lockutils_name::full_name(s.prefix, s.name);
-        let handle = lock::entry_for(&full, s.kind, s.mode)?;
+        let handle = acquire::entry_for(&full, s.kind, s.mode)?;
         // Another thread may have won the race; either handle is the entry.
         Ok(self.entry.get_or_init(|| handle))
     }
@@ -187,7 +186,7 @@ impl CallSite {
 
     #[inline(never)]
     fn acquire_slow(&'static self) -> Result<LockGuard, LockError> {
-        lock::acquire(EntryRef::Static(self.entry()?), &self.request())
+        acquire::acquire(EntryRef::Static(self.entry()?), &self.request())
     }
 
     /// Takes the lock, or panics with the lock's name, path and the cause.
@@ -213,7 +212,7 @@ impl CallSite {
     ) -> impl Future<Output = Result<AsyncLockGuard, LockError>> + Send + 'static {
         let entry = self.entry();
         let req = self.request();
-        async move { lock::acquire_async(EntryRef::Static(entry?), req).await }
+        async move { acquire::acquire_async(EntryRef::Static(entry?), req).await }
     }
 
     /// Like [`CallSite::acquire_async`], panicking on failure.

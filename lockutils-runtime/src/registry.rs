@@ -21,13 +21,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use crate::external::FilePool;
-use crate::local::{Kind, Local};
+use crate::external::{State, Target};
+use crate::local::Local;
+use crate::spec::Kind;
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
-/// One named lock: its kind, in-process primitive and lock files.
+/// One named lock: its kind, in-process primitive and the external
+/// backends' per-name state (opaque here).
 pub(crate) struct Entry {
     name: Box<str>,
     hash: u64,
@@ -37,7 +39,7 @@ pub(crate) struct Entry {
     /// (`guard::me()`), or 0; and that acquisition's sequence number.
     pub(crate) owner: AtomicUsize,
     pub(crate) owner_seq: AtomicU64,
-    pub(crate) files: FilePool,
+    pub(crate) external: State,
 }
 
 impl Entry {
@@ -48,6 +50,16 @@ impl Entry {
 
     pub(crate) fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// What an external backend is asked to lock for this entry.
+    #[inline]
+    pub(crate) fn target(&self) -> Target<'_> {
+        Target {
+            name: &self.name,
+            kind: self.kind,
+            state: &self.external,
+        }
     }
 }
 
@@ -91,7 +103,7 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
         local: Local::new(kind),
         owner: AtomicUsize::new(0),
         owner_seq: AtomicU64::new(0),
-        files: FilePool::new(),
+        external: State::new(),
     });
     map.insert_unique(hash, entry.clone(), |e| e.hash);
     Ok(Handle(ManuallyDrop::new(entry)))

@@ -61,21 +61,16 @@ fn start_slow() -> Option<Instant> {
 pub(crate) fn acquired(
     hold: &crate::hold::Hold,
     site: Site,
-    lock_path: Option<&std::path::Path>,
+    location: Option<&crate::external::Location>,
     started: Instant,
 ) -> Instant {
     let name = hold.entry().name();
-    let mode = match hold.mode() {
-        crate::semaphore::Mode::Exclusive => "exclusive",
-        crate::semaphore::Mode::Shared => "shared",
-    };
+    let mode = hold.mode().as_str();
     let permits = hold.entry().kind().permits.unwrap_or(1);
     let fair = hold.entry().kind().fair;
     let now = Instant::now();
     let waited = now.duration_since(started).as_secs_f64();
-    let path = lock_path
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let path = location.map(ToString::to_string).unwrap_or_default();
     tracing::debug!(
         target: "lockutils",
         lock = name,

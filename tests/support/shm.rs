@@ -22,6 +22,7 @@ pub struct Shm {
 
 // SAFETY: the mapping is only accessed through atomics.
 unsafe impl Send for Shm {}
+// SAFETY: as for Send: shared access goes through atomics only.
 unsafe impl Sync for Shm {}
 
 impl Shm {

@@ -23,17 +23,18 @@
 
 use proc_macro2::{Delimiter, Group, Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
+use syn::ReturnType;
 use syn::spanned::Spanned;
-use syn::{AttrStyle, ItemFn, ReturnType};
 
 use crate::args::{Permits, StrArg, SynchronizedArgs};
+use crate::item::MaybeItemFn;
 use crate::valid::{Alias, Checked, Shape};
 
 /// Adds the guard to `func` and returns its tokens.
 pub(crate) fn expand(
     args: &SynchronizedArgs,
     checked: &Checked,
-    func: &ItemFn,
+    func: &MaybeItemFn,
     alias: Option<Alias<'_>>,
 ) -> TokenStream {
     let private = private_path(args);
@@ -45,10 +46,10 @@ pub(crate) fn expand(
         Shape::Sync | Shape::AsyncFn => {
             let is_async = checked.shape == Shape::AsyncFn;
             let acquire = acquire(&private, propagate, is_async);
-            let stmts = &func.block.stmts;
+            let stmts = &func.body;
             quote! {
                 let #guard = { #site #acquire };
-                #(#stmts)*
+                #stmts
             }
         }
         Shape::ImplFuture | Shape::BoxedFuture => {
@@ -58,16 +59,9 @@ pub(crate) fn expand(
         }
     };
 
-    // `ItemFn`'s own printing, with the new body: outer attributes, then
-    // the signature, then inner attributes (`#![...]`) inside the braces.
-    let outer = func
-        .attrs
-        .iter()
-        .filter(|a| matches!(a.style, AttrStyle::Outer));
-    let inner = func
-        .attrs
-        .iter()
-        .filter(|a| !matches!(a.style, AttrStyle::Outer));
+    // Outer attributes, then the signature, then inner attributes
+    // (`#![...]`) inside the braces, as written.
+    let (outer, inner) = (&func.outer_attrs, &func.inner_attrs);
     let (vis, sig) = (&func.vis, &func.sig);
     quote! {
         #(#outer)* #vis #sig {
@@ -79,9 +73,9 @@ pub(crate) fn expand(
 
 /// The body of a function returning a future: build the original future,
 /// then return one that runs `take_lock` before awaiting it.
-fn wrap_future(func: &ItemFn, boxed: bool, take_lock: TokenStream) -> TokenStream {
+fn wrap_future(func: &MaybeItemFn, boxed: bool, take_lock: TokenStream) -> TokenStream {
     let fut = Ident::new("__lockutils_future", Span::mixed_site());
-    let body = &func.block;
+    let body = func.block();
     // A boxed return type can be written on the closure, so that its
     // `return`s coerce as they did in the function; `impl Future` cannot
     // be, and needs no coercion.
@@ -107,18 +101,31 @@ fn wrap_future(func: &ItemFn, boxed: bool, take_lock: TokenStream) -> TokenStrea
     }
 }
 
-/// `<crate>::__private`, the one path generated code names.
+/// The facade's private module this codegen was built for, named after
+/// its version (`__private_v0_1`): an alias crate built against another
+/// version of `lockutils-codegen` than its `lockutils` then fails with
+/// "could not find `__private_v0_2` in `lockutils`", naming the versions,
+/// instead of a confusing error deep inside the expansion.
+pub(crate) const PRIVATE_MODULE: &str = concat!(
+    "__private_v",
+    env!("CARGO_PKG_VERSION_MAJOR"),
+    "_",
+    env!("CARGO_PKG_VERSION_MINOR")
+);
+
+/// `<crate>::__private_vX_Y`, the one path generated code names.
 fn private_path(args: &SynchronizedArgs) -> TokenStream {
+    let module = Ident::new(PRIVATE_MODULE, Span::call_site());
     match &args.krate {
-        Some((_, path)) => quote!(#path::__private),
-        None => quote!(::lockutils::__private),
+        Some((_, path)) => quote!(#path::#module),
+        None => quote!(::lockutils::#module),
     }
 }
 
 /// `static __LOCKUTILS_SITE: CallSite = CallSite::new(LockSpec::new(..)..);`
 fn call_site_static(
     args: &SynchronizedArgs,
-    func: &ItemFn,
+    func: &MaybeItemFn,
     alias: Option<Alias<'_>>,
     private: &TokenStream,
 ) -> TokenStream {
@@ -269,6 +276,14 @@ mod tests {
     }
 
     #[test]
+    fn private_path_carries_the_version() {
+        let version = env!("CARGO_PKG_VERSION");
+        let mut parts = version.split('.');
+        let (major, minor) = (parts.next().unwrap(), parts.next().unwrap());
+        assert_eq!(super::PRIVATE_MODULE, format!("__private_v{major}_{minor}"));
+    }
+
+    #[test]
     fn sync_infallible() {
         let out = expand(
             quote!("n"),
@@ -280,8 +295,8 @@ mod tests {
         );
         assert!(out.starts_with("pub fn f (x : u8) -> u8 { let __lockutils_guard = {"));
         assert!(out.contains(
-            "static __LOCKUTILS_SITE : :: lockutils :: __private :: CallSite = :: lockutils :: __private \
-             :: CallSite :: new (:: lockutils :: __private :: LockSpec :: new (\"n\" , \"\" , \
+            "static __LOCKUTILS_SITE : :: lockutils :: __private_v0_1 :: CallSite = :: lockutils :: __private_v0_1 \
+             :: CallSite :: new (:: lockutils :: __private_v0_1 :: LockSpec :: new (\"n\" , \"\" , \
              :: core :: concat ! (:: core :: module_path ! () , \"::\" , \"f\")))"
         ));
         assert!(
@@ -311,13 +326,13 @@ mod tests {
             "LockSpec :: new (\"n\" , \"p\" , :: core :: concat ! (:: core :: module_path ! () , \
              \"::\" , \"f\")) . external () . lock_path (\"/l\") . timeout_nanos (1000000u64)"
         ));
-        assert!(out.contains("static __LOCKUTILS_SITE : c :: __private :: CallSite"));
+        assert!(out.contains("static __LOCKUTILS_SITE : c :: __private_v0_1 :: CallSite"));
         assert!(
             out.contains("match __LOCKUTILS_SITE . acquire () {"),
             "{out}"
         );
         assert!(out.contains(
-            "return :: core :: result :: Result :: Err (c :: __private :: into_error (error))"
+            "return :: core :: result :: Result :: Err (c :: __private_v0_1 :: into_error (error))"
         ));
     }
 
@@ -346,7 +361,7 @@ mod tests {
             ),
         );
         assert!(out.contains(
-            "LockSpec :: new (:: lockutils :: __private :: LockName :: as_str (names :: N) , P ,"
+            "LockSpec :: new (:: lockutils :: __private_v0_1 :: LockName :: as_str (names :: N) , P ,"
         ));
         assert!(out.contains(". nonblocking ()"));
         assert!(
@@ -442,8 +457,8 @@ mod tests {
         );
         assert!(
             out.contains(
-                "CallSite :: new (:: lockutils :: __private :: LockSpec :: permits (:: lockutils :: \
-                 __private :: LockSpec :: new (\"n\" ,"
+                "CallSite :: new (:: lockutils :: __private_v0_1 :: LockSpec :: permits (:: lockutils :: \
+                 __private_v0_1 :: LockSpec :: new (\"n\" ,"
             ),
             "{out}"
         );

@@ -5,20 +5,24 @@
 //! want an attribute with your project's prefix built in (see
 //! [`synchronized_with_prefix!`]).
 //!
-//! The code it generates names only `::lockutils::__private` (or
-//! `<crate>::__private` with `crate = path`); what that module offers is an
+//! The code it generates names only `::lockutils::__private_v0_1` (or
+//! `<crate>::__private_v0_1` with `crate = path`; the suffix is this
+//! crate's version, so a mismatched pair fails to resolve it); what that module offers is an
 //! implementation detail shared by the two crates, which move in lockstep.
 #![warn(missing_docs)]
 
 mod alias;
 mod args;
 mod expand;
+mod item;
 mod valid;
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
+use syn::Item;
 use syn::spanned::Spanned;
-use syn::{Item, ItemFn};
+
+use item::MaybeItemFn;
 
 use crate::args::SynchronizedArgs;
 use crate::valid::Alias;
@@ -83,7 +87,11 @@ fn fallback(item: TokenStream, error: syn::Error) -> TokenStream {
 }
 
 /// The decorated item, which must be a function with a body.
-fn parse_function(item: TokenStream) -> syn::Result<ItemFn> {
+fn parse_function(item: TokenStream) -> syn::Result<MaybeItemFn> {
+    if let Ok(func) = syn::parse2::<MaybeItemFn>(item.clone()) {
+        return Ok(func);
+    }
+    // Not a function with a body: parse it in full, to say what it is.
     let Ok(parsed) = syn::parse2::<Item>(item) else {
         let message = "#[synchronized] can only be used on functions, not on an expression \
                        or statement: to lock a closure's body, call a #[synchronized] function \
@@ -91,7 +99,7 @@ fn parse_function(item: TokenStream) -> syn::Result<ItemFn> {
         return Err(syn::Error::new(Span::call_site(), message));
     };
     let (span, kind) = match parsed {
-        Item::Fn(func) => return Ok(func),
+        Item::Fn(func) => (func.sig.fn_token.span, "this function"),
         Item::Verbatim(tokens) => {
             let message = "#[synchronized] needs a function with a body";
             return Err(syn::Error::new_spanned(tokens, message));

@@ -9,11 +9,12 @@
 
 use proc_macro2::Span;
 use syn::{
-    AngleBracketedGenericArguments, GenericArgument, ItemFn, PathArguments, ReturnType, Type,
+    AngleBracketedGenericArguments, GenericArgument, PathArguments, ReturnType, Type,
     TypeParamBound,
 };
 
 use crate::args::{StrArg, SynchronizedArgs, combine};
+use crate::item::MaybeItemFn;
 
 /// What kind of function is decorated, which decides where the guard goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub(crate) struct Checked {
 /// Runs every check and returns all failures combined.
 pub(crate) fn check(
     args: &SynchronizedArgs,
-    func: &ItemFn,
+    func: &MaybeItemFn,
     alias: Option<Alias<'_>>,
 ) -> syn::Result<Checked> {
     let mut errors = None;
@@ -159,7 +160,7 @@ fn check_names(args: &SynchronizedArgs, alias: Option<Alias<'_>>, errors: &mut O
 /// Classifies the function and finds the type its caller finally gets:
 /// the return type, or the `Output` of the returned future. `None` means
 /// `()` (no return type) or an `Output` we cannot see.
-fn shape_of(func: &ItemFn) -> (Shape, Option<&Type>) {
+fn shape_of(func: &MaybeItemFn) -> (Shape, Option<&Type>) {
     let ty = match &func.sig.output {
         ReturnType::Default => return (shape_for_unit(func), None),
         ReturnType::Type(_, ty) => strip(ty),
@@ -185,7 +186,7 @@ fn shape_of(func: &ItemFn) -> (Shape, Option<&Type>) {
     }
 }
 
-fn shape_for_unit(func: &ItemFn) -> Shape {
+fn shape_for_unit(func: &MaybeItemFn) -> Shape {
     if func.sig.asyncness.is_some() {
         Shape::AsyncFn
     } else {
@@ -290,7 +291,7 @@ fn type_to_string(ty: &Type) -> String {
 mod tests {
     use super::*;
 
-    fn shape(func: ItemFn) -> (Shape, bool) {
+    fn shape(func: MaybeItemFn) -> (Shape, bool) {
         let (shape, output) = shape_of(&func);
         (shape, output.is_some_and(is_result))
     }

@@ -13,18 +13,18 @@ fn fair_writer() -> u8 {
 
 #[synchronized("ui-fair-rw", fair, shared)]
 fn fair_reader() -> u8 {
-    assert_eq!(lockutils::__private::queued("ui-fair-rw"), Some(0));
+    assert_eq!(lockutils::__private_v0_1::queued("ui-fair-rw"), Some(0));
     2
 }
 
 #[synchronized("ui-pool", permits = 3, fair)]
 fn pooled() -> Option<usize> {
-    lockutils::__private::holders("ui-pool")
+    lockutils::__private_v0_1::holders("ui-pool")
 }
 
 #[synchronized("ui-pool", fair, permits = WORKERS, blocking = false)]
 fn pooled_const() -> Result<Option<usize>, LockError> {
-    Ok(lockutils::__private::holders("ui-pool"))
+    Ok(lockutils::__private_v0_1::holders("ui-pool"))
 }
 
 #[synchronized("ui-rw", shared, prefix = "nova-", timeout = "1s")]

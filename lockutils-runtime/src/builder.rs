@@ -1,175 +1,19 @@
-//! Taking a lock: the run-time builder, and the acquisition steps that the
-//! builder and `#[synchronized]` call sites share.
+//! The run-time API: [`lock`] and its [`Lock`] builder, and
+//! [`remove_external_lock_file`].
 
 use std::future::Future;
 use std::panic::Location;
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::acquire::{Request, acquire, acquire_async, entry_for};
 use crate::error::LockError;
-use crate::external::{self, Attempt, Dir, FileWait, Handoff};
-use crate::guard::{AsyncLockGuard, LockGuard, check_reentry};
-use crate::hold::{EntryRef, Hold};
-use crate::local::Kind;
+use crate::external::Dir;
+use crate::guard::{AsyncLockGuard, LockGuard};
+use crate::hold::EntryRef;
 use crate::registry;
-use crate::semaphore::Mode;
-use crate::timer::Sleep;
-use crate::trace::{self, Site};
-
-/// How long to wait for a busy lock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wait {
-    Block,
-    Try,
-    Timeout(Duration),
-}
-
-/// One acquisition's options, borrowed from a builder or a call site.
-#[derive(Clone, Copy)]
-pub(crate) struct Request<'a> {
-    pub(crate) mode: Mode,
-    pub(crate) external: bool,
-    /// Take the lock file even when process locking is switched off.
-    pub(crate) force_file: bool,
-    pub(crate) dir: Dir<'a>,
-    pub(crate) wait: Wait,
-    pub(crate) site: Site,
-}
-
-impl Request<'_> {
-    fn busy(&self, name: &str) -> LockError {
-        match self.wait {
-            Wait::Timeout(timeout) => LockError::Timeout {
-                name: name.to_owned(),
-                timeout,
-            },
-            _ => LockError::WouldBlock {
-                name: name.to_owned(),
-            },
-        }
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        match self.wait {
-            // A deadline past the clock's range is no deadline.
-            Wait::Timeout(t) => Instant::now().checked_add(t),
-            _ => None,
-        }
-    }
-
-    fn file_wait(&self, deadline: Option<Instant>) -> FileWait {
-        match (self.wait, deadline) {
-            (Wait::Try, _) => FileWait::Try,
-            (_, Some(d)) => FileWait::Until(d),
-            (_, None) => FileWait::Block,
-        }
-    }
-
-    fn wants_file(&self) -> bool {
-        self.external && (self.force_file || external::enabled())
-    }
-}
-
-/// Takes the in-process lock, then (for external locks) the lock file.
-#[inline]
-pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, LockError> {
-    let started = trace::start();
-    let mut deadline = None;
-    if !entry.local.try_lock(req.mode) {
-        deadline = req.deadline();
-        wait_in_process(&entry, req, deadline)?;
-    }
-    // SAFETY: we just took the in-process lock in `req.mode`.
-    let hold = unsafe { Hold::new(entry, req.mode) };
-    let hold = if req.wants_file() {
-        lock_file(hold, req, deadline)?
-    } else {
-        hold
-    };
-    Ok(LockGuard::new(hold, req.site, started))
-}
-
-#[cold]
-fn wait_in_process(
-    entry: &registry::Entry,
-    req: &Request<'_>,
-    deadline: Option<Instant>,
-) -> Result<(), LockError> {
-    if req.wait == Wait::Try {
-        return Err(req.busy(entry.name()));
-    }
-    check_reentry(entry);
-    if entry.local.lock_until(req.mode, deadline) {
-        Ok(())
-    } else {
-        Err(req.busy(entry.name()))
-    }
-}
-
-fn lock_file(hold: Hold, req: &Request<'_>, deadline: Option<Instant>) -> Result<Hold, LockError> {
-    let deadline = deadline.or_else(|| req.deadline());
-    external::lock(hold, req.dir, req.file_wait(deadline), |name| {
-        req.busy(name)
-    })
-}
-
-/// The async counterpart of [`acquire`]: waits without blocking the thread,
-/// for the in-process lock and (on a helper thread) for the lock file.
-pub(crate) async fn acquire_async(
-    entry: EntryRef,
-    req: Request<'_>,
-) -> Result<AsyncLockGuard, LockError> {
-    let started = trace::start();
-    let deadline = req.deadline();
-    if !entry.local.try_lock(req.mode)
-        && (req.wait == Wait::Try || !entry.local.lock_async(req.mode, deadline).await)
-    {
-        return Err(req.busy(entry.name()));
-    }
-    // SAFETY: we just took the in-process lock in `req.mode`.
-    let mut hold = unsafe { Hold::new(entry, req.mode) };
-    if req.wants_file()
-        && let Attempt::Busy = external::lock_step(&mut hold, req.dir, FileWait::Try)?
-    {
-        if req.wait == Wait::Try {
-            return Err(req.busy(hold.entry().name()));
-        }
-        let name = hold.entry().name().to_owned();
-        let handoff = Handoff::start(hold, req.dir, deadline)?;
-        let wait = WaitForFile {
-            handoff,
-            sleep: deadline.map(Sleep::new),
-        };
-        hold = wait.await?.ok_or_else(|| req.busy(&name))?;
-    }
-    Ok(AsyncLockGuard::new(hold, req.site, started))
-}
-
-/// Waits for a [`Handoff`]; `Ok(None)` when the deadline passes first.
-/// Dropping it abandons the wait (the helper releases what it gets).
-struct WaitForFile {
-    handoff: Handoff,
-    sleep: Option<Sleep>,
-}
-
-impl Future for WaitForFile {
-    type Output = Result<Option<Hold>, LockError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(r) = self.handoff.poll(cx.waker()) {
-            return Poll::Ready(r);
-        }
-        if let Some(sleep) = &mut self.sleep
-            && sleep.poll_expired(cx)
-        {
-            // The helper may have finished just now; take it if so.
-            return Poll::Ready(self.handoff.poll(cx.waker()).unwrap_or(Ok(None)));
-        }
-        Poll::Pending
-    }
-}
+use crate::spec::{Kind, Mode, Wait};
+use crate::trace::Site;
 
 /// Starts describing a lock named `name`; finish with
 /// [`acquire`](Lock::acquire) or [`acquire_async`](Lock::acquire_async).
@@ -349,31 +193,6 @@ impl<'a> Lock<'a> {
         let site = Site::Caller(Location::caller());
         async move { acquire_async(self.entry()?, self.request(site)).await }
     }
-}
-
-/// The registry entry for a full name, checking the options agree with
-/// each other and with the name's other users.
-pub(crate) fn entry_for(
-    full_name: &str,
-    kind: Kind,
-    mode: Mode,
-) -> Result<registry::Handle, LockError> {
-    let invalid = |reason| LockError::InvalidOptions {
-        name: full_name.to_owned(),
-        reason,
-    };
-    match kind.permits {
-        Some(0) => return Err(invalid("permits must be at least 1")),
-        Some(_) if mode == Mode::Shared => {
-            return Err(invalid("a semaphore (permits) has no shared mode"));
-        }
-        _ => {}
-    }
-    registry::get(full_name, kind).map_err(|other| LockError::KindMismatch {
-        name: full_name.to_owned(),
-        this: kind.to_string(),
-        other: other.to_string(),
-    })
 }
 
 /// Removes an external lock's file safely: takes the lock (in-process and

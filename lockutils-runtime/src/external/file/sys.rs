@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
-use crate::semaphore::Mode;
+use crate::spec::Mode;
 
 /// What part of the file a lock covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,45 +53,45 @@ impl LockFile {
         // never opened at all (opening some devices has side effects). The
         // O_NOFOLLOW open and the fstat below close the race this leaves.
         match std::fs::symlink_metadata(path) {
-            Ok(m) => sys::check_kind(&m)?,
+            Ok(m) => imp::check_kind(&m)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(OpenError::Io("inspect lock file", e)),
         }
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create(true);
-        sys::harden(&mut opts);
-        let file = opts.open(path).map_err(sys::open_error)?;
+        imp::harden(&mut opts);
+        let file = opts.open(path).map_err(imp::open_error)?;
         let meta = file
             .metadata()
             .map_err(|e| OpenError::Io("inspect lock file", e))?;
-        sys::check_kind(&meta)?;
+        imp::check_kind(&meta)?;
         Ok(LockFile { file })
     }
 
     /// Takes the lock if no one else holds it. `Ok(false)`: busy.
     pub(crate) fn try_lock(&self, mode: Mode, range: Range) -> io::Result<bool> {
-        sys::lock(&self.file, mode, range, false)
+        imp::lock(&self.file, mode, range, false)
     }
 
     /// Waits in the kernel until the lock is ours.
     pub(crate) fn lock(&self, mode: Mode, range: Range) -> io::Result<()> {
-        sys::lock(&self.file, mode, range, true).map(|_| ())
+        imp::lock(&self.file, mode, range, true).map(|_| ())
     }
 
     /// Releases the lock on `range`.
     pub(crate) fn unlock(&self, range: Range) -> io::Result<()> {
-        sys::unlock(&self.file, range)
+        imp::unlock(&self.file, range)
     }
 
     /// Whether another open file holds a lock on any byte from `start` on
     /// (`F_OFD_GETLK`). Always `false` on Windows, which cannot tell.
     pub(crate) fn others_hold_from(&self, start: u64) -> io::Result<bool> {
-        sys::others_hold(&self.file, start, 0)
+        imp::others_hold(&self.file, start, 0)
     }
 
     /// Whether the file still has a name (was not removed while we waited).
     pub(crate) fn is_linked(&self) -> io::Result<bool> {
-        sys::is_linked(&self.file)
+        imp::is_linked(&self.file)
     }
 }
 
@@ -105,9 +105,9 @@ pub(crate) fn create_dir(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(unix)]
-mod sys {
+mod imp {
     use super::{OpenError, Range};
-    use crate::semaphore::Mode;
+    use crate::spec::Mode;
     use std::fs::{File, Metadata, OpenOptions};
     use std::io;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -241,9 +241,9 @@ mod sys {
 }
 
 #[cfg(windows)]
-mod sys {
+mod imp {
     use super::{OpenError, Range};
-    use crate::semaphore::Mode;
+    use crate::spec::Mode;
     use std::fs::{File, Metadata, OpenOptions};
     use std::io;
     use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
@@ -335,6 +335,7 @@ mod sys {
     pub(super) fn is_linked(file: &File) -> io::Result<bool> {
         // SAFETY: a zeroed BY_HANDLE_FILE_INFORMATION is a valid out-param.
         let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid handle and a valid out-pointer for the call.
         if unsafe { GetFileInformationByHandle(handle(file), &mut info) } == 0 {
             return Err(io::Error::last_os_error());
         }
@@ -411,6 +412,7 @@ mod tests {
 
         let fifo = dir.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         assert!(matches!(
             LockFile::open(&fifo),

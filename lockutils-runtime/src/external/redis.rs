@@ -40,10 +40,10 @@ use ::redis::{Client, Connection, ConnectionLike, RedisError, TlsCertificates};
 use parking_lot::{Condvar, Mutex};
 
 use super::lost::LostFlag;
-use super::{Backend, RemoteHold, error_chain, redact};
+use super::{Backend, ExternalHold, RemoteHold, Target, error_chain};
+use crate::config::redact;
 use crate::error::LockError;
-use crate::external::FileWait;
-use crate::semaphore::Mode;
+use crate::spec::{Mode, Wait};
 
 /// The key time-to-live when the URL does not give `?ttl=`, in seconds.
 pub(crate) const DEFAULT_TTL: u64 = 10;
@@ -200,10 +200,11 @@ fn client(
 impl Backend for Redis {
     fn lock(
         &self,
-        name: &str,
+        target: &Target<'_>,
         mode: Mode,
-        wait: FileWait,
-    ) -> Result<Option<Box<dyn RemoteHold>>, LockError> {
+        wait: Wait,
+    ) -> Result<Option<ExternalHold>, LockError> {
+        let (name, wait) = (target.name, wait.start());
         if mode == Mode::Shared {
             return Err(self.inner.error(
                 name,
@@ -214,7 +215,7 @@ impl Backend for Redis {
             ));
         }
         let got = self.inner.clone().acquire(name, wait)?;
-        Ok(got.map(|h| Box::new(h) as Box<dyn RemoteHold>))
+        Ok(got.map(ExternalHold::remote))
     }
 }
 
@@ -289,11 +290,7 @@ impl Inner {
         Ok(Err(Duration::from_millis(pttl.max(1) as u64)))
     }
 
-    fn acquire(
-        self: Arc<Self>,
-        name: &str,
-        wait: FileWait,
-    ) -> Result<Option<RedisHold>, LockError> {
+    fn acquire(self: Arc<Self>, name: &str, wait: Wait) -> Result<Option<RedisHold>, LockError> {
         let key = format!("lockutils:{name}");
         let token = new_token();
         let fail = |(op, e): (&'static str, RedisError)| {
@@ -309,9 +306,9 @@ impl Inner {
             Err(pttl) => pttl,
         };
         let deadline = match wait {
-            FileWait::Try => return Ok(None),
-            FileWait::Block => None,
-            FileWait::Until(d) => Some(d),
+            Wait::Try => return Ok(None),
+            Wait::Block | Wait::Timeout(_) => None,
+            Wait::Until { deadline, .. } => Some(deadline),
         };
         let mut sub = self.connect().map_err(|e| fail(("connect", e)))?;
         let mut sub = sub.as_pubsub();

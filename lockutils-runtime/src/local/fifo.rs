@@ -3,7 +3,7 @@
 //! Waiters queue in arrival order and a release hands the lock directly to
 //! the waiters at the front that fit (a writer needs everything, a reader
 //! or a permit one unit), so no newcomer can overtake them. This is oslo's
-//! `fair=True`. It is slower than [`RawLock`](crate::semaphore::RawLock)
+//! `fair=True`. It is slower than [`RawLock`](super::raw::RawLock)
 //! under contention (every waiter is woken by name), which is why it is
 //! opt-in.
 
@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::semaphore::{Mode, thread_waker, units};
-use crate::timer::Sleep;
+use super::raw::{WRITER, thread_waker, units};
+use super::timer::Sleep;
+use crate::spec::Mode;
 
 pub(crate) struct FifoLock {
     cap: usize,
@@ -152,11 +153,7 @@ impl FifoLock {
     /// Holders right now (a writer counts as one).
     pub(crate) fn holders(&self) -> usize {
         let used = self.state.lock().used;
-        if used >= crate::semaphore::WRITER {
-            1
-        } else {
-            used
-        }
+        if used >= WRITER { 1 } else { used }
     }
 }
 
@@ -227,8 +224,7 @@ impl Drop for FifoAsync<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::semaphore::WRITER;
-    use crate::semaphore::tests::block_on;
+    use crate::local::raw::tests::block_on;
     use std::time::Duration;
 
     #[test]
@@ -242,12 +238,14 @@ mod tests {
             threads.push(std::thread::spawn(move || {
                 assert!(l2.lock_until(Mode::Exclusive, None));
                 order2.lock().push(i);
+                // SAFETY: this thread holds the lock in that mode (taken just above).
                 unsafe { l2.unlock(Mode::Exclusive) };
             }));
             while l.queued() < i + 1 {
                 std::thread::yield_now();
             }
         }
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { l.unlock(Mode::Exclusive) };
         for t in threads {
             t.join().unwrap();
@@ -291,6 +289,7 @@ mod tests {
                 .poll(&mut Context::from_waker(waker))
                 .is_pending()
         );
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { l.unlock(Mode::Exclusive) }; // granted to the future
         drop(fut);
         assert!(

@@ -65,10 +65,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::lost::LostFlag;
 use super::pg_tls;
-use super::{Backend, RemoteHold, error_chain as chain, outside_runtime, redact};
+use super::{Backend, ExternalHold, RemoteHold, Target, error_chain as chain, outside_runtime};
+use crate::config::redact;
 use crate::error::LockError;
-use crate::external::FileWait;
-use crate::semaphore::Mode;
+use crate::spec::{Mode, Wait};
 
 /// Idle sessions kept for reuse; more are closed when released.
 pub(crate) const MAX_IDLE: usize = 16;
@@ -183,15 +183,16 @@ impl Postgres {
 impl Backend for Postgres {
     fn lock(
         &self,
-        name: &str,
+        target: &Target<'_>,
         mode: Mode,
-        wait: FileWait,
-    ) -> Result<Option<Box<dyn RemoteHold>>, LockError> {
+        wait: Wait,
+    ) -> Result<Option<ExternalHold>, LockError> {
+        let (name, wait) = (target.name, wait.start());
         let key = key(name);
         let got = outside_runtime(|| self.pool.run(name, key, mode, wait))?;
         Ok(got.map(|(client, fence)| {
             let hold = PgHold::new(self.pool.clone(), client, key, mode, fence);
-            Box::new(hold) as Box<dyn RemoteHold>
+            ExternalHold::remote(hold)
         }))
     }
 }
@@ -199,7 +200,7 @@ impl Backend for Postgres {
 /// The statement that takes `key`: its last row's first column is `t` or
 /// `f` (the `try` functions) or empty (the blocking ones); with `fence`, a
 /// last statement (or column) draws the fencing token once it is taken.
-fn lock_sql(key: i64, mode: Mode, wait: FileWait, fence: bool) -> String {
+fn lock_sql(key: i64, mode: Mode, wait: Wait, fence: bool) -> String {
     let shared = if mode == Mode::Shared { "_shared" } else { "" };
     let token = if fence {
         format!("; SELECT nextval('{FENCE_SEQUENCE}')")
@@ -208,13 +209,13 @@ fn lock_sql(key: i64, mode: Mode, wait: FileWait, fence: bool) -> String {
     };
     match wait {
         // CASE: the token is drawn only if the lock was taken.
-        FileWait::Try if fence => format!(
+        Wait::Try if fence => format!(
             "SELECT CASE WHEN pg_try_advisory_lock{shared}({key}) \
              THEN nextval('{FENCE_SEQUENCE}')::text ELSE 'f' END"
         ),
-        FileWait::Try => format!("SELECT pg_try_advisory_lock{shared}({key})"),
-        FileWait::Block => format!("SELECT pg_advisory_lock{shared}({key}){token}"),
-        FileWait::Until(deadline) => {
+        Wait::Try => format!("SELECT pg_try_advisory_lock{shared}({key})"),
+        Wait::Block | Wait::Timeout(_) => format!("SELECT pg_advisory_lock{shared}({key}){token}"),
+        Wait::Until { deadline, .. } => {
             let left = deadline.saturating_duration_since(Instant::now());
             // Rounded up, so the wait never ends before the deadline; and
             // lock_timeout = 0 would mean "forever": a spent deadline is 1 ms.
@@ -235,7 +236,7 @@ impl Pool {
         name: &str,
         key: i64,
         mode: Mode,
-        wait: FileWait,
+        wait: Wait,
     ) -> Result<Option<(Client, Option<u64>)>, LockError> {
         let pooled = self.idle.lock().pop();
         if let Some(mut client) = pooled {
@@ -502,17 +503,24 @@ mod tests {
 
     #[test]
     fn deadlines_become_a_local_lock_timeout() {
-        let until = FileWait::Until(Instant::now() + Duration::from_millis(1500));
+        let until = Wait::Until {
+            deadline: Instant::now() + Duration::from_millis(1500),
+            timeout: Duration::from_millis(1500),
+        };
         let sql = lock_sql(7, Mode::Exclusive, until, false);
         assert!(sql.starts_with("SET LOCAL lock_timeout = 1"), "{sql}");
         assert!(sql.ends_with("; SELECT pg_advisory_lock(7)"), "{sql}");
-        let spent = lock_sql(7, Mode::Shared, FileWait::Until(Instant::now()), false);
+        let spent = Wait::Until {
+            deadline: Instant::now(),
+            timeout: Duration::ZERO,
+        };
+        let spent = lock_sql(7, Mode::Shared, spent, false);
         assert!(spent.starts_with("SET LOCAL lock_timeout = 1;"), "{spent}");
         assert_eq!(
-            lock_sql(-3, Mode::Shared, FileWait::Try, false),
+            lock_sql(-3, Mode::Shared, Wait::Try, false),
             "SELECT pg_try_advisory_lock_shared(-3)"
         );
-        let fenced = lock_sql(7, Mode::Exclusive, FileWait::Block, true);
+        let fenced = lock_sql(7, Mode::Exclusive, Wait::Block, true);
         assert_eq!(
             fenced,
             "SELECT pg_advisory_lock(7); SELECT nextval('lockutils_fence')"

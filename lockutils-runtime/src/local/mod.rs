@@ -1,46 +1,34 @@
-//! What kind of lock a name is, and its in-process primitive.
+//! The in-process primitives: what threads and async tasks of one process
+//! wait on.
+//!
+//! * [`raw`]: the default, barging lock word and wait queue (reader/writer
+//!   and counted modes);
+//! * [`fifo`]: the fair (first come, first served) variant;
+//! * [`timer`]: deadlines for async waits, with no async runtime required.
+//!
+//! [`Local`] picks one of them for a lock's [`Kind`]. Nothing here knows
+//! about names, files or servers.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::fifo::{FifoAsync, FifoLock};
-use crate::semaphore::{LockAsync, Mode, RawLock, WRITER};
+pub(crate) mod fifo;
+pub(crate) mod raw;
+pub(crate) mod timer;
 
-/// What every user of a lock name must agree on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Kind {
-    /// First come, first served.
-    pub(crate) fair: bool,
-    /// `Some(n)`: a counted semaphore; `None`: a reader/writer lock (whose
-    /// default, exclusive mode is a plain mutex).
-    pub(crate) permits: Option<u32>,
-}
+use fifo::{FifoAsync, FifoLock};
+use raw::{LockAsync, RawLock, WRITER};
 
-impl Kind {
-    pub(crate) const MUTEX: Kind = Kind {
-        fair: false,
-        permits: None,
-    };
+use crate::spec::{Kind, Mode};
 
-    fn capacity(self) -> usize {
-        match self.permits {
-            Some(n) => n as usize,
-            None => WRITER,
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.fair, self.permits) {
-            (false, None) => f.write_str("a lock"),
-            (true, None) => f.write_str("a fair lock"),
-            (false, Some(n)) => write!(f, "a semaphore of {n} permits"),
-            (true, Some(n)) => write!(f, "a fair semaphore of {n} permits"),
-        }
+/// The capacity of the primitive for `kind`: [`WRITER`] units for a
+/// reader/writer lock, `n` for a semaphore of `n` permits.
+fn capacity(kind: Kind) -> usize {
+    match kind.permits {
+        Some(n) => n as usize,
+        None => WRITER,
     }
 }
 
@@ -53,9 +41,9 @@ pub(crate) enum Local {
 impl Local {
     pub(crate) fn new(kind: Kind) -> Local {
         if kind.fair {
-            Local::Fair(FifoLock::new(kind.capacity()))
+            Local::Fair(FifoLock::new(capacity(kind)))
         } else {
-            Local::Barging(RawLock::new(kind.capacity()))
+            Local::Barging(RawLock::new(capacity(kind)))
         }
     }
 

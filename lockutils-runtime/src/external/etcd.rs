@@ -52,10 +52,10 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
 use super::lost::LostFlag;
-use super::{Backend, RemoteHold, error_chain, outside_runtime, redact};
+use super::{Backend, ExternalHold, RemoteHold, Target, error_chain, outside_runtime};
+use crate::config::redact;
 use crate::error::LockError;
-use crate::external::FileWait;
-use crate::semaphore::Mode;
+use crate::spec::{Mode, Wait};
 
 /// The lease time-to-live when the URL does not give `?ttl=`, in seconds.
 pub(crate) const DEFAULT_TTL: u64 = 10;
@@ -157,17 +157,18 @@ impl Etcd {
 impl Backend for Etcd {
     fn lock(
         &self,
-        name: &str,
+        target: &Target<'_>,
         mode: Mode,
-        wait: FileWait,
-    ) -> Result<Option<Box<dyn RemoteHold>>, LockError> {
+        wait: Wait,
+    ) -> Result<Option<ExternalHold>, LockError> {
+        let (name, wait) = (target.name, wait.start());
         let inner = &self.inner;
         let got = outside_runtime(|| {
             inner
                 .runtime
                 .block_on(inner.clone().acquire(name, mode, wait))
         });
-        Ok(got?.map(|h| Box::new(h) as Box<dyn RemoteHold>))
+        Ok(got?.map(ExternalHold::remote))
     }
 }
 
@@ -269,7 +270,7 @@ impl Inner {
         self: Arc<Self>,
         name: &str,
         mode: Mode,
-        wait: FileWait,
+        wait: Wait,
     ) -> Result<Option<EtcdHold>, LockError> {
         let to_error = |(op, mut cause): Failure| {
             if self.tls_without_cert && cause.contains("transport error") {
@@ -444,7 +445,7 @@ impl EtcdHold {
         client: &mut Client,
         name: &str,
         mode: Mode,
-        wait: FileWait,
+        wait: Wait,
     ) -> Result<bool, Failure> {
         let queue = format!("{}{}/", self.inner.prefix, escape(name));
         let role = if mode == Mode::Shared { "r" } else { "w" };
@@ -484,9 +485,9 @@ impl EtcdHold {
             return Ok(put.succeeded());
         }
         let deadline = match wait {
-            FileWait::Try => return Ok(false),
-            FileWait::Block => None,
-            FileWait::Until(d) => Some(tokio::time::Instant::from_std(d)),
+            Wait::Try => return Ok(false),
+            Wait::Block | Wait::Timeout(_) => None,
+            Wait::Until { deadline, .. } => Some(tokio::time::Instant::from_std(deadline)),
         };
         let mut lost = self.state.lost.subscribe();
         let waited = async {

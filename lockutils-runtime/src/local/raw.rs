@@ -17,7 +17,7 @@
 //! Writer preference: while a writer waits, new readers queue behind it
 //! instead of joining the readers inside, so readers cannot starve writers.
 //!
-//! [`FifoLock`](crate::fifo::FifoLock) is the fair (first come, first
+//! [`FifoLock`](super::fifo::FifoLock) is the fair (first come, first
 //! served) variant, in `fifo.rs`.
 //!
 //! There is no poisoning: a panicking holder's guard releases on unwind.
@@ -32,20 +32,14 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::timer::Sleep;
+use super::timer::Sleep;
+use crate::spec::Mode;
 
 /// Capacity of a reader/writer lock, and what a writer needs of it.
 pub(crate) const WRITER: usize = 1 << (usize::BITS - 2);
 
 /// Set in the state word while the queue is not empty.
 const PARKED: usize = 1 << (usize::BITS - 1);
-
-/// Exclusive (a writer, or any holder of a semaphore) or shared (a reader).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Mode {
-    Exclusive,
-    Shared,
-}
 
 /// Units a holder in `mode` needs of a primitive with capacity `cap`.
 #[inline]
@@ -418,6 +412,7 @@ pub(crate) mod tests {
             inside: AtomicUsize,
             n: std::cell::UnsafeCell<u64>,
         }
+        // SAFETY: `n` is only touched while `m` is held, which excludes other threads.
         unsafe impl Sync for Shared {}
         let s = Arc::new(Shared {
             m: RawLock::new(WRITER),
@@ -431,8 +426,10 @@ pub(crate) mod tests {
                     for _ in 0..20_000 {
                         assert!(s.m.lock_until(Mode::Exclusive, None));
                         assert_eq!(s.inside.fetch_add(1, Ordering::SeqCst), 0);
+                        // SAFETY: `m` is held, so no other thread touches `n`.
                         unsafe { *s.n.get() += 1 };
                         s.inside.fetch_sub(1, Ordering::SeqCst);
+                        // SAFETY: this thread holds the lock in that mode (taken just above).
                         unsafe { s.m.unlock(Mode::Exclusive) };
                     }
                 })
@@ -441,6 +438,7 @@ pub(crate) mod tests {
         for t in threads {
             t.join().unwrap();
         }
+        // SAFETY: every thread was joined: nobody else touches `n`.
         assert_eq!(unsafe { *s.n.get() }, 80_000);
         assert_eq!(s.m.holders(), 0);
     }
@@ -460,10 +458,12 @@ pub(crate) mod tests {
         l.writers_waiting.fetch_sub(1, Ordering::SeqCst);
         assert!(l.try_lock(Mode::Shared));
         for _ in 0..3 {
+            // SAFETY: this thread holds the lock in that mode (taken just above).
             unsafe { l.unlock(Mode::Shared) };
         }
         assert!(l.try_lock(Mode::Exclusive));
         assert!(!l.try_lock(Mode::Shared));
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { l.unlock(Mode::Exclusive) };
     }
 
@@ -475,6 +475,7 @@ pub(crate) mod tests {
         }
         assert!(!l.try_lock(Mode::Exclusive));
         assert_eq!(l.holders(), 3);
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { l.unlock(Mode::Exclusive) };
         assert!(l.lock_until(Mode::Exclusive, Some(Instant::now())));
     }
@@ -498,7 +499,9 @@ pub(crate) mod tests {
         assert!(l.lock_until(Mode::Shared, Some(Instant::now() + Duration::from_secs(10))));
         assert!(!w.join().unwrap());
         assert_eq!(l.holders(), 2);
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { l.unlock(Mode::Shared) };
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { l.unlock(Mode::Shared) };
         assert_eq!(l.state.load(Ordering::SeqCst), 0, "PARKED left set");
     }
@@ -519,6 +522,7 @@ pub(crate) mod tests {
                     }
                     assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
                     inside.fetch_sub(1, Ordering::SeqCst);
+                    // SAFETY: this thread holds the lock in that mode (taken just above).
                     unsafe { l.unlock(Mode::Exclusive) };
                 }
             }));
@@ -548,12 +552,14 @@ pub(crate) mod tests {
                         while Instant::now() < until {
                             std::hint::spin_loop();
                         }
+                        // SAFETY: this thread holds the lock in that mode (taken just above).
                         unsafe { l.unlock(Mode::Exclusive) };
                     } else {
                         timeouts.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 assert!(l.lock_until(Mode::Exclusive, None));
+                // SAFETY: this thread holds the lock in that mode (taken just above).
                 unsafe { l.unlock(Mode::Exclusive) };
                 done_tx.send(()).unwrap();
             });
@@ -577,8 +583,10 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         assert!(!m.lock_until(Mode::Exclusive, Some(t0 + Duration::from_millis(30))));
         assert!(t0.elapsed() >= Duration::from_millis(30));
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { m.unlock(Mode::Exclusive) };
         assert!(m.lock_until(Mode::Exclusive, Some(Instant::now())));
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { m.unlock(Mode::Exclusive) };
     }
 
@@ -592,9 +600,11 @@ pub(crate) mod tests {
             let fut = m2.lock_async(Mode::Exclusive, None);
             tx.send(()).unwrap();
             assert!(block_on(fut));
+            // SAFETY: this thread holds the lock in that mode (taken just above).
             unsafe { m2.unlock(Mode::Exclusive) };
         });
         rx.recv().unwrap();
+        // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { m.unlock(Mode::Exclusive) };
         waiter.join().unwrap();
         assert!(m.try_lock(Mode::Exclusive));
