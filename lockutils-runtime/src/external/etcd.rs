@@ -255,7 +255,42 @@ async fn request<T>(
     }
 }
 
+/// How long a cluster's requests are tried again on other members (a
+/// member going away, a leader election).
+const FAILOVER: Duration = Duration::from_secs(10);
+
+/// How long one try may take in a cluster before the next is sent: a
+/// request stuck on a member whose leader died is abandoned early.
+const CLUSTER_TRY: Duration = Duration::from_secs(2);
+
 impl Inner {
+    /// Runs a request; with several endpoints, tries again for up to
+    /// [`FAILOVER`] while it fails (another member may answer).
+    async fn persist<T, F: Future<Output = Result<T, etcd_client::Error>>>(
+        &self,
+        op: &'static str,
+        mut f: impl FnMut() -> F,
+    ) -> Result<T, Failure> {
+        let started = Instant::now();
+        loop {
+            let r = if self.endpoints.len() < 2 {
+                request(op, f()).await
+            } else {
+                match tokio::time::timeout(CLUSTER_TRY, f()).await {
+                    Ok(r) => r.map_err(failed(op)),
+                    Err(_) => Err((op, format!("no answer within {CLUSTER_TRY:?}"))),
+                }
+            };
+            match r {
+                Ok(r) => return Ok(r),
+                Err(e) if self.endpoints.len() < 2 || started.elapsed() >= FAILOVER => {
+                    return Err(e);
+                }
+                Err(_) => tokio::time::sleep(RETRY).await,
+            }
+        }
+    }
+
     async fn client(&self) -> Result<Client, Failure> {
         if let Some(c) = self.client.lock().clone() {
             return Ok(c);
@@ -290,7 +325,12 @@ impl Inner {
         // The lease lives `ttl` from when the server granted it, which is
         // after this; counting from here errs on the safe side.
         let asked = Instant::now();
-        let granted = request("grant a lease", client.lease_grant(self.ttl, None)).await;
+        let granted = self
+            .persist("grant a lease", || {
+                let (mut c, ttl) = (client.clone(), self.ttl);
+                async move { c.lease_grant(ttl, None).await }
+            })
+            .await;
         let lease = granted.map_err(to_error)?;
         let ttl = Duration::from_secs(lease.ttl().max(1) as u64);
         let state = Arc::new(LeaseState::new(ttl, asked));
@@ -314,7 +354,7 @@ impl Inner {
         }
         match r {
             Ok(true) => {
-                hold.watch_own_key(client).await.map_err(to_error)?;
+                hold.watch_own_key(client);
                 Ok(Some(hold))
             }
             Ok(false) => Ok(None),
@@ -374,32 +414,65 @@ impl LeaseState {
     }
 }
 
-/// Renews the lease every `ttl / 3` until aborted (released) or it fails.
+/// How long to wait before trying a broken stream again (another member
+/// of the cluster may answer).
+const RETRY: Duration = Duration::from_millis(100);
+
+/// Renews the lease every `ttl / 3` until aborted (released) or it is
+/// lost. A broken keepalive stream (a member going away) is opened again,
+/// to any member, for as long as the lease still lives.
 async fn keep_alive(mut client: Client, lease: i64, state: Arc<LeaseState>) {
     let period = (state.ttl / 3).max(Duration::from_millis(200));
-    let why = async {
-        let (mut keeper, mut stream) = client
-            .lease_keep_alive(lease)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        loop {
-            tokio::time::sleep(period).await;
-            let sent = Instant::now();
-            keeper.keep_alive().await.map_err(|e| error_chain(&e))?;
-            // An answer later than the lease's end is no use.
-            let left = state.ttl.saturating_sub(state.renewed.lock().elapsed());
-            match tokio::time::timeout(left, stream.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => *state.renewed.lock() = sent,
-                Ok(Ok(Some(_))) => return Err("the lease expired or was revoked".to_owned()),
-                Ok(Ok(None)) => return Err("the keepalive stream ended".to_owned()),
-                Ok(Err(e)) => return Err(error_chain(&e)),
-                Err(_) => return Err("no keepalive answer before the lease ran out".to_owned()),
-            }
+    let mut last_error = String::new();
+    let why = loop {
+        let left = state.ttl.saturating_sub(state.renewed.lock().elapsed());
+        if left.is_zero() {
+            break format!("not renewed within its time-to-live ({last_error})");
         }
+        match renew(&mut client, lease, &state, period).await {
+            Renewal::Gone => break "the lease expired or was revoked".to_owned(),
+            Renewal::Broken(e) => last_error = e,
+        }
+        tokio::time::sleep(RETRY).await;
     };
-    let r: Result<std::convert::Infallible, String> = why.await;
-    let Err(why) = r;
     state.lose(lease, &why);
+}
+
+/// How a keepalive stream ended.
+enum Renewal {
+    /// The server says the lease is gone.
+    Gone,
+    /// The stream failed: try again while the lease lives.
+    Broken(String),
+}
+
+/// Keeps the lease alive on one stream until the stream fails.
+async fn renew(client: &mut Client, lease: i64, state: &LeaseState, period: Duration) -> Renewal {
+    let broken = |e: etcd_client::Error| Renewal::Broken(error_chain(&e));
+    let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+        Ok(s) => s,
+        Err(e) => return broken(e),
+    };
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(period).await;
+        }
+        first = false;
+        let sent = Instant::now();
+        if let Err(e) = keeper.keep_alive().await {
+            return broken(e);
+        }
+        // An answer later than the lease's end is no use.
+        let left = state.ttl.saturating_sub(state.renewed.lock().elapsed());
+        match tokio::time::timeout(left, stream.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => *state.renewed.lock() = sent,
+            Ok(Ok(Some(_))) => return Renewal::Gone,
+            Ok(Ok(None)) => return Renewal::Broken("the keepalive stream ended".into()),
+            Ok(Err(e)) => return broken(e),
+            Err(_) => return Renewal::Broken("no keepalive answer in time".into()),
+        }
+    }
 }
 
 /// A lock held (or being taken) with one lease.
@@ -429,7 +502,11 @@ impl EtcdHold {
             w.abort();
         }
         let lease = self.lease;
-        if let Err((_, cause)) = request("release", client.lease_revoke(lease)).await {
+        let revoked = self.inner.persist("release", || {
+            let mut c = client.clone();
+            async move { c.lease_revoke(lease).await }
+        });
+        if let Err((_, cause)) = revoked.await {
             tracing::debug!(
                 lease = format_args!("{lease:x}"),
                 %cause,
@@ -475,7 +552,13 @@ impl EtcdHold {
                 ),
                 TxnOp::get(blockers.as_str(), Some(oldest)),
             ]);
-        let put = request("queue", client.txn(txn)).await?;
+        let put = self
+            .inner
+            .persist("queue", || {
+                let (mut c, txn) = (client.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            })
+            .await?;
         self.revision = put.header().map_or(0, |h| h.revision());
         let first_blocker = put.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.create_revision()),
@@ -506,7 +589,15 @@ impl EtcdHold {
             },
         }
         // Our turn came; make sure it is still ours (etcd-io/etcd#9921).
-        let mine = request("check the lock key", client.get(self.key.as_str(), None)).await?;
+        // A member going away fails a request or two: ask again, for as
+        // long as the lease lives.
+        let mine = loop {
+            match request("check the lock key", client.get(self.key.as_str(), None)).await {
+                Ok(m) => break m,
+                Err(e) if self.state.is_lost() => return Err(e),
+                Err(_) => tokio::time::sleep(RETRY).await,
+            }
+        };
         match mine.kvs().first() {
             Some(kv) if kv.create_revision() == self.revision && !self.state.is_lost() => Ok(true),
             _ => Err((
@@ -517,61 +608,86 @@ impl EtcdHold {
     }
 
     /// Starts watching our key from just after it was created: a deletion
-    /// (by anyone, while the lease may still live) loses the lock. The
-    /// watch is set up before the lock is handed out, so nothing is missed.
-    async fn watch_own_key(&mut self, mut client: Client) -> Result<(), Failure> {
+    /// (by anyone, while the lease may still live) loses the lock. Since
+    /// the watch starts at that revision, a deletion before the watch is
+    /// set up is seen too.
+    fn watch_own_key(&mut self, mut client: Client) {
         *self.state.describe.lock() = self.describe();
         let options = WatchOptions::new()
             .with_start_revision(self.revision + 1)
             .with_filters([WatchFilterType::NoPut]);
-        let watching = client.watch(self.key.as_str(), Some(options));
-        let mut events = request("watch the lock key", watching).await?;
-        let (state, lease) = (self.state.clone(), self.lease);
+        let (state, lease, key) = (self.state.clone(), self.lease, self.key.clone());
         self.key_watch = Some(self.inner.runtime.spawn(async move {
-            let why = loop {
-                match events.message().await {
-                    Ok(Some(r)) if !r.events().is_empty() => break "the lock key was deleted",
-                    Ok(Some(r)) if r.canceled() => break "the watch on the lock key was canceled",
-                    Ok(Some(_)) => {}
-                    // The stream broke (e.g. the member went away): the
-                    // keepalive tells whether the lease survives.
-                    Ok(None) | Err(_) => return,
+            loop {
+                // Until this works, or the hold ends (the task is aborted).
+                let watching = client.watch(key.as_str(), Some(options.clone())).await;
+                let Ok(mut events) = watching else {
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                };
+                loop {
+                    match events.message().await {
+                        Ok(Some(r)) if !r.events().is_empty() => {
+                            return state.lose(lease, "the lock key was deleted");
+                        }
+                        Ok(Some(r)) if r.canceled() => {
+                            return state.lose(lease, "the watch on the lock key was canceled");
+                        }
+                        Ok(Some(_)) => {}
+                        // The stream broke (e.g. a member went away): watch
+                        // again from the same revision.
+                        Ok(None) | Err(_) => break,
+                    }
                 }
-            };
-            state.lose(lease, why);
+                tokio::time::sleep(RETRY).await;
+            }
         }));
-        Ok(())
     }
 
-    /// Waits until no key in `blockers` is older than ours.
+    /// Any request or watch that fails (a member going away) is tried
+    /// again: the wait ends only when it is our turn, or (in the caller)
+    /// when the lease is lost or the deadline passes.
     async fn await_turn(&self, client: &mut Client, blockers: &str) -> Result<(), Failure> {
         loop {
-            let newest_older = GetOptions::new()
-                .with_prefix()
-                .with_max_create_revision(self.revision - 1)
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_limit(1)
-                .with_keys_only();
-            let found = request("wait", client.get(blockers, Some(newest_older))).await?;
-            let Some(ahead) = found.kvs().first() else {
-                return Ok(());
-            };
-            let seen = found.header().map_or(0, |h| h.revision());
-            // Every event after what we read, so a deletion in between is
-            // not missed.
-            let options = WatchOptions::new()
-                .with_start_revision(seen + 1)
-                .with_filters([WatchFilterType::NoPut]);
-            let mut events = client
-                .watch(ahead.key(), Some(options))
-                .await
-                .map_err(failed("wait"))?;
-            loop {
-                match events.message().await.map_err(failed("wait"))? {
-                    Some(r) if !r.events().is_empty() || r.canceled() => break,
-                    Some(_) => {}
-                    None => return Err(("wait", "the watch ended".to_owned())),
+            match self.next_turn(client, blockers).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err((_, cause)) => {
+                    tracing::debug!(%cause, "lockutils: etcd wait interrupted; trying again");
+                    tokio::time::sleep(RETRY).await;
                 }
+            }
+        }
+    }
+
+    /// One look at the queue: `Ok(true)` our turn; `Ok(false)` the key we
+    /// waited for went away (look again).
+    async fn next_turn(&self, client: &mut Client, blockers: &str) -> Result<bool, Failure> {
+        let newest_older = GetOptions::new()
+            .with_prefix()
+            .with_max_create_revision(self.revision - 1)
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
+        let found = request("wait", client.get(blockers, Some(newest_older))).await?;
+        let Some(ahead) = found.kvs().first() else {
+            return Ok(true);
+        };
+        let seen = found.header().map_or(0, |h| h.revision());
+        // Every event after what we read, so a deletion in between is
+        // not missed.
+        let options = WatchOptions::new()
+            .with_start_revision(seen + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let mut events = client
+            .watch(ahead.key(), Some(options))
+            .await
+            .map_err(failed("wait"))?;
+        loop {
+            match events.message().await.map_err(failed("wait"))? {
+                Some(r) if !r.events().is_empty() || r.canceled() => return Ok(false),
+                Some(_) => {}
+                None => return Err(("wait", "the watch ended".to_owned())),
             }
         }
     }

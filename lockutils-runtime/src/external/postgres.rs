@@ -21,8 +21,9 @@
 //! * **Dead holders**: the server ends a session when its client dies, and
 //!   with it the session's locks. A killed process closes its socket, so the
 //!   lock is free at once. A host that vanishes is detected by the server's
-//!   TCP keepalive, which every session sets for itself
-//!   ([`SERVER_OPTIONS`]): 5 s idle, then 3 probes 2 s apart, so the locks
+//!   TCP keepalive, which every session sets for itself with `set_config`
+//!   right after connecting ([`SESSION_SETTINGS`]; not the `options`
+//!   startup parameter, which PgBouncer refuses by default): 5 s idle, then 3 probes 2 s apart, so the locks
 //!   of a dead or unreachable host are free after about 11 s;
 //!   `tcp_user_timeout` = 10 s bounds the time unacknowledged data may wait.
 //!   The client side uses the same figures.
@@ -42,6 +43,16 @@
 //!   `statement_timeout`, `lock_timeout` and `idle_session_timeout` are set
 //!   to 0 for our sessions, so server defaults cannot cut a wait short or
 //!   end a session that sits idle while it holds a lock.
+//!
+//! * **Poolers**: PgBouncer in session mode works (the settings above then
+//!   apply between PgBouncer and the server; PgBouncer's own
+//!   `tcp_keepalive` settings cover the client side). Transaction or
+//!   statement pooling would run a lock and its unlock on different server
+//!   sessions, so the first connection checks: a second session's first
+//!   statement must not run on the first session's server backend, and the
+//!   first session's next statement must run on the same backend as its
+//!   first (`pg_backend_pid()`). Otherwise every lock fails with a
+//!   `LockError::Backend` that says so.
 //!
 //! Any of the client settings may be overridden in the URL
 //! (`?keepalives_idle=30&connect_timeout=10`, as libpq names them).
@@ -73,10 +84,13 @@ use crate::spec::{Mode, Wait};
 /// Idle sessions kept for reuse; more are closed when released.
 pub(crate) const MAX_IDLE: usize = 16;
 
-/// Settings for the server's half of each session (libpq `options`).
-pub(crate) const SERVER_OPTIONS: &str = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 \
-     -c tcp_keepalives_count=3 -c tcp_user_timeout=10000 -c statement_timeout=0 \
-     -c lock_timeout=0 -c idle_session_timeout=0";
+/// Settings for the server's half of each session, made right after
+/// connecting; a setting this server does not know is skipped.
+pub(crate) const SESSION_SETTINGS: &str = "SELECT count(set_config(name, value, false)) FROM \
+     (VALUES ('tcp_keepalives_idle', '5'), ('tcp_keepalives_interval', '2'), \
+     ('tcp_keepalives_count', '3'), ('tcp_user_timeout', '10000'), ('statement_timeout', '0'), \
+     ('lock_timeout', '0'), ('idle_session_timeout', '0')) AS s(name, value) \
+     WHERE name IN (SELECT name FROM pg_settings)";
 
 /// How long a held session's check waits for the server to answer.
 pub(crate) const ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,6 +124,9 @@ struct Pool {
     idle: Mutex<Vec<Client>>,
     /// Whether [`FENCE_SEQUENCE`] exists (decided on the first connect).
     fencing: std::sync::OnceLock<bool>,
+    /// Whether sessions are real (not pooled per transaction), found by
+    /// the first connect: `Err` says why not.
+    sessions: std::sync::OnceLock<Result<(), String>>,
     /// The held sessions, for the checking thread.
     held: Mutex<Vec<Weak<Held>>>,
     checking: Once,
@@ -160,17 +177,13 @@ impl Postgres {
         if config.get_application_name().is_none() {
             config.application_name("lockutils");
         }
-        let options = match config.get_options() {
-            Some(theirs) => format!("{SERVER_OPTIONS} {theirs}"),
-            None => SERVER_OPTIONS.to_owned(),
-        };
-        config.options(&options);
         let pool = Pool {
             config,
             tls,
             url: redact(url),
             idle: Mutex::new(Vec::new()),
             fencing: std::sync::OnceLock::new(),
+            sessions: std::sync::OnceLock::new(),
             held: Mutex::new(Vec::new()),
             checking: Once::new(),
         };
@@ -289,12 +302,62 @@ impl Pool {
         }
     }
 
-    fn connect(&self, name: &str) -> Result<Client, LockError> {
-        let connected = match &self.tls {
+    /// A new session with [`SESSION_SETTINGS`] made.
+    fn session(&self) -> Result<Client, ::postgres::Error> {
+        let mut client = match &self.tls {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(NoTls),
+        }?;
+        client.simple_query(SESSION_SETTINGS)?;
+        Ok(client)
+    }
+
+    /// Whether statements of one session run on one server backend (see
+    /// the module docs): checked with `first` and a second session, once.
+    fn check_sessions(&self, first: &mut Client) -> Result<(), ::postgres::Error> {
+        if self.sessions.get().is_some() {
+            return Ok(());
+        }
+        let pid = |c: &mut Client| -> Result<String, ::postgres::Error> {
+            let rows = c.simple_query("SELECT pg_backend_pid()")?;
+            Ok(rows
+                .iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap_or_default())
         };
-        let mut client = connected.map_err(|e| self.error(name, "connect", &e))?;
+        let mine = pid(first)?;
+        let mut second = self.session()?;
+        let theirs = pid(&mut second)?;
+        let again = pid(first)?;
+        let verdict = if mine == theirs || mine != again {
+            Err(format!(
+                "the server is behind a pooler in transaction or statement mode: statements \
+                 ran on server backends {mine}, {theirs} (another session), {again}; session \
+                 advisory locks need whole sessions: pool_mode = session, or connect directly"
+            ))
+        } else {
+            Ok(())
+        };
+        drop(second); // closed: the pool grows only with demand
+        let _ = self.sessions.set(verdict);
+        Ok(())
+    }
+
+    fn connect(&self, name: &str) -> Result<Client, LockError> {
+        if let Some(Err(why)) = self.sessions.get() {
+            return Err(self.refused(name, why));
+        }
+        let mut client = self
+            .session()
+            .map_err(|e| self.error(name, "connect", &e))?;
+        self.check_sessions(&mut client)
+            .map_err(|e| self.error(name, "connect", &e))?;
+        if let Some(Err(why)) = self.sessions.get() {
+            return Err(self.refused(name, why));
+        }
         if self.fencing.get().is_none() {
             let made =
                 client.simple_query(&format!("CREATE SEQUENCE IF NOT EXISTS {FENCE_SEQUENCE}"));
@@ -330,6 +393,15 @@ impl Pool {
         } else {
             drop(idle);
             drop(client); // closed outside the pool's lock
+        }
+    }
+
+    fn refused(&self, name: &str, why: &str) -> LockError {
+        LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op: "connect",
+            cause: why.to_owned(),
         }
     }
 
