@@ -1,9 +1,10 @@
 //! Uncontended acquire + release of an `external` lock on each lock server,
 //! against a raw client doing the same calls on an open connection.
 //!
-//! `cargo bench --bench backends --features postgres,etcd` starts a
-//! throwaway PostgreSQL and etcd (as the tests do,
-//! `tests/support/servers.rs`) and prints one table. Figures are
+//! `cargo bench --bench backends --features postgres,etcd,redis` starts
+//! throwaway servers (as the tests do, `tests/support/servers.rs`) and
+//! prints two tables: the first acquisition on a new URL (connect, TLS
+//! handshake included) with and without TLS, then the steady state. Figures are
 //! microseconds per acquire + release: the median over samples (each the
 //! mean of a batch), and the minimum.
 //!
@@ -18,6 +19,8 @@
 //!   sent over one open HTTP/1.1 connection to etcd's JSON gateway. The
 //!   gateway adds a hop inside etcd, so this somewhat overstates the raw
 //!   gRPC cost; the four requests are dominated by three raft writes.
+//! * Redis: the `redis` crate on one open connection sending what
+//!   lockutils sends (the acquire script, the release script).
 #![cfg(unix)]
 
 #[path = "../tests/support/servers.rs"]
@@ -27,6 +30,118 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Instant;
+
+/// The first acquire + release on a URL not used before (a new backend:
+/// connect, authenticate, TLS handshake), median of 5, in milliseconds,
+/// plain and with TLS.
+fn first_use(pg: &str, etcd: &str, redis: &str) {
+    let c = servers::certs();
+    let pg_tls = servers::postgres_tls().port;
+    let etcd_tls = servers::etcd_tls();
+    let redis_tls = servers::redis_tls();
+    let ca = c.ca.display().to_string();
+    let mutual = format!(
+        "cacert={ca}&cert={}&key={}",
+        c.client_cert.display(),
+        c.client_key.display()
+    );
+    type Url = Box<dyn Fn(usize) -> String>;
+    let (pg, etcd, redis) = (pg.to_owned(), etcd.to_owned(), redis.to_owned());
+    let ca2 = ca.clone();
+    let cases: Vec<(&str, Url)> = vec![
+        (
+            "postgres://",
+            Box::new(move |i| format!("{pg}?application_name=b{i}")),
+        ),
+        (
+            "postgres:// sslmode=verify-full",
+            Box::new(move |i| {
+                format!(
+                    "postgres://postgres:{}@localhost:{pg_tls}/postgres?application_name=b{i}\
+                     &sslmode=verify-full&sslrootcert={ca2}",
+                    servers::TLS_PG_PASSWORD
+                )
+            }),
+        ),
+        ("etcd://", Box::new(move |i| format!("{etcd}/b{i}"))),
+        (
+            "etcd:// cacert+cert+key (mutual TLS)",
+            Box::new(move |i| format!("etcd://localhost:{etcd_tls}/b{i}?{mutual}")),
+        ),
+        (
+            "redis://",
+            Box::new(move |i| format!("{redis}?ttl={}", 10 + i)),
+        ),
+        (
+            "rediss:// cacert",
+            Box::new(move |i| {
+                format!(
+                    "rediss://localhost:{redis_tls}/0?ttl={}&cacert={ca}",
+                    10 + i
+                )
+            }),
+        ),
+    ];
+    println!("\nFirst acquire + release on a new URL (connect, TLS handshake), ms, median of 5");
+    println!("| {:<40} | {:>10} |", "URL", "first use");
+    println!("|{:-<42}|{:->12}|", "", ":");
+    for (name, url) in &cases {
+        let mut ms: Vec<f64> = (0..5)
+            .map(|i| {
+                let url = url(i);
+                let t = Instant::now();
+                drop(
+                    lockutils::lock("bench-first")
+                        .external()
+                        .backend(&url)
+                        .acquire()
+                        .unwrap(),
+                );
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        println!("| {:<40} | {:>10.2} |", name, ms[2]);
+    }
+}
+
+/// The Redis backend's two requests, on one open connection.
+struct RawRedis {
+    con: redis::Connection,
+}
+
+impl RawRedis {
+    fn connect(url: &str) -> RawRedis {
+        let client = redis::Client::open(url).unwrap();
+        RawRedis {
+            con: client.get_connection().unwrap(),
+        }
+    }
+
+    fn lock_unlock(&mut self) {
+        let acquire = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+             return {redis.call('INCR', KEYS[2]), 0} end return {0, redis.call('PTTL', KEYS[1])}";
+        let release = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) \
+             redis.call('PUBLISH', KEYS[2], '1') return 1 end return 0";
+        let _: (u64, i64) = redis::cmd("EVAL")
+            .arg(acquire)
+            .arg(2)
+            .arg("raw:bench")
+            .arg("raw:bench:fence")
+            .arg("token")
+            .arg(10_000)
+            .query(&mut self.con)
+            .unwrap();
+        let _: i64 = redis::cmd("EVAL")
+            .arg(release)
+            .arg(2)
+            .arg("raw:bench")
+            .arg("raw:bench:released")
+            .arg("token")
+            .query(&mut self.con)
+            .unwrap();
+    }
+}
 
 /// One measured variant: per-sample microseconds per operation.
 struct Row {
@@ -93,8 +208,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let dir = std::env::temp_dir().join(format!("lockutils-bench-{}", std::process::id()));
-    let (pg, etcd) = (servers::postgres(), servers::etcd());
+    let (pg, etcd, redis) = (servers::postgres(), servers::etcd(), servers::redis());
+    first_use(pg, etcd, redis);
     let mut raw = RawEtcd::connect(etcd);
+    let mut raw_redis = RawRedis::connect(redis);
     let acquire = |lock: lockutils::Lock<'_>| drop(lock.acquire().unwrap());
     let variants: Vec<Variant<'_>> = vec![
         (
@@ -126,6 +243,16 @@ fn main() {
         (
             "raw etcd (JSON gateway), open connection",
             Box::new(batch(30 * scale, || raw.lock_unlock())),
+        ),
+        (
+            "lockutils, redis://",
+            Box::new(batch(1000 * scale, || {
+                acquire(lockutils::lock("bench").external().backend(redis))
+            })),
+        ),
+        (
+            "raw redis crate, the same 2 scripts, open connection",
+            Box::new(batch(1000 * scale, || raw_redis.lock_unlock())),
         ),
     ];
     let rows = interleave(10, variants);

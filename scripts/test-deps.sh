@@ -5,6 +5,9 @@
 #   postgresql      initdb/postgres/psql/pgbench: the tests run a throwaway cluster
 #   etcd-server     etcd: the tests run a throwaway member
 #   etcd-client     etcdctl: the etcd tests revoke leases from outside
+#   redis-server    redis-server, redis-cli: the Redis backend tests
+#   pgbouncer       the pooler tests (session and transaction mode)
+#   openssl         test certificates (a CA, server and client certificates)
 #   protobuf-compiler, libprotobuf-dev   protoc, for building the etcd client
 #   util-linux      flock(1): the flock(2) interop tests hold locks with it
 # Needs root or sudo only when something is missing.
@@ -18,6 +21,10 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler libprotobuf-dev)
 command -v flock >/dev/null || need+=(util-linux)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v pgbouncer >/dev/null || need+=(pgbouncer)
+command -v openssl >/dev/null || need+=(openssl)
 
 if ((${#need[@]} == 0)); then
     exit 0

@@ -210,7 +210,7 @@
 pub use lockutils_macros::synchronized;
 pub use lockutils_runtime::{
     AsyncLockGuard, BACKEND_ENV, LOCK_ORDER_ENV, LOCK_PATH_ENV, Location, Lock, LockError,
-    LockGuard, LockName, LockOrderCheck, NameProblem, lock, lock_order_check, lock_path,
+    LockGuard, LockName, LockOrderCheck, Lost, NameProblem, lock, lock_order_check, lock_path,
     locks_held, process_locking, redact_url, remove_external_lock_file, reset_lock_path,
     set_backend, set_lock_order_check, set_lock_path, set_process_locking,
 };

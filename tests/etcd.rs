@@ -244,23 +244,45 @@ fn a_revoked_lease_is_lost_and_the_lock_free_for_others() {
     let guard = etcd_lock(name, &url, "exclusive").acquire().unwrap();
     assert!(!guard.is_lost());
     assert_eq!(try_in_child(name, "exclusive"), "wouldblock");
-    etcdctl(&["lease", "revoke", &lease_of(&describe(&guard))]);
-    // The holder learns it at its next keepalive (every ttl/3).
+    let lost = guard.lost();
     let revoked = Instant::now();
-    while !guard.is_lost() {
-        assert!(
-            revoked.elapsed() < Duration::from_secs(SHORT_TTL + 5),
-            "never noticed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    println!("etcd: revoked lease noticed after {:?}", revoked.elapsed());
+    etcdctl(&["lease", "revoke", &lease_of(&describe(&guard))]);
+    // Revoking deletes the key: the watch on it tells at once, and the
+    // keepalive would within ttl/3.
+    support::block_on_within(Duration::from_secs(SHORT_TTL + 2), lost);
+    let took = revoked.elapsed();
+    println!("etcd: revoked lease told lost after {took:?} (ttl {SHORT_TTL} s)");
+    assert!(guard.is_lost());
+    assert!(took < Duration::from_secs(SHORT_TTL), "took {took:?}");
     assert_eq!(
         try_in_child(name, "exclusive"),
         "ok",
         "the server gave the lock away"
     );
     drop(guard);
+}
+
+#[test]
+fn a_key_deleted_while_its_lease_lives_is_told_lost() {
+    let name = "etcd-key-deleted";
+    let guard = etcd_lock(name, servers::etcd(), "exclusive")
+        .acquire()
+        .unwrap();
+    let key = describe(&guard)
+        .split(" key ")
+        .nth(1)
+        .and_then(|k| k.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let lost = guard.lost();
+    let deleted = Instant::now();
+    assert_eq!(etcdctl(&["del", &key]), "1");
+    support::block_on_within(Duration::from_secs(5), lost);
+    let took = deleted.elapsed();
+    println!("etcd: a deleted key was told lost after {took:?}");
+    assert!(guard.is_lost(), "the lease lives, but the key is gone");
+    // The ttl is the default 10 s: only the watch explains this.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
 }
 
 #[test]

@@ -224,12 +224,19 @@ fn a_session_ended_by_the_server_is_lost() {
     let guard = pg_lock("pg-lost", "exclusive").acquire().unwrap();
     assert!(!guard.is_lost());
     let (classid, objid) = pg_locks_id(&describe(&guard));
+    let lost = guard.lost();
+    let terminated = Instant::now();
     let ended = psql(&format!(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' \
          AND classid = {classid} AND objid = {objid} AND objsubid = 1 AND granted"
     ));
     assert_eq!(ended, "1");
+    support::block_on_within(Duration::from_secs(10), lost);
+    let took = terminated.elapsed();
+    println!("postgres: a terminated session was told lost after {took:?}");
     assert!(guard.is_lost(), "the holder's session was terminated");
+    // Checked every second, answered within two.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
     drop(guard);
     // The dead session was not pooled: the next holder works.
     let again = pg_lock("pg-lost", "exclusive")
@@ -237,6 +244,48 @@ fn a_session_ended_by_the_server_is_lost() {
         .acquire()
         .unwrap();
     assert!(!again.is_lost());
+}
+
+#[test]
+fn is_lost_asks_no_one() {
+    let guard = pg_lock("pg-is-lost-local", "exclusive").acquire().unwrap();
+    let started = Instant::now();
+    for _ in 0..1000 {
+        assert!(!guard.is_lost());
+    }
+    // A round trip each would take far longer than 1000 flag reads.
+    assert!(
+        started.elapsed() < Duration::from_millis(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn fencing_tokens_strictly_increase_across_acquisitions_and_processes() {
+    let name = "pg-fencing";
+    let mut last = 0;
+    for round in 0..4 {
+        let mine = pg_lock(name, "exclusive").acquire().unwrap();
+        let token = mine.fencing_token().expect("a fencing token");
+        assert!(token > last, "round {round}: {token} after {last}");
+        drop(mine);
+        let tried = pg_lock(name, "exclusive")
+            .blocking(false)
+            .acquire()
+            .unwrap();
+        let next = tried.fencing_token().expect("a token from the try path");
+        assert!(next > token, "round {round}: {next} after {token}");
+        drop(tried);
+        let timed = pg_lock(name, "exclusive")
+            .timeout(Duration::from_secs(5))
+            .acquire()
+            .unwrap();
+        last = timed
+            .fencing_token()
+            .expect("a token from the deadline path");
+        assert!(last > next, "round {round}: {last} after {next}");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ use crate::external::Location;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::external::Lost;
 use crate::hold::Hold;
 use crate::order::{AsyncHold, SyncHold};
 use crate::registry::{self, Entry};
@@ -255,6 +256,17 @@ impl LockGuard {
         self.hold.open_file().map(|f| f.as_fd())
     }
 
+    /// For a lock held on a lock server: a future that completes when the
+    /// lock is lost (the backend's keepalive found its session, lease or key
+    /// gone; a `tracing` warning says so too). It does not hold the lock or
+    /// borrow the guard, so it can be raced against the work the lock
+    /// protects (`select!`) or awaited on another task. It never completes
+    /// if the guard is dropped first, nor for locks that cannot be lost
+    /// (in-process, lock files).
+    pub fn lost(&self) -> Lost {
+        self.hold.lost()
+    }
+
     pub(crate) fn hold_mut(&mut self) -> &mut Hold {
         &mut self.hold
     }
@@ -338,6 +350,11 @@ impl AsyncLockGuard {
     /// See [`LockGuard::is_lost`].
     pub fn is_lost(&self) -> bool {
         self.hold.is_lost()
+    }
+
+    /// See [`LockGuard::lost`].
+    pub fn lost(&self) -> Lost {
+        self.hold.lost()
     }
 }
 

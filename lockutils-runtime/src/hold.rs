@@ -4,7 +4,7 @@ use std::mem::ManuallyDrop;
 use std::ops::Deref;
 
 use crate::error::LockError;
-use crate::external::{ExternalHold, Location};
+use crate::external::{ExternalHold, Location, Lost};
 use crate::registry::{Entry, Handle};
 use crate::spec::Mode;
 
@@ -136,6 +136,11 @@ impl Hold {
                 remote.close();
             }
         }
+    }
+
+    /// A future that completes when the server lock is lost.
+    pub(crate) fn lost(&self) -> Lost {
+        Lost::new(self.external.as_ref().and_then(ExternalHold::lost_flag))
     }
 
     /// Releases and closes the lock file (after it was removed), keeping

@@ -34,7 +34,7 @@ pub use config::{
     set_process_locking,
 };
 pub use error::{LockError, NameProblem};
-pub use external::{Location, set_backend};
+pub use external::{Location, Lost, set_backend};
 pub use guard::{AsyncLockGuard, LockGuard, locks_held};
 pub use holders::{
     HoldKind, HoldMode, Holder, Holders, HoldersSource, holders, holders_of_file, holders_of_files,

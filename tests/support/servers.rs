@@ -15,6 +15,9 @@
 //! [`POSTGRES_ENV`] / [`ETCD_ENV`], which also lets a run use servers
 //! started elsewhere.
 //!
+//! More servers (certificates, TLS-only PostgreSQL and etcd, a 3-member etcd
+//! cluster, redis-server, pgbouncer) are in `servers_more.rs`.
+//!
 //! Missing server binaries fail the test with the command that installs
 //! them; they are never a reason to skip.
 #![allow(dead_code)] // each test binary uses one of the servers
@@ -31,6 +34,12 @@ use std::time::{Duration, Instant};
 pub const POSTGRES_ENV: &str = "LOCKUTILS_TEST_POSTGRES_URL";
 /// The URL of the etcd server to use, if already running.
 pub const ETCD_ENV: &str = "LOCKUTILS_TEST_ETCD_URL";
+/// The URL of the Redis server to use, if already running.
+pub const REDIS_ENV: &str = "LOCKUTILS_TEST_REDIS_URL";
+
+#[path = "servers_more.rs"]
+mod more;
+pub use more::*;
 
 /// How long a server may take to start.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -133,9 +142,24 @@ pub fn pg_bin() -> PathBuf {
 }
 
 fn start_postgres() -> String {
+    let port = start_cluster("pg", None).port;
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// A running PostgreSQL cluster: its port and its unix socket directory.
+pub struct PgCluster {
+    pub port: u16,
+    pub socket_dir: PathBuf,
+}
+
+/// Starts a PostgreSQL cluster on 127.0.0.1 (and 127.0.0.2). With `tls`:
+/// TLS only (pg_hba `hostssl`, SCRAM password [`TLS_PG_PASSWORD`] for the
+/// user `postgres`), with the server certificate of `tls`; the unix socket
+/// trusts local users either way (for `psql`).
+fn start_cluster(kind: &str, tls: Option<&Certs>) -> PgCluster {
     let bin = pg_bin();
     let user = RunAs::pick();
-    let dir = server_dir("pg", &user);
+    let dir = server_dir(kind, &user);
     let data = dir.join("data");
     let mut initdb = user.command(bin.join("initdb"));
     initdb.arg("-D").arg(&data).args([
@@ -162,7 +186,7 @@ fn start_postgres() -> String {
         .arg(&data)
         .arg("-k")
         .arg(&dir)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-h", "127.0.0.1,127.0.0.2", "-p", &port.to_string()])
         // A throwaway cluster: durability is not the point.
         .args([
             "-c",
@@ -173,10 +197,81 @@ fn start_postgres() -> String {
             "full_page_writes=off",
         ])
         .args(["-c", "max_connections=300"]);
+    if let Some(certs) = tls {
+        tls_only(&data, certs, &user);
+        server.args(["-c", "ssl=on", "-c", "password_encryption=scram-sha-256"]);
+    }
     // SIGINT: a fast shutdown (SIGTERM would wait for our pooled sessions).
     let ready = "database system is ready to accept connections";
-    start(server, "postgres", ready, libc::SIGINT, dir);
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    let (_, log) = spawn_logged(server, "postgres", libc::SIGINT, dir.clone());
+    await_line(&log, "postgres", ready);
+    if tls.is_some() {
+        let set = format!("ALTER USER postgres PASSWORD '{TLS_PG_PASSWORD}'");
+        psql_socket(&dir, port, &set);
+    }
+    PgCluster {
+        port,
+        socket_dir: dir,
+    }
+}
+
+/// The password of `postgres` on [`postgres_tls`].
+pub const TLS_PG_PASSWORD: &str = "tls-s3cret";
+
+/// Makes the cluster in `data` TLS-only: its certificate and key (owned by
+/// the server's user, mode 0600 as PostgreSQL demands), and a pg_hba.conf
+/// that accepts TCP only as `hostssl` with a password.
+fn tls_only(data: &Path, certs: &Certs, user: &RunAs) {
+    use std::os::unix::fs::PermissionsExt;
+    for (from, to) in [
+        (&certs.server_cert, "server.crt"),
+        (&certs.server_key, "server.key"),
+    ] {
+        let dest = data.join(to);
+        std::fs::copy(from, &dest).expect("copy the server certificate");
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+        user.chown(&dest);
+    }
+    let hba = "local all all trust\n\
+               hostssl all all 127.0.0.1/32 scram-sha-256\n\
+               hostssl all all 127.0.0.2/32 scram-sha-256\n";
+    std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+}
+
+/// The TLS-only PostgreSQL cluster (see [`start_cluster`]), started on
+/// first use.
+pub fn postgres_tls() -> &'static PgCluster {
+    static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| start_cluster("pgtls", Some(certs())))
+}
+
+/// Runs `sql` with `psql` over the unix socket in `dir`; its output.
+pub fn psql_socket(dir: &Path, port: u16, sql: &str) -> String {
+    let out = Command::new(pg_bin().join("psql"))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+        ])
+        .arg("-h")
+        .arg(dir)
+        .args(["-p", &port.to_string(), "-d", "postgres", "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql -c {sql:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("psql output is UTF-8")
+        .trim()
+        .to_owned()
 }
 
 /// The user a server runs as: ourselves, or an unprivileged one when we
@@ -297,7 +392,21 @@ fn which(program: &str, install: &str) -> PathBuf {
 
 /// Starts `cmd` and waits until its log (standard error or output) shows
 /// `ready`; registers it to be stopped with `stop` (a signal) at exit.
-fn start(mut cmd: Command, what: &str, ready: &str, stop: i32, dir: PathBuf) {
+/// Returns its process id.
+fn start(cmd: Command, what: &str, ready: &str, stop: i32, dir: PathBuf) -> i32 {
+    let (pid, log) = spawn_logged(cmd, what, stop, dir);
+    await_line(&log, what, ready);
+    pid
+}
+
+/// Starts `cmd` with its standard output and error read line by line into
+/// the returned channel; registers it to be stopped with `stop` at exit.
+fn spawn_logged(
+    mut cmd: Command,
+    what: &str,
+    stop: i32,
+    dir: PathBuf,
+) -> (i32, mpsc::Receiver<String>) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -321,20 +430,27 @@ fn start(mut cmd: Command, what: &str, ready: &str, stop: i32, dir: PathBuf) {
         });
     }
     drop(tx);
+    let pid = child.id() as i32;
     register(child, stop, dir);
+    (pid, rx)
+}
+
+/// Reads `log` until a line contains `ready`; fails the test (showing the
+/// log) after [`STARTUP`] or if the server exits first.
+fn await_line(log: &mpsc::Receiver<String>, what: &str, ready: &str) {
     let deadline = Instant::now() + STARTUP;
-    let mut log = String::new();
+    let mut seen = String::new();
     loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 let done = line.contains(ready);
-                log.push_str(&line);
-                log.push('\n');
+                seen.push_str(&line);
+                seen.push('\n');
                 if done {
                     return;
                 }
             }
-            Err(_) => panic!("{what} did not start within {STARTUP:?}; its log:\n{log}"),
+            Err(_) => panic!("{what} did not start within {STARTUP:?}; its log:\n{seen}"),
         }
     }
 }
@@ -369,6 +485,12 @@ extern "C" fn stop_all() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Sends `signal` to the server with process id `pid` (one of ours).
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) on a server we started; at worst it has exited.
+    unsafe { libc::kill(pid, signal) };
 }
 
 /// In a child process: points external locks at `url` (a closed port, with

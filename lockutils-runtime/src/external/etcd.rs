@@ -1,5 +1,11 @@
 //! etcd v3 leases (`etcd://[user:password@]host:2379[,host:2379...][/prefix][?ttl=10]`).
 //!
+//! TLS: `?cacert=/ca.pem` turns it on (`https://` to every endpoint, the
+//! server's certificate checked against that CA and the endpoint's host
+//! name); `&cert=/client.pem&key=/client.key` adds a client certificate
+//! (etcd's `--client-cert-auth`). The stack is rustls (ring) in tonic.
+//! Without `cacert` the connection is plaintext; with it, never.
+//!
 //! Each acquisition is a key-per-waiter queue, the recipe of etcd's own
 //! `concurrency.Mutex` and `RWMutex`, with one lease per acquisition:
 //!
@@ -20,10 +26,15 @@
 //!
 //! `R` is the fencing token: it grows with every acquisition of any lock on
 //! the server. Releasing revokes the lease, which deletes the key. If a
-//! keepalive fails or the lease expires, the hold is lost:
-//! [`RemoteHold::is_lost`] turns true and a `tracing` warning says so. A
-//! holder that dies stops renewing its lease, so waiters proceed at most
-//! `ttl` seconds later.
+//! keepalive fails, the lease expires, or the key is deleted while its
+//! lease lives (a watch on it from the moment it is held), the hold is
+//! lost: [`RemoteHold::is_lost`] turns true (it reads a flag and a clock,
+//! asking no one), a `tracing` warning says so and `LockGuard::lost`
+//! completes. The lease's life is counted from just before each request
+//! that extended it was sent (the grant included), so the client never
+//! believes in a lease the server has already let expire. A holder that
+//! dies stops renewing its lease, so waiters proceed at most `ttl` seconds
+//! later.
 //!
 //! Names are escaped (`%` → `%25`, `/` → `%2F`) so that no name's keys can
 //! fall under another name's prefix.
@@ -33,13 +44,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use parking_lot::Mutex;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+use super::lost::LostFlag;
 use super::{Backend, ExternalHold, RemoteHold, Target, error_chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
@@ -66,6 +78,9 @@ struct Inner {
     options: ConnectOptions,
     prefix: String,
     ttl: i64,
+    /// TLS is on without a client certificate: a server that demands one
+    /// drops the connection with no more than "broken pipe"; errors say so.
+    tls_without_cert: bool,
     /// Runs the client and the keepalive tasks; never dropped (backends
     /// live as long as the process).
     runtime: Runtime,
@@ -89,34 +104,17 @@ impl Etcd {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
+        let (ttl, files) = query_options(query).map_err(bad)?;
+        let tls = files.options().map_err(bad)?;
+        let tls_without_cert = tls.is_some() && files.cert.is_none();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints: Vec<String> = hosts
             .split(',')
             .filter(|h| !h.is_empty())
-            .map(|h| format!("http://{h}"))
+            .map(|h| format!("{scheme}://{h}"))
             .collect();
         if endpoints.is_empty() {
             return Err(bad("no host: expected etcd://host:port".into()));
-        }
-        let mut ttl = DEFAULT_TTL;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("ttl", v)) => {
-                    ttl = v
-                        .parse()
-                        .ok()
-                        .filter(|t| (1..=86_400).contains(t))
-                        .ok_or_else(|| {
-                            bad(format!(
-                                "ttl={v:?}: expected a number of seconds from 1 to 86400"
-                            ))
-                        })?;
-                }
-                _ => {
-                    return Err(bad(format!(
-                        "unknown option {pair:?}: expected ttl=SECONDS"
-                    )));
-                }
-            }
         }
         let prefix = match path.trim_matches('/') {
             "" => DEFAULT_PREFIX.to_owned(),
@@ -128,6 +126,9 @@ impl Etcd {
             // only a watch or the keepalive stream is open.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_tcp_keepalive(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
         if let Some((user, password)) = userinfo.and_then(|u| u.split_once(':')) {
             options = options.with_user(user, password);
         }
@@ -143,6 +144,7 @@ impl Etcd {
             options,
             prefix,
             ttl: ttl as i64,
+            tls_without_cert,
             runtime,
             client: Mutex::new(None),
         };
@@ -170,6 +172,71 @@ impl Backend for Etcd {
     }
 }
 
+/// The URL's query: `ttl`, and the TLS files.
+fn query_options(query: &str) -> Result<(u64, TlsFiles), String> {
+    let mut ttl = DEFAULT_TTL;
+    let mut files = TlsFiles::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ttl", v)) => {
+                ttl = v
+                    .parse()
+                    .ok()
+                    .filter(|t| (1..=86_400).contains(t))
+                    .ok_or_else(|| {
+                        format!("ttl={v:?}: expected a number of seconds from 1 to 86400")
+                    })?;
+            }
+            Some(("cacert", v)) => files.ca = Some(v.to_owned()),
+            Some(("cert", v)) => files.cert = Some(v.to_owned()),
+            Some(("key", v)) => files.key = Some(v.to_owned()),
+            _ => {
+                return Err(format!(
+                    "unknown option {pair:?}: expected ttl=SECONDS, cacert=PATH, cert=PATH \
+                         or key=PATH"
+                ));
+            }
+        }
+    }
+    Ok((ttl, files))
+}
+
+/// The TLS files named in the URL.
+#[derive(Default)]
+struct TlsFiles {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsFiles {
+    /// tonic's TLS settings: `None` without `cacert`.
+    fn options(&self) -> Result<Option<TlsOptions>, String> {
+        let read = |what: &str, path: &str| {
+            std::fs::read(path).map_err(|e| format!("{what}={path}: cannot read it: {e}"))
+        };
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() || self.key.is_some() {
+                return Err("cert and key need cacert=PATH (TLS is on only with cacert)".into());
+            }
+            return Ok(None);
+        };
+        let ca_pem = read("cacert", ca)?;
+        if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!("cacert={ca}: not a PEM certificate"));
+        }
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+            }
+            (None, None) => {}
+            _ => return Err("cert and key go together".into()),
+        }
+        Ok(Some(tls))
+    }
+}
+
 /// Why an acquisition failed: what was being done, and the cause.
 type Failure = (&'static str, String);
 
@@ -188,7 +255,42 @@ async fn request<T>(
     }
 }
 
+/// How long a cluster's requests are tried again on other members (a
+/// member going away, a leader election).
+const FAILOVER: Duration = Duration::from_secs(10);
+
+/// How long one try may take in a cluster before the next is sent: a
+/// request stuck on a member whose leader died is abandoned early.
+const CLUSTER_TRY: Duration = Duration::from_secs(2);
+
 impl Inner {
+    /// Runs a request; with several endpoints, tries again for up to
+    /// [`FAILOVER`] while it fails (another member may answer).
+    async fn persist<T, F: Future<Output = Result<T, etcd_client::Error>>>(
+        &self,
+        op: &'static str,
+        mut f: impl FnMut() -> F,
+    ) -> Result<T, Failure> {
+        let started = Instant::now();
+        loop {
+            let r = if self.endpoints.len() < 2 {
+                request(op, f()).await
+            } else {
+                match tokio::time::timeout(CLUSTER_TRY, f()).await {
+                    Ok(r) => r.map_err(failed(op)),
+                    Err(_) => Err((op, format!("no answer within {CLUSTER_TRY:?}"))),
+                }
+            };
+            match r {
+                Ok(r) => return Ok(r),
+                Err(e) if self.endpoints.len() < 2 || started.elapsed() >= FAILOVER => {
+                    return Err(e);
+                }
+                Err(_) => tokio::time::sleep(RETRY).await,
+            }
+        }
+    }
+
     async fn client(&self) -> Result<Client, Failure> {
         if let Some(c) = self.client.lock().clone() {
             return Ok(c);
@@ -205,17 +307,33 @@ impl Inner {
         mode: Mode,
         wait: Wait,
     ) -> Result<Option<EtcdHold>, LockError> {
-        let to_error = |(op, cause): Failure| LockError::Backend {
-            name: name.to_owned(),
-            backend: self.url.clone(),
-            op,
-            cause,
+        let to_error = |(op, mut cause): Failure| {
+            if self.tls_without_cert && cause.contains("transport error") {
+                cause.push_str(
+                    " (TLS with no client certificate: if the server demands one, add \
+                     cert=PATH&key=PATH to the URL)",
+                );
+            }
+            LockError::Backend {
+                name: name.to_owned(),
+                backend: self.url.clone(),
+                op,
+                cause,
+            }
         };
         let mut client = self.client().await.map_err(to_error)?;
-        let granted = request("grant a lease", client.lease_grant(self.ttl, None)).await;
+        // The lease lives `ttl` from when the server granted it, which is
+        // after this; counting from here errs on the safe side.
+        let asked = Instant::now();
+        let granted = self
+            .persist("grant a lease", || {
+                let (mut c, ttl) = (client.clone(), self.ttl);
+                async move { c.lease_grant(ttl, None).await }
+            })
+            .await;
         let lease = granted.map_err(to_error)?;
         let ttl = Duration::from_secs(lease.ttl().max(1) as u64);
-        let state = Arc::new(LeaseState::new(ttl));
+        let state = Arc::new(LeaseState::new(ttl, asked));
         let keeper = self
             .runtime
             .spawn(keep_alive(client.clone(), lease.id(), state.clone()));
@@ -226,6 +344,7 @@ impl Inner {
             revision: 0,
             state,
             keeper,
+            key_watch: None,
             revoked: false,
         };
         let r = hold.enqueue_and_wait(&mut client, name, mode, wait).await;
@@ -234,7 +353,10 @@ impl Inner {
             hold.revoke(&mut client).await;
         }
         match r {
-            Ok(true) => Ok(Some(hold)),
+            Ok(true) => {
+                hold.watch_own_key(client);
+                Ok(Some(hold))
+            }
             Ok(false) => Ok(None),
             Err(e) => Err(to_error(e)),
         }
@@ -248,19 +370,25 @@ struct LeaseState {
     renewed: Mutex<Instant>,
     /// Set once the lease is known lost; waiters watch it.
     lost: watch::Sender<bool>,
+    /// Set once a held lock is known lost; `LockGuard::lost` waits on it.
+    flag: Arc<LostFlag>,
     /// The hold was released on purpose: losing the lease is expected.
     released: AtomicBool,
     warned: AtomicBool,
+    /// The hold's description, once held (for the warning).
+    describe: Mutex<String>,
 }
 
 impl LeaseState {
-    fn new(ttl: Duration) -> LeaseState {
+    fn new(ttl: Duration, asked: Instant) -> LeaseState {
         LeaseState {
             ttl,
-            renewed: Mutex::new(Instant::now()),
+            renewed: Mutex::new(asked),
             lost: watch::Sender::new(false),
+            flag: LostFlag::new(),
             released: AtomicBool::new(false),
             warned: AtomicBool::new(false),
+            describe: Mutex::new(String::new()),
         }
     }
 
@@ -271,43 +399,80 @@ impl LeaseState {
     /// Marks the lease lost and warns once (not after a release).
     fn lose(&self, lease: i64, why: &str) {
         self.lost.send_replace(true);
-        if !self.released.load(Ordering::Acquire) && !self.warned.swap(true, Ordering::AcqRel) {
+        let describe = self.describe.lock().clone();
+        if !describe.is_empty() {
+            // Held: the flag warns and wakes `LockGuard::lost`.
+            self.flag.set(&describe, why);
+        } else if !self.released.load(Ordering::Acquire)
+            && !self.warned.swap(true, Ordering::AcqRel)
+        {
             tracing::warn!(
                 lease = format_args!("{lease:x}"),
-                "lockutils: etcd lease lost ({why}); the lock held or awaited with it \
-                 may have been given to someone else"
+                "lockutils: etcd lease lost ({why}) while waiting for the lock"
             );
         }
     }
 }
 
-/// Renews the lease every `ttl / 3` until aborted (released) or it fails.
+/// How long to wait before trying a broken stream again (another member
+/// of the cluster may answer).
+const RETRY: Duration = Duration::from_millis(100);
+
+/// Renews the lease every `ttl / 3` until aborted (released) or it is
+/// lost. A broken keepalive stream (a member going away) is opened again,
+/// to any member, for as long as the lease still lives.
 async fn keep_alive(mut client: Client, lease: i64, state: Arc<LeaseState>) {
     let period = (state.ttl / 3).max(Duration::from_millis(200));
-    let why = async {
-        let (mut keeper, mut stream) = client
-            .lease_keep_alive(lease)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        *state.renewed.lock() = Instant::now();
-        loop {
-            tokio::time::sleep(period).await;
-            let sent = Instant::now();
-            keeper.keep_alive().await.map_err(|e| error_chain(&e))?;
-            // An answer later than the lease's end is no use.
-            let left = state.ttl.saturating_sub(state.renewed.lock().elapsed());
-            match tokio::time::timeout(left, stream.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => *state.renewed.lock() = sent,
-                Ok(Ok(Some(_))) => return Err("the lease expired or was revoked".to_owned()),
-                Ok(Ok(None)) => return Err("the keepalive stream ended".to_owned()),
-                Ok(Err(e)) => return Err(error_chain(&e)),
-                Err(_) => return Err("no keepalive answer before the lease ran out".to_owned()),
-            }
+    let mut last_error = String::new();
+    let why = loop {
+        let left = state.ttl.saturating_sub(state.renewed.lock().elapsed());
+        if left.is_zero() {
+            break format!("not renewed within its time-to-live ({last_error})");
         }
+        match renew(&mut client, lease, &state, period).await {
+            Renewal::Gone => break "the lease expired or was revoked".to_owned(),
+            Renewal::Broken(e) => last_error = e,
+        }
+        tokio::time::sleep(RETRY).await;
     };
-    let r: Result<std::convert::Infallible, String> = why.await;
-    let Err(why) = r;
     state.lose(lease, &why);
+}
+
+/// How a keepalive stream ended.
+enum Renewal {
+    /// The server says the lease is gone.
+    Gone,
+    /// The stream failed: try again while the lease lives.
+    Broken(String),
+}
+
+/// Keeps the lease alive on one stream until the stream fails.
+async fn renew(client: &mut Client, lease: i64, state: &LeaseState, period: Duration) -> Renewal {
+    let broken = |e: etcd_client::Error| Renewal::Broken(error_chain(&e));
+    let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+        Ok(s) => s,
+        Err(e) => return broken(e),
+    };
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(period).await;
+        }
+        first = false;
+        let sent = Instant::now();
+        if let Err(e) = keeper.keep_alive().await {
+            return broken(e);
+        }
+        // An answer later than the lease's end is no use.
+        let left = state.ttl.saturating_sub(state.renewed.lock().elapsed());
+        match tokio::time::timeout(left, stream.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => *state.renewed.lock() = sent,
+            Ok(Ok(Some(_))) => return Renewal::Gone,
+            Ok(Ok(None)) => return Renewal::Broken("the keepalive stream ended".into()),
+            Ok(Err(e)) => return broken(e),
+            Err(_) => return Renewal::Broken("no keepalive answer in time".into()),
+        }
+    }
 }
 
 /// A lock held (or being taken) with one lease.
@@ -320,6 +485,8 @@ struct EtcdHold {
     revision: i64,
     state: Arc<LeaseState>,
     keeper: tokio::task::JoinHandle<()>,
+    /// Watches our key while held: its deletion means the lock is lost.
+    key_watch: Option<tokio::task::JoinHandle<()>>,
     revoked: bool,
 }
 
@@ -329,9 +496,17 @@ impl EtcdHold {
     async fn revoke(&mut self, client: &mut Client) {
         self.revoked = true;
         self.state.released.store(true, Ordering::Release);
+        self.state.flag.released();
         self.keeper.abort();
+        if let Some(w) = self.key_watch.take() {
+            w.abort();
+        }
         let lease = self.lease;
-        if let Err((_, cause)) = request("release", client.lease_revoke(lease)).await {
+        let revoked = self.inner.persist("release", || {
+            let mut c = client.clone();
+            async move { c.lease_revoke(lease).await }
+        });
+        if let Err((_, cause)) = revoked.await {
             tracing::debug!(
                 lease = format_args!("{lease:x}"),
                 %cause,
@@ -377,7 +552,13 @@ impl EtcdHold {
                 ),
                 TxnOp::get(blockers.as_str(), Some(oldest)),
             ]);
-        let put = request("queue", client.txn(txn)).await?;
+        let put = self
+            .inner
+            .persist("queue", || {
+                let (mut c, txn) = (client.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            })
+            .await?;
         self.revision = put.header().map_or(0, |h| h.revision());
         let first_blocker = put.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.create_revision()),
@@ -408,7 +589,15 @@ impl EtcdHold {
             },
         }
         // Our turn came; make sure it is still ours (etcd-io/etcd#9921).
-        let mine = request("check the lock key", client.get(self.key.as_str(), None)).await?;
+        // A member going away fails a request or two: ask again, for as
+        // long as the lease lives.
+        let mine = loop {
+            match request("check the lock key", client.get(self.key.as_str(), None)).await {
+                Ok(m) => break m,
+                Err(e) if self.state.is_lost() => return Err(e),
+                Err(_) => tokio::time::sleep(RETRY).await,
+            }
+        };
         match mine.kvs().first() {
             Some(kv) if kv.create_revision() == self.revision && !self.state.is_lost() => Ok(true),
             _ => Err((
@@ -418,35 +607,87 @@ impl EtcdHold {
         }
     }
 
-    /// Waits until no key in `blockers` is older than ours.
+    /// Starts watching our key from just after it was created: a deletion
+    /// (by anyone, while the lease may still live) loses the lock. Since
+    /// the watch starts at that revision, a deletion before the watch is
+    /// set up is seen too.
+    fn watch_own_key(&mut self, mut client: Client) {
+        *self.state.describe.lock() = self.describe();
+        let options = WatchOptions::new()
+            .with_start_revision(self.revision + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let (state, lease, key) = (self.state.clone(), self.lease, self.key.clone());
+        self.key_watch = Some(self.inner.runtime.spawn(async move {
+            loop {
+                // Until this works, or the hold ends (the task is aborted).
+                let watching = client.watch(key.as_str(), Some(options.clone())).await;
+                let Ok(mut events) = watching else {
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                };
+                loop {
+                    match events.message().await {
+                        Ok(Some(r)) if !r.events().is_empty() => {
+                            return state.lose(lease, "the lock key was deleted");
+                        }
+                        Ok(Some(r)) if r.canceled() => {
+                            return state.lose(lease, "the watch on the lock key was canceled");
+                        }
+                        Ok(Some(_)) => {}
+                        // The stream broke (e.g. a member went away): watch
+                        // again from the same revision.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }));
+    }
+
+    /// Any request or watch that fails (a member going away) is tried
+    /// again: the wait ends only when it is our turn, or (in the caller)
+    /// when the lease is lost or the deadline passes.
     async fn await_turn(&self, client: &mut Client, blockers: &str) -> Result<(), Failure> {
         loop {
-            let newest_older = GetOptions::new()
-                .with_prefix()
-                .with_max_create_revision(self.revision - 1)
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_limit(1)
-                .with_keys_only();
-            let found = request("wait", client.get(blockers, Some(newest_older))).await?;
-            let Some(ahead) = found.kvs().first() else {
-                return Ok(());
-            };
-            let seen = found.header().map_or(0, |h| h.revision());
-            // Every event after what we read, so a deletion in between is
-            // not missed.
-            let options = WatchOptions::new()
-                .with_start_revision(seen + 1)
-                .with_filters([WatchFilterType::NoPut]);
-            let mut events = client
-                .watch(ahead.key(), Some(options))
-                .await
-                .map_err(failed("wait"))?;
-            loop {
-                match events.message().await.map_err(failed("wait"))? {
-                    Some(r) if !r.events().is_empty() || r.canceled() => break,
-                    Some(_) => {}
-                    None => return Err(("wait", "the watch ended".to_owned())),
+            match self.next_turn(client, blockers).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err((_, cause)) => {
+                    tracing::debug!(%cause, "lockutils: etcd wait interrupted; trying again");
+                    tokio::time::sleep(RETRY).await;
                 }
+            }
+        }
+    }
+
+    /// One look at the queue: `Ok(true)` our turn; `Ok(false)` the key we
+    /// waited for went away (look again).
+    async fn next_turn(&self, client: &mut Client, blockers: &str) -> Result<bool, Failure> {
+        let newest_older = GetOptions::new()
+            .with_prefix()
+            .with_max_create_revision(self.revision - 1)
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
+        let found = request("wait", client.get(blockers, Some(newest_older))).await?;
+        let Some(ahead) = found.kvs().first() else {
+            return Ok(true);
+        };
+        let seen = found.header().map_or(0, |h| h.revision());
+        // Every event after what we read, so a deletion in between is
+        // not missed.
+        let options = WatchOptions::new()
+            .with_start_revision(seen + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let mut events = client
+            .watch(ahead.key(), Some(options))
+            .await
+            .map_err(failed("wait"))?;
+        loop {
+            match events.message().await.map_err(failed("wait"))? {
+                Some(r) if !r.events().is_empty() || r.canceled() => return Ok(false),
+                Some(_) => {}
+                None => return Err(("wait", "the watch ended".to_owned())),
             }
         }
     }
@@ -475,6 +716,10 @@ impl RemoteHold for EtcdHold {
                 .lose(self.lease, "not renewed within its time-to-live");
         }
         lost
+    }
+
+    fn lost_flag(&self) -> Option<Arc<LostFlag>> {
+        Some(self.state.flag.clone())
     }
 }
 
@@ -525,6 +770,8 @@ mod tests {
             "etcd://h?ttl=x",
             "etcd://h?color=red",
             "etcd://",
+            "etcd://h?cert=/c.pem&key=/k.pem",
+            "etcd://h?cacert=/nonexistent/ca.pem",
         ] {
             assert!(Etcd::new(bad).is_err(), "{bad}");
         }

@@ -5,6 +5,7 @@
 //! | `file:///var/lib/nova/locks` | lock files in that directory (same as `set_lock_path`), [`file`] |
 //! | `postgres://user:pass@host:5432/db` | PostgreSQL session advisory locks (feature `postgres`) |
 //! | `etcd://host:2379` | etcd v3 leases (feature `etcd`) |
+//! | `redis://host:6379/0`, `rediss://…` | Redis `SET NX PX` with renewal (feature `redis`) |
 //!
 //! Lock files and lock servers are peers: each implements [`Backend`], and
 //! what they can and cannot do (semaphore permits, waiting until a deadline
@@ -33,9 +34,17 @@ use crate::spec::{Kind, Mode, Wait};
 #[cfg(feature = "etcd")]
 mod etcd;
 pub(crate) mod file;
+mod lost;
 mod pending;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+
+pub use lost::Lost;
+pub(crate) use lost::LostFlag;
 
 pub(crate) use pending::Pending;
 
@@ -104,19 +113,31 @@ pub(crate) trait RemoteHold: Send {
     fn is_lost(&self) -> bool {
         false
     }
+
+    /// The flag the backend's keepalive sets when the lock is lost, for
+    /// [`Lost`] futures; `None` if this hold cannot tell.
+    fn lost_flag(&self) -> Option<Arc<LostFlag>> {
+        None
+    }
 }
 
 /// What an external lock holds: a lock file, or a lock on a server.
 pub(crate) enum ExternalHold {
     File(file::FileHold),
     // Made only by the lock-server backends, which are optional features.
-    #[cfg_attr(not(any(feature = "postgres", feature = "etcd")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "etcd", feature = "redis")),
+        allow(dead_code)
+    )]
     Remote(Box<dyn RemoteHold>),
 }
 
 impl ExternalHold {
     /// A server's hold, boxed.
-    #[cfg_attr(not(any(feature = "postgres", feature = "etcd")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "etcd", feature = "redis")),
+        allow(dead_code)
+    )]
     pub(crate) fn remote(hold: impl RemoteHold + 'static) -> ExternalHold {
         ExternalHold::Remote(Box::new(hold))
     }
@@ -180,6 +201,14 @@ impl ExternalHold {
         match self {
             ExternalHold::File(_) => false,
             ExternalHold::Remote(r) => r.is_lost(),
+        }
+    }
+
+    /// The flag a server lock's keepalive sets on loss.
+    pub(crate) fn lost_flag(&self) -> Option<Arc<LostFlag>> {
+        match self {
+            ExternalHold::File(_) => None,
+            ExternalHold::Remote(r) => r.lost_flag(),
         }
     }
 }
@@ -323,7 +352,8 @@ pub(crate) fn choose<'a>(dir: Dir<'a>, name: &str) -> Result<Chosen<'a>, LockErr
 
 /// Chooses where external locks without their own `lock_path` live:
 /// `file:///dir` (lock files in `dir`, like [`set_lock_path`](crate::set_lock_path)),
-/// `postgres://user:password@host:port/db` or `etcd://host:port`.
+/// `postgres://user:password@host:port/db`, `etcd://host:port` or
+/// `redis://host:port/0`.
 ///
 /// A lock server is contacted when first used; errors in the URL itself
 /// (unknown scheme, a backend this build lacks) are reported here.
@@ -372,20 +402,26 @@ fn make(url: &str) -> Result<Server, LockError> {
         Some("etcd") => Err(bad(
             "this build of lockutils has no etcd backend: enable the `etcd` feature".into(),
         )),
+        #[cfg(feature = "redis")]
+        Some("redis" | "rediss") => Ok(Arc::new(redis::Redis::new(url)?)),
+        #[cfg(not(feature = "redis"))]
+        Some("redis" | "rediss") => Err(bad(
+            "this build of lockutils has no Redis backend: enable the `redis` feature".into(),
+        )),
         Some("file") => Err(bad(
             "file:// is not a lock server; it sets the lock path".into()
         )),
         Some(other) => Err(bad(format!(
-            "unknown scheme {other:?}: expected file://, postgres:// or etcd://"
+            "unknown scheme {other:?}: expected file://, postgres://, etcd:// or redis://"
         ))),
         None => Err(bad(
-            "not a URL: expected file://, postgres:// or etcd://".into()
+            "not a URL: expected file://, postgres://, etcd:// or redis://".into(),
         )),
     }
 }
 
 /// An error and its causes, each once: `a: b: c`.
-#[cfg(any(feature = "postgres", feature = "etcd"))]
+#[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -21,28 +21,61 @@
 //! * **Dead holders**: the server ends a session when its client dies, and
 //!   with it the session's locks. A killed process closes its socket, so the
 //!   lock is free at once. A host that vanishes is detected by the server's
-//!   TCP keepalive, which every session sets for itself
-//!   ([`SERVER_OPTIONS`]): 5 s idle, then 3 probes 2 s apart, so the locks
+//!   TCP keepalive, which every session sets for itself with `set_config`
+//!   right after connecting ([`SESSION_SETTINGS`]; not the `options`
+//!   startup parameter, which PgBouncer refuses by default): 5 s idle, then 3 probes 2 s apart, so the locks
 //!   of a dead or unreachable host are free after about 11 s;
 //!   `tcp_user_timeout` = 10 s bounds the time unacknowledged data may wait.
-//!   The client side uses the same figures, so a holder learns of a dead
-//!   server in about as long ([`RemoteHold::is_lost`] asks the server).
+//!   The client side uses the same figures.
+//! * **Lost locks**: one thread per backend checks every held session
+//!   every [`CHECK_EVERY`] (an empty query, answered within
+//!   [`ALIVE_TIMEOUT`]); a session that ended or does not answer makes its
+//!   lock lost: the flag `is_lost()` reads (it asks no one) is set, a
+//!   `tracing` warning says so and `LockGuard::lost` completes. A session
+//!   terminated by the server is told within about a second.
+//! * **Fencing tokens**: `nextval('lockutils_fence')`, a sequence created
+//!   on first connect (`CREATE SEQUENCE IF NOT EXISTS`), drawn in the same
+//!   round trip right after the lock is granted: it grows with every
+//!   acquisition of any lock on the server. A sequence rather than a
+//!   counter row, because `nextval` is not transactional: no commit, no
+//!   row lock, no extra round trip. Without the right to create it (e.g.
+//!   PostgreSQL 15's `public` schema) locks work and have no token.
 //!   `statement_timeout`, `lock_timeout` and `idle_session_timeout` are set
 //!   to 0 for our sessions, so server defaults cannot cut a wait short or
 //!   end a session that sits idle while it holds a lock.
 //!
+//! * **Poolers**: PgBouncer in session mode works (the settings above then
+//!   apply between PgBouncer and the server; PgBouncer's own
+//!   `tcp_keepalive` settings cover the client side). Transaction or
+//!   statement pooling would run a lock and its unlock on different server
+//!   sessions, so the first connection checks: a second session's first
+//!   statement must not run on the first session's server backend, and the
+//!   first session's next statement must run on the same backend as its
+//!   first (`pg_backend_pid()`). Otherwise every lock fails with a
+//!   `LockError::Backend` that says so.
+//!
 //! Any of the client settings may be overridden in the URL
 //! (`?keepalives_idle=30&connect_timeout=10`, as libpq names them).
+//!
+//! * **TLS**: `?sslmode=verify-full&sslrootcert=/ca.pem` (also `require`,
+//!   `verify-ca`, and `sslcert`/`sslkey` for a client certificate), with
+//!   libpq's meanings; see [`pg_tls`](super::pg_tls). Never a fallback to
+//!   plaintext.
+//! * **Password**: in the URL, else from `PGPASSWORD`; neither is ever
+//!   shown (messages carry the URL with the password as `***`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once, Weak};
 use std::time::{Duration, Instant};
 
+use ::postgres::config::SslMode as PgSslMode;
 use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, SimpleQueryMessage};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::lost::LostFlag;
+use super::pg_tls;
 use super::{Backend, ExternalHold, RemoteHold, Target, error_chain as chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
@@ -51,13 +84,22 @@ use crate::spec::{Mode, Wait};
 /// Idle sessions kept for reuse; more are closed when released.
 pub(crate) const MAX_IDLE: usize = 16;
 
-/// Settings for the server's half of each session (libpq `options`).
-pub(crate) const SERVER_OPTIONS: &str = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 \
-     -c tcp_keepalives_count=3 -c tcp_user_timeout=10000 -c statement_timeout=0 \
-     -c lock_timeout=0 -c idle_session_timeout=0";
+/// Settings for the server's half of each session, made right after
+/// connecting; a setting this server does not know is skipped.
+pub(crate) const SESSION_SETTINGS: &str = "SELECT count(set_config(name, value, false)) FROM \
+     (VALUES ('tcp_keepalives_idle', '5'), ('tcp_keepalives_interval', '2'), \
+     ('tcp_keepalives_count', '3'), ('tcp_user_timeout', '10000'), ('statement_timeout', '0'), \
+     ('lock_timeout', '0'), ('idle_session_timeout', '0')) AS s(name, value) \
+     WHERE name IN (SELECT name FROM pg_settings)";
 
-/// How long [`RemoteHold::is_lost`] waits for the server to answer.
-const ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a held session's check waits for the server to answer.
+pub(crate) const ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often each held session is checked.
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The sequence fencing tokens come from.
+const FENCE_SEQUENCE: &str = "lockutils_fence";
 
 /// The advisory-lock key of a full lock name (see the module docs).
 pub(crate) fn key(name: &str) -> i64 {
@@ -75,20 +117,44 @@ pub(crate) struct Postgres {
 /// The connection settings and the idle sessions.
 struct Pool {
     config: Config,
+    /// The TLS connector, when the URL asks for TLS.
+    tls: Option<MakeRustlsConnect>,
     /// The URL without its password, for messages.
     url: String,
     idle: Mutex<Vec<Client>>,
+    /// Whether [`FENCE_SEQUENCE`] exists (decided on the first connect).
+    fencing: std::sync::OnceLock<bool>,
+    /// Whether sessions are real (not pooled per transaction), found by
+    /// the first connect: `Err` says why not.
+    sessions: std::sync::OnceLock<Result<(), String>>,
+    /// The held sessions, for the checking thread.
+    held: Mutex<Vec<Weak<Held>>>,
+    checking: Once,
 }
 
 impl Postgres {
     /// Parses the URL; connects only when a lock is first taken.
     pub(crate) fn new(url: &str) -> Result<Postgres, LockError> {
-        let mut config: Config = url.parse().map_err(|e| LockError::Backend {
+        let bad = |cause: String| LockError::Backend {
             name: String::new(),
             backend: redact(url),
             op: "configure",
-            cause: format!("not a PostgreSQL URL: {}", chain(&e)),
-        })?;
+            cause,
+        };
+        let (plain_url, tls) = pg_tls::split(url).map_err(bad)?;
+        let mut config: Config = plain_url
+            .parse()
+            .map_err(|e| bad(format!("not a PostgreSQL URL: {}", chain(&e))))?;
+        let tls = tls.client_config().map_err(bad)?.map(|c| {
+            // Refuse the session if the server declines TLS.
+            config.ssl_mode(PgSslMode::Require);
+            MakeRustlsConnect::new(c)
+        });
+        if config.get_password().is_none()
+            && let Some(password) = std::env::var_os("PGPASSWORD")
+        {
+            config.password(password.as_encoded_bytes());
+        }
         let given = |key: &str| {
             url.split_once('?')
                 .is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(key)))
@@ -111,15 +177,15 @@ impl Postgres {
         if config.get_application_name().is_none() {
             config.application_name("lockutils");
         }
-        let options = match config.get_options() {
-            Some(theirs) => format!("{SERVER_OPTIONS} {theirs}"),
-            None => SERVER_OPTIONS.to_owned(),
-        };
-        config.options(&options);
         let pool = Pool {
             config,
+            tls,
             url: redact(url),
             idle: Mutex::new(Vec::new()),
+            fencing: std::sync::OnceLock::new(),
+            sessions: std::sync::OnceLock::new(),
+            held: Mutex::new(Vec::new()),
+            checking: Once::new(),
         };
         Ok(Postgres {
             pool: Arc::new(pool),
@@ -136,47 +202,59 @@ impl Backend for Postgres {
     ) -> Result<Option<ExternalHold>, LockError> {
         let (name, wait) = (target.name, wait.start());
         let key = key(name);
-        let sql = lock_sql(key, mode, wait);
-        let got = outside_runtime(|| self.pool.run(name, &sql))?;
-        Ok(got.map(|client| {
-            let hold = PgHold {
-                pool: self.pool.clone(),
-                client: Mutex::new(Some(client)),
-                key,
-                mode,
-                warned: AtomicBool::new(false),
-            };
+        let got = outside_runtime(|| self.pool.run(name, key, mode, wait))?;
+        Ok(got.map(|(client, fence)| {
+            let hold = PgHold::new(self.pool.clone(), client, key, mode, fence);
             ExternalHold::remote(hold)
         }))
     }
 }
 
-/// The statement that takes `key`: it returns one row whose last column is
-/// `t` or `f` (the `try` functions) or empty (the blocking ones).
-fn lock_sql(key: i64, mode: Mode, wait: Wait) -> String {
+/// The statement that takes `key`: its last row's first column is `t` or
+/// `f` (the `try` functions) or empty (the blocking ones); with `fence`, a
+/// last statement (or column) draws the fencing token once it is taken.
+fn lock_sql(key: i64, mode: Mode, wait: Wait, fence: bool) -> String {
     let shared = if mode == Mode::Shared { "_shared" } else { "" };
+    let token = if fence {
+        format!("; SELECT nextval('{FENCE_SEQUENCE}')")
+    } else {
+        String::new()
+    };
     match wait {
+        // CASE: the token is drawn only if the lock was taken.
+        Wait::Try if fence => format!(
+            "SELECT CASE WHEN pg_try_advisory_lock{shared}({key}) \
+             THEN nextval('{FENCE_SEQUENCE}')::text ELSE 'f' END"
+        ),
         Wait::Try => format!("SELECT pg_try_advisory_lock{shared}({key})"),
-        Wait::Block | Wait::Timeout(_) => format!("SELECT pg_advisory_lock{shared}({key})"),
+        Wait::Block | Wait::Timeout(_) => format!("SELECT pg_advisory_lock{shared}({key}){token}"),
         Wait::Until { deadline, .. } => {
             let left = deadline.saturating_duration_since(Instant::now());
             // Rounded up, so the wait never ends before the deadline; and
             // lock_timeout = 0 would mean "forever": a spent deadline is 1 ms.
             let ms = left.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128);
-            // Two statements in one query run as one implicit transaction,
-            // so SET LOCAL ends with it and the session keeps lock_timeout=0.
-            format!("SET LOCAL lock_timeout = {ms}; SELECT pg_advisory_lock{shared}({key})")
+            // Statements in one query run as one implicit transaction, so
+            // SET LOCAL ends with it and the session keeps lock_timeout=0.
+            format!("SET LOCAL lock_timeout = {ms}; SELECT pg_advisory_lock{shared}({key}){token}")
         }
     }
 }
 
 impl Pool {
-    /// Runs `sql` (a lock statement) on an idle or new session. `Some`: the
-    /// session, now holding the lock; `None`: busy, the session went back.
-    fn run(&self, name: &str, sql: &str) -> Result<Option<Client>, LockError> {
+    /// Takes `key` on an idle or new session. `Some`: the session, now
+    /// holding the lock, and the fencing token; `None`: busy, the session
+    /// went back.
+    fn run(
+        &self,
+        name: &str,
+        key: i64,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<Option<(Client, Option<u64>)>, LockError> {
         let pooled = self.idle.lock().pop();
         if let Some(mut client) = pooled {
-            match attempt(&mut client, sql) {
+            let sql = lock_sql(key, mode, wait, self.fencing());
+            match attempt(&mut client, &sql) {
                 // Most likely an idle session the server ended meanwhile (a
                 // restart, an administrator; the error may still be its
                 // FATAL message rather than a closed socket), and the other
@@ -191,8 +269,14 @@ impl Pool {
             }
         }
         let mut client = self.connect(name)?;
-        let r = attempt(&mut client, sql);
+        let sql = lock_sql(key, mode, wait, self.fencing());
+        let r = attempt(&mut client, &sql);
         self.settle(name, client, r)
+    }
+
+    /// Whether lock statements draw fencing tokens (known once connected).
+    fn fencing(&self) -> bool {
+        self.fencing.get().copied().unwrap_or(false)
     }
 
     /// What an attempt on `client` means for the caller.
@@ -200,11 +284,11 @@ impl Pool {
         &self,
         name: &str,
         client: Client,
-        attempt: Result<bool, ::postgres::Error>,
-    ) -> Result<Option<Client>, LockError> {
+        attempt: Result<Option<Option<u64>>, ::postgres::Error>,
+    ) -> Result<Option<(Client, Option<u64>)>, LockError> {
         match attempt {
-            Ok(true) => Ok(Some(client)),
-            Ok(false) => {
+            Ok(Some(fence)) => Ok(Some((client, fence))),
+            Ok(None) => {
                 self.give_back(client);
                 Ok(None)
             }
@@ -218,10 +302,84 @@ impl Pool {
         }
     }
 
+    /// A new session with [`SESSION_SETTINGS`] made.
+    fn session(&self) -> Result<Client, ::postgres::Error> {
+        let mut client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        }?;
+        client.simple_query(SESSION_SETTINGS)?;
+        Ok(client)
+    }
+
+    /// Whether statements of one session run on one server backend (see
+    /// the module docs): checked with `first` and a second session, once.
+    fn check_sessions(&self, first: &mut Client) -> Result<(), ::postgres::Error> {
+        if self.sessions.get().is_some() {
+            return Ok(());
+        }
+        let pid = |c: &mut Client| -> Result<String, ::postgres::Error> {
+            let rows = c.simple_query("SELECT pg_backend_pid()")?;
+            Ok(rows
+                .iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap_or_default())
+        };
+        let mine = pid(first)?;
+        let mut second = self.session()?;
+        let theirs = pid(&mut second)?;
+        let again = pid(first)?;
+        let verdict = if mine == theirs || mine != again {
+            Err(format!(
+                "the server is behind a pooler in transaction or statement mode: statements \
+                 ran on server backends {mine}, {theirs} (another session), {again}; session \
+                 advisory locks need whole sessions: pool_mode = session, or connect directly"
+            ))
+        } else {
+            Ok(())
+        };
+        drop(second); // closed: the pool grows only with demand
+        let _ = self.sessions.set(verdict);
+        Ok(())
+    }
+
     fn connect(&self, name: &str) -> Result<Client, LockError> {
-        self.config
-            .connect(NoTls)
-            .map_err(|e| self.error(name, "connect", &e))
+        if let Some(Err(why)) = self.sessions.get() {
+            return Err(self.refused(name, why));
+        }
+        let mut client = self
+            .session()
+            .map_err(|e| self.error(name, "connect", &e))?;
+        self.check_sessions(&mut client)
+            .map_err(|e| self.error(name, "connect", &e))?;
+        if let Some(Err(why)) = self.sessions.get() {
+            return Err(self.refused(name, why));
+        }
+        if self.fencing.get().is_none() {
+            let made =
+                client.simple_query(&format!("CREATE SEQUENCE IF NOT EXISTS {FENCE_SEQUENCE}"));
+            // Two first connects may race: "already exists" is fine too.
+            let ok = match &made {
+                Ok(_) => true,
+                Err(e) => [SqlState::UNIQUE_VIOLATION, SqlState::DUPLICATE_TABLE]
+                    .iter()
+                    .any(|c| e.code() == Some(c)),
+            };
+            if let Err(e) = &made
+                && !ok
+            {
+                tracing::debug!(
+                    backend = %self.url,
+                    error = %chain(e),
+                    "lockutils: no fencing tokens: cannot create the sequence {FENCE_SEQUENCE}"
+                );
+            }
+            let _ = self.fencing.set(ok);
+        }
+        Ok(client)
     }
 
     /// Keeps an unlocked session for reuse, unless enough are kept.
@@ -238,6 +396,15 @@ impl Pool {
         }
     }
 
+    fn refused(&self, name: &str, why: &str) -> LockError {
+        LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op: "connect",
+            cause: why.to_owned(),
+        }
+    }
+
     fn error(&self, name: &str, op: &'static str, e: &::postgres::Error) -> LockError {
         LockError::Backend {
             name: name.to_owned(),
@@ -248,26 +415,98 @@ impl Pool {
     }
 }
 
-/// Runs a lock statement: whether the lock was taken.
-fn attempt(client: &mut Client, sql: &str) -> Result<bool, ::postgres::Error> {
+/// Runs a lock statement. `Some(token)`: taken (with the fencing token if
+/// one was drawn); `None`: busy.
+fn attempt(client: &mut Client, sql: &str) -> Result<Option<Option<u64>>, ::postgres::Error> {
     let rows = client.simple_query(sql)?;
     let value = rows.iter().rev().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("").to_owned()),
         _ => None,
     });
     // `pg_advisory_lock` returns void (an empty value): it waited and got it.
-    Ok(value.as_deref() != Some("f"))
+    Ok(match value.as_deref() {
+        Some("f") => None,
+        Some(v) => Some(v.parse().ok()),
+        None => Some(None),
+    })
 }
 
 /// An advisory lock held by one session of the pool.
 struct PgHold {
     pool: Arc<Pool>,
-    /// `None` once released.
-    client: Mutex<Option<Client>>,
+    held: Arc<Held>,
     key: i64,
     mode: Mode,
-    /// The loss was logged.
-    warned: AtomicBool,
+    fence: Option<u64>,
+}
+
+/// What a hold shares with the checking thread.
+struct Held {
+    /// `None` once released.
+    client: Mutex<Option<Client>>,
+    lost: Arc<LostFlag>,
+    describe: String,
+}
+
+impl PgHold {
+    fn new(pool: Arc<Pool>, client: Client, key: i64, mode: Mode, fence: Option<u64>) -> PgHold {
+        let k = key as u64;
+        let describe = format!(
+            "{} advisory lock {} (pg_locks classid {}, objid {}, objsubid 1)",
+            pool.url,
+            key,
+            k >> 32,
+            k & 0xffff_ffff
+        );
+        let held = Arc::new(Held {
+            client: Mutex::new(Some(client)),
+            lost: LostFlag::new(),
+            describe,
+        });
+        pool.held.lock().push(Arc::downgrade(&held));
+        let checked = pool.clone();
+        pool.checking.call_once(|| {
+            let spawned = std::thread::Builder::new()
+                .name("lockutils-postgres".into())
+                .spawn(move || checked.check_forever());
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "lockutils: cannot start the PostgreSQL check thread");
+            }
+        });
+        PgHold {
+            pool,
+            held,
+            key,
+            mode,
+            fence,
+        }
+    }
+}
+
+impl Pool {
+    /// The checking thread: every [`CHECK_EVERY`], asks each held session
+    /// whether it is alive.
+    fn check_forever(self: Arc<Self>) {
+        loop {
+            std::thread::sleep(CHECK_EVERY);
+            let held: Vec<Arc<Held>> = {
+                let mut list = self.held.lock();
+                list.retain(|w| w.strong_count() > 0);
+                list.iter().filter_map(Weak::upgrade).collect()
+            };
+            for h in held {
+                let mut client = h.client.lock();
+                let Some(c) = client.as_mut() else { continue };
+                if h.lost.is_set() {
+                    continue;
+                }
+                if let Err(e) = c.is_valid(ALIVE_TIMEOUT) {
+                    let why = format!("the session holding it is gone: {}", chain(&e));
+                    h.lost.set(&h.describe, &why);
+                }
+            }
+        }
+    }
 }
 
 impl RemoteHold for PgHold {
@@ -276,38 +515,27 @@ impl RemoteHold for PgHold {
     }
 
     fn describe(&self) -> String {
-        let k = self.key as u64;
-        format!(
-            "{} advisory lock {} (pg_locks classid {}, objid {}, objsubid 1)",
-            self.pool.url,
-            self.key,
-            k >> 32,
-            k & 0xffff_ffff
-        )
+        self.held.describe.clone()
     }
 
-    /// The session is gone (or does not answer within 2 s): the server has
-    /// released, or will release, the lock.
+    fn fencing_token(&self) -> Option<u64> {
+        self.fence
+    }
+
+    /// The checking thread's verdict; asks no one.
     fn is_lost(&self) -> bool {
-        let mut client = self.client.lock();
-        let Some(c) = client.as_mut() else {
-            return true;
-        };
-        let lost = outside_runtime(|| c.is_closed() || c.is_valid(ALIVE_TIMEOUT).is_err());
-        if lost && !self.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                lock = %self.describe(),
-                "lockutils: the PostgreSQL session holding this lock is gone; \
-                 the server has released the lock"
-            );
-        }
-        lost
+        self.held.lost.is_set()
+    }
+
+    fn lost_flag(&self) -> Option<Arc<LostFlag>> {
+        Some(self.held.lost.clone())
     }
 }
 
 impl Drop for PgHold {
     fn drop(&mut self) {
-        let Some(mut client) = self.client.get_mut().take() else {
+        self.held.lost.released();
+        let Some(mut client) = self.held.client.lock().take() else {
             return;
         };
         let shared = if self.mode == Mode::Shared {
@@ -317,10 +545,10 @@ impl Drop for PgHold {
         };
         let sql = format!("SELECT pg_advisory_unlock{shared}({})", self.key);
         outside_runtime(move || match attempt(&mut client, &sql) {
-            Ok(true) => self.pool.give_back(client),
+            Ok(Some(_)) => self.pool.give_back(client),
             // Not held (or no answer): closing the session is the one way
             // to be sure nothing stays locked by it.
-            Ok(false) | Err(_) => drop(client),
+            Ok(None) | Err(_) => drop(client),
         });
     }
 }
@@ -351,21 +579,23 @@ mod tests {
             deadline: Instant::now() + Duration::from_millis(1500),
             timeout: Duration::from_millis(1500),
         };
-        let sql = lock_sql(7, Mode::Exclusive, until);
+        let sql = lock_sql(7, Mode::Exclusive, until, false);
         assert!(sql.starts_with("SET LOCAL lock_timeout = 1"), "{sql}");
         assert!(sql.ends_with("; SELECT pg_advisory_lock(7)"), "{sql}");
-        let spent = lock_sql(
-            7,
-            Mode::Shared,
-            Wait::Until {
-                deadline: Instant::now(),
-                timeout: Duration::ZERO,
-            },
-        );
+        let spent = Wait::Until {
+            deadline: Instant::now(),
+            timeout: Duration::ZERO,
+        };
+        let spent = lock_sql(7, Mode::Shared, spent, false);
         assert!(spent.starts_with("SET LOCAL lock_timeout = 1;"), "{spent}");
         assert_eq!(
-            lock_sql(-3, Mode::Shared, Wait::Try),
+            lock_sql(-3, Mode::Shared, Wait::Try, false),
             "SELECT pg_try_advisory_lock_shared(-3)"
+        );
+        let fenced = lock_sql(7, Mode::Exclusive, Wait::Block, true);
+        assert_eq!(
+            fenced,
+            "SELECT pg_advisory_lock(7); SELECT nextval('lockutils_fence')"
         );
     }
 

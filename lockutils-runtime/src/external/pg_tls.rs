@@ -1,0 +1,321 @@
+//! TLS for the PostgreSQL backend, spelt as libpq spells it in the URL:
+//! `sslmode`, `sslrootcert`, `sslcert`, `sslkey`.
+//!
+//! | `sslmode` | encrypted | chain checked against `sslrootcert` | host name checked |
+//! |---|---|---|---|
+//! | absent, `disable` | no | – | – |
+//! | `require` | yes | only if `sslrootcert` is given (as libpq does) | no |
+//! | `verify-ca` | yes | yes (`sslrootcert` required) | no |
+//! | `verify-full` | yes | yes (`sslrootcert` required) | yes |
+//!
+//! `allow` and `prefer` are refused: both may end up in plaintext, and a
+//! lock URL that asks for TLS never gets less. A server that declines TLS
+//! is an error, not a fallback. The stack is rustls (ring), through the
+//! `tokio-postgres-rustls` connector.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+/// How much the connection's certificate is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SslMode {
+    Disable,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// The TLS settings of a URL.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PgTls {
+    pub(crate) mode: SslMode,
+    root: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// Takes libpq's TLS parameters out of `url`: the URL without them (for
+/// the `postgres` crate, which knows only `disable`/`prefer`/`require`),
+/// and the settings. `Err`: what is wrong with them.
+pub(crate) fn split(url: &str) -> Result<(String, PgTls), String> {
+    let mut tls = PgTls {
+        mode: SslMode::Disable,
+        root: None,
+        cert: None,
+        key: None,
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), tls));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let path = || PathBuf::from(percent_decoded(v));
+        match k {
+            "sslmode" => {
+                tls.mode = match v {
+                    "disable" => SslMode::Disable,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    "allow" | "prefer" => {
+                        return Err(format!(
+                            "sslmode={v} may fall back to plaintext: use require, verify-ca or \
+                             verify-full (or disable)"
+                        ));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "sslmode={v:?}: expected disable, require, verify-ca or verify-full"
+                        ));
+                    }
+                }
+            }
+            "sslrootcert" => tls.root = Some(path()),
+            "sslcert" => tls.cert = Some(path()),
+            "sslkey" => tls.key = Some(path()),
+            _ => kept.push(pair),
+        }
+    }
+    let needs_root = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    if needs_root && tls.root.is_none() {
+        return Err(
+            "sslmode=verify-ca and verify-full need sslrootcert=PATH (the CA's PEM file)".into(),
+        );
+    }
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err("sslcert and sslkey go together".into());
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, tls))
+}
+
+/// `%XX` escapes decoded (paths in a URL query).
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The ring provider: the one crypto stack built in.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate in the PEM file `path`.
+pub(crate) fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{what}={}: {e}", path.display()))?
+        .collect();
+    let certs = certs.map_err(|e| format!("{what}={}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{what}={}: no certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+impl PgTls {
+    /// The rustls client configuration for these settings (`Disable`: none).
+    pub(crate) fn client_config(&self) -> Result<Option<ClientConfig>, String> {
+        if self.mode == SslMode::Disable {
+            return Ok(None);
+        }
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let verifier: Arc<dyn ServerCertVerifier> = match &self.root {
+            None => Arc::new(Unverified(provider.signature_verification_algorithms)),
+            Some(root) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs(root, "sslrootcert")? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("sslrootcert={}: {e}", root.display()))?;
+                }
+                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| format!("sslrootcert={}: {e}", root.display()))?;
+                match self.mode {
+                    SslMode::VerifyFull => webpki,
+                    _ => Arc::new(AnyName(webpki)),
+                }
+            }
+        };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert, "sslcert")?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("sslkey={}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("sslcert/sslkey: {e}"))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        Ok(Some(config))
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; any host name.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // webpki checks the chain before the name: a name error means the
+        // chain itself was good.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            r => r,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `require` without `sslrootcert`: encrypted, the certificate not checked
+/// (libpq's meaning); the handshake's signatures still are.
+#[derive(Debug)]
+struct Unverified(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_the_url() {
+        let (url, tls) =
+            split("postgres://u@h/db?sslmode=verify-full&sslrootcert=/a%20b/ca.pem&x=1").unwrap();
+        assert_eq!(url, "postgres://u@h/db?x=1");
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.root.as_deref(), Some(Path::new("/a b/ca.pem")));
+        let (url, tls) = split("postgres://u@h/db").unwrap();
+        assert_eq!(
+            (url.as_str(), tls.mode),
+            ("postgres://u@h/db", SslMode::Disable)
+        );
+        let (url, tls) = split("postgres://u@h/db?sslmode=require").unwrap();
+        assert_eq!(
+            (url.as_str(), tls.mode),
+            ("postgres://u@h/db", SslMode::Require)
+        );
+    }
+
+    #[test]
+    fn modes_that_may_be_plaintext_or_unverifiable_are_refused() {
+        for (bad, why) in [
+            ("postgres://h?sslmode=prefer", "plaintext"),
+            ("postgres://h?sslmode=allow", "plaintext"),
+            ("postgres://h?sslmode=verify-full", "sslrootcert"),
+            ("postgres://h?sslmode=verify-ca", "sslrootcert"),
+            ("postgres://h?sslmode=strict", "expected"),
+            ("postgres://h?sslmode=require&sslcert=/c.pem", "together"),
+        ] {
+            let e = split(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! TLS to the lock servers (features `postgres`, `etcd`), against a
+//! TLS-only PostgreSQL (pg_hba `hostssl`, SCRAM password) and an etcd that
+//! demands client certificates, both started for this test binary with
+//! certificates made at test time (`tests/support/servers_more.rs`). The
+//! server certificate names `localhost` and `127.0.0.1`; both servers also
+//! listen on `127.0.0.2`, a name the certificate does not carry.
+#![cfg(all(unix, feature = "postgres", feature = "etcd"))]
+
+#[path = "support/servers.rs"]
+mod servers;
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lockutils::LockError;
+use servers::{TLS_PG_PASSWORD, certs, psql_socket};
+use support::{param, report, running_as};
+
+/// A TLS URL of the TLS-only PostgreSQL: `host`, `query` appended, with
+/// the password unless `password` is false.
+fn pg_url(host: &str, password: bool, query: &str) -> String {
+    let pg = servers::postgres_tls();
+    let auth = if password {
+        format!("postgres:{TLS_PG_PASSWORD}")
+    } else {
+        "postgres".to_owned()
+    };
+    format!("postgres://{auth}@{host}:{}/postgres?{query}", pg.port)
+}
+
+fn verify_full(root: &Path) -> String {
+    format!("sslmode=verify-full&sslrootcert={}", root.display())
+}
+
+/// Takes and releases `name` on `url`: the error if it could not.
+fn try_lock(url: &str, name: &str) -> Result<Duration, LockError> {
+    let started = Instant::now();
+    let guard = lockutils::lock(name).external().backend(url).acquire()?;
+    let took = started.elapsed();
+    assert!(!guard.is_lost());
+    Ok(took)
+}
+
+/// The `cause` of a `LockError::Backend` for `name` on `url`, after
+/// checking the rest of it (no password anywhere).
+fn failure(url: &str, name: &str) -> (String, String) {
+    let e = try_lock(url, name).expect_err("the lock was taken");
+    let text = e.to_string();
+    assert!(!text.contains(TLS_PG_PASSWORD), "{text}");
+    match e {
+        LockError::Backend {
+            name: n,
+            op,
+            cause,
+            backend,
+        } => {
+            // Configuration errors come before any lock is named.
+            assert!(n == name || op == "configure", "{n}");
+            assert!(!backend.contains(TLS_PG_PASSWORD), "{backend}");
+            println!("{name}: {op}: {cause}");
+            (op.to_owned(), cause)
+        }
+        other => panic!("expected LockError::Backend, got {other:?}"),
+    }
+}
+
+/// Whether the session holding the advisory lock `objid` on the TLS
+/// server is encrypted, as the server sees it.
+fn holder_is_encrypted(objid: &str) -> String {
+    let pg = servers::postgres_tls();
+    let sql = format!(
+        "SELECT string_agg(s.ssl::text, ',') FROM pg_locks l JOIN pg_stat_ssl s USING (pid) \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objid = {objid}"
+    );
+    psql_socket(&pg.socket_dir, pg.port, &sql)
+}
+
+#[test]
+fn pg_verify_full_works_and_the_session_is_encrypted() {
+    let url = pg_url("localhost", true, &verify_full(&certs().ca));
+    let guard = lockutils::lock("tls-pg-full")
+        .external()
+        .backend(&url)
+        .acquire()
+        .unwrap();
+    let describe = guard.location().unwrap().to_string();
+    assert!(!describe.contains(TLS_PG_PASSWORD), "{describe}");
+    let objid = describe
+        .split("objid ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    assert_eq!(holder_is_encrypted(objid), "true");
+    drop(guard);
+}
+
+#[test]
+fn pg_require_and_verify_ca_accept_a_name_the_certificate_lacks() {
+    // libpq's meanings: neither checks the host name.
+    let ca = certs().ca.display().to_string();
+    let verify_ca = pg_url(
+        "127.0.0.2",
+        true,
+        &format!("sslmode=verify-ca&sslrootcert={ca}"),
+    );
+    try_lock(&verify_ca, "tls-pg-ca").unwrap();
+    try_lock(&pg_url("127.0.0.2", true, "sslmode=require"), "tls-pg-req").unwrap();
+    // require with a root checks the chain, as verify-ca does.
+    let other = certs().other_ca.display().to_string();
+    let req_root = pg_url(
+        "127.0.0.2",
+        true,
+        &format!("sslmode=require&sslrootcert={other}"),
+    );
+    let (_, cause) = failure(&req_root, "tls-pg-req-root");
+    assert!(cause.contains("UnknownIssuer"), "{cause}");
+}
+
+#[test]
+fn pg_verify_full_refuses_a_wrong_host_name_and_an_unknown_ca() {
+    let wrong_host = pg_url("127.0.0.2", true, &verify_full(&certs().ca));
+    let (op, cause) = failure(&wrong_host, "tls-pg-wrong-host");
+    assert_eq!(op, "connect");
+    assert!(
+        cause.contains("TLS") && cause.contains("not valid for"),
+        "{cause}"
+    );
+    let unknown_ca = pg_url("localhost", true, &verify_full(&certs().other_ca));
+    let (_, cause) = failure(&unknown_ca, "tls-pg-unknown-ca");
+    assert!(cause.contains("UnknownIssuer"), "{cause}");
+}
+
+#[test]
+fn pg_tls_asked_of_a_plaintext_server_is_refused_not_downgraded() {
+    let plain = servers::postgres();
+    let url = format!("{plain}?{}", verify_full(&certs().ca));
+    let (op, cause) = failure(&url, "tls-pg-plain-server");
+    assert_eq!(op, "connect");
+    assert!(cause.contains("does not support TLS"), "{cause}");
+}
+
+#[test]
+fn pg_plaintext_to_the_tls_only_server_is_refused_by_the_server() {
+    let url = pg_url("127.0.0.1", true, "sslmode=disable");
+    let (_, cause) = failure(&url, "tls-pg-plaintext");
+    assert!(cause.contains("no encryption"), "{cause}");
+}
+
+#[test]
+fn pg_bad_tls_settings_are_configuration_errors() {
+    for (query, why) in [
+        ("sslmode=prefer", "plaintext"),
+        ("sslmode=verify-full", "sslrootcert"),
+        (
+            "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "/nonexistent/ca.pem",
+        ),
+    ] {
+        let (op, cause) = failure(&pg_url("localhost", true, query), "tls-pg-config");
+        assert_eq!(op, "configure");
+        assert!(cause.contains(why), "{query}: {cause}");
+    }
+}
+
+/// Child: takes a lock on `URL` (no password in it: `PGPASSWORD` has it);
+/// reports the outcome.
+#[test]
+fn child_tls_pg_lock() {
+    if !running_as("child_tls_pg_lock") {
+        return;
+    }
+    let r = try_lock(&param("URL"), "tls-pg-env");
+    report(support::outcome(&r));
+}
+
+#[test]
+fn pg_password_from_pgpassword_and_a_wrong_one_is_not_shown() {
+    let url = pg_url("localhost", false, &verify_full(&certs().ca));
+    let mut ok = support::child("child_tls_pg_lock")
+        .param("URL", &url)
+        .env("PGPASSWORD", TLS_PG_PASSWORD)
+        .spawn();
+    assert_eq!(ok.next_report(), "ok");
+    ok.finish();
+    let mut bad = support::child("child_tls_pg_lock")
+        .param("URL", &url)
+        .env("PGPASSWORD", "wrong-pw-x")
+        .spawn();
+    let got = bad.next_report();
+    bad.finish();
+    assert!(got.contains("password authentication failed"), "{got}");
+    assert!(!got.contains("wrong-pw-x"), "{got}");
+}
+
+// ---------------------------------------------------------------------------
+// etcd with client certificates.
+
+/// An etcd URL of the TLS etcd on `host` with `query`.
+fn etcd_url(host: &str, query: &str) -> String {
+    format!("etcd://{host}:{}/tls?{query}", servers::etcd_tls())
+}
+
+fn mutual(ca: &Path) -> String {
+    let c = certs();
+    format!(
+        "cacert={}&cert={}&key={}",
+        ca.display(),
+        c.client_cert.display(),
+        c.client_key.display()
+    )
+}
+
+#[test]
+fn etcd_with_a_client_certificate_works() {
+    let url = etcd_url("localhost", &mutual(&certs().ca));
+    let guard = lockutils::lock("tls-etcd")
+        .external()
+        .backend(&url)
+        .acquire()
+        .unwrap();
+    assert!(guard.fencing_token().is_some());
+    drop(guard);
+    let ip = etcd_url("127.0.0.1", &mutual(&certs().ca));
+    try_lock(&ip, "tls-etcd-ip").unwrap();
+}
+
+#[test]
+fn etcd_refuses_a_wrong_host_an_unknown_ca_and_a_missing_client_certificate() {
+    let ca = certs().ca.display().to_string();
+    let cases = [
+        (etcd_url("127.0.0.2", &mutual(&certs().ca)), "not valid for"),
+        (
+            etcd_url("localhost", &mutual(&certs().other_ca)),
+            "UnknownIssuer",
+        ),
+        (
+            etcd_url("localhost", &format!("cacert={ca}")),
+            "no client certificate",
+        ),
+    ];
+    for (url, why) in cases {
+        let started = Instant::now();
+        let (_, cause) = failure(&url, "tls-etcd-bad");
+        assert!(cause.contains(why), "{url}: {cause}");
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+}
+
+#[test]
+fn etcd_tls_asked_of_a_plaintext_server_is_refused() {
+    let plain = servers::etcd();
+    let url = format!("{plain}?cacert={}", certs().ca.display());
+    let (_, cause) = failure(&url, "tls-etcd-plain-server");
+    assert!(cause.contains("tls handshake"), "{cause}");
+}
