@@ -23,10 +23,10 @@ use crate::local::Local;
 use crate::local::sync::{Arc, Mutex};
 use crate::spec::Kind;
 
-#[cfg(not(loom))]
+#[cfg(not(lockutils_loom))]
 const SHARD_BITS: u32 = 6;
 // Models: two shards are enough, and fewer objects explore faster.
-#[cfg(loom)]
+#[cfg(lockutils_loom)]
 const SHARD_BITS: u32 = 1;
 const SHARDS: usize = 1 << SHARD_BITS;
 
@@ -68,10 +68,10 @@ impl Entry {
 #[repr(align(128))] // keep shards on separate cache lines
 struct Shard(Mutex<HashTable<Arc<Entry>>>);
 
-#[cfg(not(loom))]
+#[cfg(not(lockutils_loom))]
 type Hasher = foldhash::fast::RandomState;
 // A model must run the same way every time: no random seed.
-#[cfg(loom)]
+#[cfg(lockutils_loom)]
 type Hasher = foldhash::fast::FixedState;
 
 pub(crate) struct Registry {
@@ -90,11 +90,11 @@ impl Registry {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(lockutils_loom))]
 static REGISTRY: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::new);
 
 // A fresh registry for every execution of a model.
-#[cfg(loom)]
+#[cfg(lockutils_loom)]
 loom::lazy_static! {
     static ref REGISTRY: Registry = Registry::new();
 }
@@ -285,8 +285,8 @@ mod tests {
     }
 }
 
-/// Model check (`RUSTFLAGS="--cfg loom"`) of the get-versus-last-drop race.
-#[cfg(all(test, loom))]
+/// Model check (`RUSTFLAGS="--cfg lockutils_loom"`) of the get-versus-last-drop race.
+#[cfg(all(test, lockutils_loom))]
 mod loom_tests {
     use super::*;
 

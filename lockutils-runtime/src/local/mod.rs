@@ -19,7 +19,7 @@ pub(crate) mod raw;
 pub(crate) mod sync;
 pub(crate) mod timer;
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, lockutils_loom))]
 pub(crate) mod tests;
 
 use fifo::{FifoAsync, FifoLock};

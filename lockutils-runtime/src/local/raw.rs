@@ -42,9 +42,9 @@ const PARKED: usize = 1 << (usize::BITS - 1);
 /// Attempts of [`RawLock::spin_take`] before a thread queues. Under loom
 /// a single attempt: spinning changes no state the models check, and its
 /// extra schedules would only slow them down.
-#[cfg(not(loom))]
+#[cfg(not(lockutils_loom))]
 const SPINS: u32 = 10;
-#[cfg(loom)]
+#[cfg(lockutils_loom)]
 const SPINS: u32 = 1;
 
 /// Units a holder in `mode` needs of a primitive with capacity `cap`.

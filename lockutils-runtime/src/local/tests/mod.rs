@@ -1,4 +1,4 @@
-//! Model checks (`RUSTFLAGS="--cfg loom"`): every interleaving, up to the
+//! Model checks (`RUSTFLAGS="--cfg lockutils_loom"`): every interleaving, up to the
 //! preemption bound, of a few threads on the in-process primitives. `loom`
 //! reports a lost wake-up as a deadlock (every thread parked) and a data race
 //! on `loom::cell::UnsafeCell` as a failure. No deadlines here: the timer
