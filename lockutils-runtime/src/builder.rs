@@ -189,11 +189,7 @@ impl<'a> Lock<'a> {
     }
 
     fn request(&self, site: Site) -> Request<'_> {
-        let dir = match (self.lock_path, self.backend) {
-            (Some(p), _) => Dir::Explicit(p),
-            (None, Some(url)) => Dir::Backend(url),
-            (None, None) => Dir::Configured,
-        };
+        let dir = Dir::from_options(self.lock_path, self.backend);
         Request {
             mode: self.mode,
             external: self.external,

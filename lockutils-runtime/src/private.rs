@@ -112,11 +112,7 @@ impl LockSpec {
 
     #[inline]
     fn request(&self) -> Request<'static> {
-        let dir = match (self.lock_path, self.backend) {
-            (Some(p), _) => Dir::Explicit(Path::new(p)),
-            (None, Some(url)) => Dir::Backend(url),
-            (None, None) => Dir::Configured,
-        };
+        let dir = Dir::from_options(self.lock_path.map(Path::new), self.backend);
         Request {
             mode: self.mode,
             external: self.external,

@@ -263,6 +263,18 @@ pub(crate) enum Dir<'a> {
     Configured,
 }
 
+impl<'a> Dir<'a> {
+    /// Where a lock with these options lives: its own `lock_path` wins
+    /// (lock files), then its own `backend`, else the configuration.
+    pub(crate) fn from_options(lock_path: Option<&'a Path>, backend: Option<&'a str>) -> Dir<'a> {
+        match (lock_path, backend) {
+            (Some(p), _) => Dir::Explicit(p),
+            (None, Some(url)) => Dir::Backend(url),
+            (None, None) => Dir::Configured,
+        }
+    }
+}
+
 /// The backend chosen for one acquisition.
 pub(crate) enum Chosen<'a> {
     File(file::Files<'a>),
