@@ -98,11 +98,11 @@ fn child_thousand_timeouts() {
         return;
     }
     let dir = param("DIR");
-    let attempt = |async_too: bool| {
+    let attempt = |async_too: bool, timeout: Duration| {
         let lock = lockutils::lock("edge-thousand")
             .external()
             .lock_path(&dir)
-            .timeout(Duration::from_millis(1));
+            .timeout(timeout);
         assert!(lock.acquire().unwrap_err().is_busy());
         if async_too {
             // Any executor will do; this one starts no thread of its own.
@@ -110,18 +110,19 @@ fn child_thousand_timeouts() {
                 let lock = lockutils::lock("edge-thousand")
                     .external()
                     .lock_path(&dir)
-                    .timeout(Duration::from_millis(1));
+                    .timeout(timeout);
                 lock.acquire_async().await.map(drop)
             });
             assert!(r.unwrap_err().is_busy());
         }
     };
-    // Once first, so that lazily started threads (the async timer) and
-    // the entry's lock file exist before counting.
-    attempt(true);
+    // Once first, so that lazily started threads and the entry's lock file
+    // exist before counting: long enough that the async wait is polled
+    // before its deadline, which starts the timer thread.
+    attempt(true, Duration::from_millis(100));
     let before = (threads(), support::open_fds());
     for i in 0..1000 {
-        attempt(i % 10 == 0);
+        attempt(i % 10 == 0, Duration::from_millis(1));
     }
     let after = (threads(), support::open_fds());
     report(format!("{before:?} -> {after:?}"));
