@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_lite::future::block_on;
 use lockutils::synchronized;
 
 use crate::support::{self, mono_ns, percentile, print_table, run_group, variant};
@@ -56,8 +57,8 @@ async fn builder_async(c: &mut u64) {
 
 /// Row 1 of issue 12: uncontended `#[synchronized] async fn`.
 pub fn uncontended_async(samples: usize) {
-    let mut c = [0u64; 4];
-    let [c0, c1, c2, c3] = &mut c;
+    let mut c = [0u64; 6];
+    let [c0, c1, c2, c3, c4, c5] = &mut c;
     poll_once(synchronized_async(c1)); // the call site caches its entry
     let mut vs = vec![
         variant("static tokio::sync::Mutex, lock().await (peer)", || {
@@ -72,6 +73,12 @@ pub fn uncontended_async(samples: usize) {
         variant("lock(\"async-x\").acquire_async().await", || {
             poll_once(builder_async(c3))
         }),
+        variant("block_on: static tokio::sync::Mutex", || {
+            block_on(tokio_async(c4))
+        }),
+        variant("block_on: #[synchronized(\"async-x\")] async fn", || {
+            block_on(synchronized_async(c5))
+        }),
     ];
     let stats = run_group(&mut vs, samples, Duration::from_millis(2));
     print_table(
@@ -83,6 +90,17 @@ pub fn uncontended_async(samples: usize) {
         "#[synchronized] async fn / tokio::sync::Mutex (median)",
         stats[1].median() / stats[0].median(),
         1.0,
+    );
+    verdict(
+        "block_on(#[synchronized] async fn) / block_on(tokio::sync::Mutex) (median)",
+        stats[5].median() / stats[4].median(),
+        1.0,
+    );
+    let (mut n, mut m) = (0, 0);
+    println!(
+        "future sizes: #[synchronized] async fn {} bytes, tokio::sync::Mutex async fn {} bytes",
+        std::mem::size_of_val(&synchronized_async(&mut n)),
+        std::mem::size_of_val(&tokio_async(&mut m)),
     );
 }
 
