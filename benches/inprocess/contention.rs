@@ -51,7 +51,10 @@ async fn async_lock_async(c: &mut u64) {
 
 #[inline(never)]
 async fn builder_async(c: &mut u64) {
-    let _g = lockutils::lock("async-x").acquire_async().await.expect("lock");
+    let _g = lockutils::lock("async-x")
+        .acquire_async()
+        .await
+        .expect("lock");
     *black_box(c) += 1;
 }
 
@@ -163,7 +166,11 @@ fn tasks_run(rt: &tokio::runtime::Runtime, peer: Peer) -> f64 {
         }
     });
     let dt = mono_ns() - t0;
-    assert_eq!(N.load(Ordering::Relaxed), TASKS as u64 * ROUNDS, "lost update");
+    assert_eq!(
+        N.load(Ordering::Relaxed),
+        TASKS as u64 * ROUNDS,
+        "lost update"
+    );
     dt as f64 / (TASKS as u64 * ROUNDS) as f64
 }
 

@@ -3,16 +3,20 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use crate::acquire::{self, Request};
 use crate::error::LockError;
 use crate::external::Dir;
 use crate::guard::{AsyncLockGuard, LockGuard};
-use crate::hold::EntryRef;
+use crate::hold::{EntryRef, Hold};
+use crate::local::LocalAsync;
 pub use crate::name::LockName;
 use crate::name::const_panic;
+use crate::order::AsyncHold;
 use crate::registry::{Entry, Handle};
 use crate::spec::{Kind, Mode, Wait};
 use crate::trace::{self, Site};
@@ -246,24 +250,157 @@ impl CallSite {
     }
 
     /// Takes the lock for an `async fn` or a returned future.
-    pub fn acquire_async(
-        &'static self,
-    ) -> impl Future<Output = Result<AsyncLockGuard, LockError>> + Send + 'static {
-        let entry = self.entry();
-        let req = self.request();
-        async move { acquire::acquire_async(EntryRef::Static(entry?), req).await }
+    ///
+    /// A small hand-written future (see [`SiteAcquire`]): a free lock is
+    /// taken on the first poll with no allocation and nothing else stored.
+    #[inline]
+    pub fn acquire_async(&'static self) -> SiteAcquire {
+        SiteAcquire {
+            site: self,
+            state: State::Start,
+        }
     }
 
     /// Like [`CallSite::acquire_async`], panicking on failure.
-    pub fn acquire_async_or_panic(
-        &'static self,
-    ) -> impl Future<Output = AsyncLockGuard> + Send + 'static {
-        let fut = self.acquire_async();
-        async move {
-            match fut.await {
-                Ok(g) => g,
-                Err(e) => fail(e),
+    #[inline]
+    pub fn acquire_async_or_panic(&'static self) -> SiteAcquireOrPanic {
+        SiteAcquireOrPanic(self.acquire_async())
+    }
+
+    /// Whether the inline paths may be used now: an in-process exclusive
+    /// lock, nobody tracing, the lock-order check off.
+    #[inline(always)]
+    fn inline_ok(&'static self) -> bool {
+        self.fast && !trace::maybe_on() && crate::order::is_off()
+    }
+
+    /// The full acquisition, boxed: only for what the inline paths do not
+    /// cover (external locks, tracing, the lock-order check, first call).
+    #[cold]
+    #[inline(never)]
+    fn full_async(&'static self) -> BoxedAcquire {
+        let entry = self.entry();
+        let req = self.request();
+        Box::pin(async move { acquire::acquire_async(EntryRef::Static(entry?), req).await })
+    }
+}
+
+type BoxedAcquire = Pin<Box<dyn Future<Output = Result<AsyncLockGuard, LockError>> + Send>>;
+
+/// The future of [`CallSite::acquire_async`]. On its first poll it tries
+/// the lock; if that fails on an in-process call site it waits in the
+/// lock's own queue (inline, no allocation); anything else goes through
+/// the full, boxed acquisition. Dropping it gives up the wait, as the
+/// inner futures do.
+#[must_use = "futures do nothing unless polled"]
+pub struct SiteAcquire {
+    site: &'static CallSite,
+    state: State,
+}
+
+enum State {
+    Start,
+    /// Queued on the in-process lock (`wait` as started, for its error).
+    Local(LocalAsync<'static>, Wait),
+    Full(BoxedAcquire),
+    Done,
+}
+
+impl SiteAcquire {
+    /// The guard for the in-process lock `entry`, just taken exclusively.
+    #[inline(always)]
+    fn guard(&self, entry: &'static Entry) -> AsyncLockGuard {
+        // SAFETY: the caller took `entry`'s lock exclusively just now.
+        let hold = unsafe { Hold::new(EntryRef::Static(entry), Mode::Exclusive) };
+        AsyncLockGuard::new(hold, AsyncHold::NONE, self.site.spec.request().site, None)
+    }
+
+    #[cold]
+    fn start_slow(&mut self) {
+        let site = self.site;
+        let entry = match site.entry.get() {
+            Some(h) if site.inline_ok() && !site.spec.wait.is_try() => h,
+            _ => {
+                self.state = State::Full(site.full_async());
+                return;
             }
+        };
+        let entry: &'static Entry = entry;
+        let wait = site.spec.wait.start();
+        self.state = State::Local(
+            entry.local.lock_async(Mode::Exclusive, wait.deadline()),
+            wait,
+        );
+    }
+}
+
+impl Future for SiteAcquire {
+    type Output = Result<AsyncLockGuard, LockError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let State::Start = this.state {
+            let site = this.site;
+            if site.inline_ok()
+                && let Some(h) = site.entry.get()
+                && h.local.try_lock(Mode::Exclusive)
+            {
+                this.state = State::Done;
+                let entry: &'static Entry = h;
+                return Poll::Ready(Ok(this.guard(entry)));
+            }
+            this.start_slow();
+        }
+        this.poll_slow(cx)
+    }
+}
+
+impl SiteAcquire {
+    #[inline(never)]
+    fn poll_slow(&mut self, cx: &mut Context<'_>) -> Poll<Result<AsyncLockGuard, LockError>> {
+        let result = match &mut self.state {
+            State::Local(fut, wait) => {
+                let taken = ready!(Pin::new(fut).poll(cx));
+                let wait = *wait;
+                // Only `Local` states are built from a cached entry.
+                let entry: &'static Entry = self.site.entry.get().expect("cached");
+                if taken {
+                    Ok(self.guard(entry))
+                } else {
+                    Err(wait.busy(entry.name()))
+                }
+            }
+            State::Full(fut) => ready!(fut.as_mut().poll(cx)),
+            State::Start | State::Done => panic!("lockutils: SiteAcquire polled after completion"),
+        };
+        // Drops the finished inner future (its lock wait is over).
+        self.state = State::Done;
+        Poll::Ready(result)
+    }
+}
+
+impl std::fmt::Debug for SiteAcquire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SiteAcquire")
+            .field(&self.site.spec.name)
+            .finish()
+    }
+}
+
+/// The future of [`CallSite::acquire_async_or_panic`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct SiteAcquireOrPanic(SiteAcquire);
+
+impl Future for SiteAcquireOrPanic {
+    type Output = AsyncLockGuard;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<AsyncLockGuard> {
+        match ready!(Pin::new(&mut self.0).poll(cx)) {
+            Ok(g) => Poll::Ready(g),
+            Err(e) => fail(e),
         }
     }
 }
