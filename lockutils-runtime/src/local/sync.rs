@@ -19,10 +19,10 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// Thread parking (what a blocked thread waits in).
 pub(crate) mod thread {
     #[cfg(not(loom))]
-    pub(crate) use std::thread::{Thread, current, park, park_timeout};
+    pub(crate) use std::thread::{Thread, current, park, park_timeout, yield_now};
 
     #[cfg(loom)]
-    pub(crate) use loom::thread::{Thread, current, park};
+    pub(crate) use loom::thread::{Thread, current, park, yield_now};
 
     /// The models use no deadlines; `park_timeout` may return early (as
     /// std's may, spuriously), so yielding keeps its contract.
