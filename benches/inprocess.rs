@@ -17,7 +17,8 @@
 //!
 //! `BENCH_SAMPLES=n` changes the number of samples; `BENCH_ONLY=uncontended|
 //! threads|memory|order|async|tasks|contended` runs one part; `BENCH_ONLY=profile` only loops the
-//! `#[synchronized]` call, for `perf record`.
+//! `#[synchronized]` call, for `perf record` (`profile-runtime`: the same
+//! for `lock("x").acquire()`).
 
 mod support;
 
@@ -492,6 +493,16 @@ fn main() {
         let mut c = 0u64;
         for _ in 0..50_000_000 {
             synchronized_x(&mut c);
+        }
+        println!("{c}");
+        return;
+    }
+    if only == "profile-runtime" {
+        // For `perf record`: `lock("x").acquire()` alone, entry kept alive.
+        let mut c = 0u64;
+        synchronized_x(&mut c);
+        for _ in 0..20_000_000 {
+            runtime_api("x", &mut c);
         }
         println!("{c}");
         return;
