@@ -39,14 +39,6 @@ pub(crate) const WRITER: usize = 1 << (usize::BITS - 2);
 /// Set in the state word while the queue is not empty.
 const PARKED: usize = 1 << (usize::BITS - 1);
 
-/// Attempts of [`RawLock::spin_take`] before a thread queues. Under loom
-/// a single attempt: spinning changes no state the models check, and its
-/// extra schedules would only slow them down.
-#[cfg(not(loom))]
-const SPINS: u32 = 10;
-#[cfg(loom)]
-const SPINS: u32 = 1;
-
 /// Units a holder in `mode` needs of a primitive with capacity `cap`.
 #[inline]
 pub(crate) fn units(cap: usize, mode: Mode) -> usize {
@@ -170,35 +162,6 @@ impl RawLock {
         }
     }
 
-    /// Tries for `mode` a few times before a thread queues and parks, as
-    /// `parking_lot` does: a holder with a short critical section is
-    /// usually gone within a few hundred cycles, and taking the lock then
-    /// saves a futex wait, a wake-up and two context switches. Spins with
-    /// `spin_loop` for 2, 4, 8 rounds, then yields the CPU (on a machine
-    /// with fewer cores than threads the holder may need it), at most
-    /// [`SPINS`] attempts in all. No spinning once others are queued: they
-    /// are parked already, and the lock will be handed to one of them.
-    #[inline]
-    fn spin_take(&self, mode: Mode) -> bool {
-        let mut round = 0;
-        loop {
-            if self.try_take(mode) {
-                return true;
-            }
-            round += 1;
-            if round >= SPINS || self.state.load(Ordering::Relaxed) & PARKED != 0 {
-                return false;
-            }
-            if round <= 3 {
-                for _ in 0..(1u32 << round) {
-                    std::hint::spin_loop();
-                }
-            } else {
-                thread::yield_now();
-            }
-        }
-    }
-
     /// Under the queue lock: takes `mode` if free, else queues `waiter`.
     /// Returns whether it took the lock.
     fn take_or_queue(&self, mode: Mode, waiter: &Arc<Waiter>, counted: &mut bool) -> bool {
@@ -301,7 +264,7 @@ impl RawLock {
     /// Waits for `mode`, blocking this thread, until `deadline` if one is
     /// given. Returns whether it was taken.
     pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>) -> bool {
-        if self.spin_take(mode) {
+        if self.try_take(mode) {
             return true;
         }
         let waiter = Waiter::new(thread_waker());
@@ -324,7 +287,7 @@ impl RawLock {
                 }
             }
             // Woken: try again (someone may have barged in first).
-            if self.spin_take(mode) {
+            if self.try_take(mode) {
                 self.uncount(&mut counted);
                 return true;
             }

@@ -19,10 +19,10 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// Thread parking (what a blocked thread waits in).
 pub(crate) mod thread {
     #[cfg(not(loom))]
-    pub(crate) use std::thread::{Thread, current, park, park_timeout, yield_now};
+    pub(crate) use std::thread::{Thread, current, park, park_timeout};
 
     #[cfg(loom)]
-    pub(crate) use loom::thread::{Thread, current, park, yield_now};
+    pub(crate) use loom::thread::{Thread, current, park};
 
     /// The models use no deadlines; `park_timeout` may return early (as
     /// std's may, spuriously), so yielding keeps its contract.
