@@ -198,6 +198,16 @@ fn uncontended(dir: &Path, samples: usize) {
         stats[2].median() / stats[0].median(),
         1.5,
     );
+    verdict(
+        "#[synchronized] / raw OFD (median, issue 12)",
+        stats[2].median() / stats[0].median(),
+        1.4,
+    );
+    verdict(
+        "lock(name).external() builder, entry kept / raw OFD (median, issue 12)",
+        stats[3].median() / stats[0].median(),
+        1.4,
+    );
 }
 
 // ---- 1b. kinds (issue 5): readers and semaphores ---------------------------
@@ -560,6 +570,9 @@ fn throughput(exe: &Path, dir: &Path, runs: usize) {
             percentile(xs, 50.0) / base
         );
     }
+    let ratio = percentile(&lu, 50.0) / base;
+    let ok = if ratio >= 1.5 { "MET" } else { "MISSED" };
+    println!("throughput lockutils / raw (median): {ratio:.2}x  (bar >= 1.5x, issue 12) -> {ok}");
 }
 
 fn increment(counter: &File) {

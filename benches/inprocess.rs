@@ -10,9 +10,15 @@
 //! 4. The lock-order check (SPEC §14) off and on, for one lock and for a
 //!    nested pair whose order is already known.
 //!
+//! 5. Issue 12's rows: an uncontended `#[synchronized] async fn` against a
+//!    `static tokio::sync::Mutex` (and `async-lock`), 64 tasks on one name
+//!    with 2 tokio workers, and 4 threads hammering one name against one
+//!    `parking_lot::Mutex` (a distribution over runs).
+//!
 //! `BENCH_SAMPLES=n` changes the number of samples; `BENCH_ONLY=uncontended|
-//! threads|memory|order` runs one part; `BENCH_ONLY=profile` only loops the
-//! `#[synchronized]` call, for `perf record`.
+//! threads|memory|order|async|tasks|contended` runs one part; `BENCH_ONLY=profile` only loops the
+//! `#[synchronized]` call, for `perf record` (`profile-runtime`: the same
+//! for `lock("x").acquire()`).
 
 mod support;
 
@@ -154,6 +160,16 @@ fn uncontended(samples: usize) {
         "#[synchronized] / parking_lot (median)",
         stats[1].median() / stats[0].median(),
         1.5,
+    );
+    verdict(
+        "lock(\"x\").acquire(), entry alive / parking_lot (median, issue 12)",
+        stats[3].median() / stats[0].median(),
+        4.0,
+    );
+    verdict(
+        "lock(dyn).acquire(), entry created+freed / parking_lot (median, issue 12)",
+        stats[4].median() / stats[0].median(),
+        8.0,
     );
 }
 
@@ -463,6 +479,9 @@ fn lock_order(samples: usize) {
     }
 }
 
+#[path = "inprocess/contention.rs"]
+mod contention;
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -478,6 +497,16 @@ fn main() {
         println!("{c}");
         return;
     }
+    if only == "profile-runtime" {
+        // For `perf record`: `lock("x").acquire()` alone, entry kept alive.
+        let mut c = 0u64;
+        synchronized_x(&mut c);
+        for _ in 0..20_000_000 {
+            runtime_api("x", &mut c);
+        }
+        println!("{c}");
+        return;
+    }
     if run("uncontended") {
         uncontended(support::samples(300));
     }
@@ -489,5 +518,14 @@ fn main() {
     }
     if run("order") {
         lock_order(support::samples(300));
+    }
+    if run("async") {
+        contention::uncontended_async(support::samples(300));
+    }
+    if run("tasks") {
+        contention::tasks_on_one_name(support::runs(9));
+    }
+    if run("contended") {
+        contention::threads_on_one_name(support::runs(15));
     }
 }

@@ -418,3 +418,62 @@ async fn one_thread_scenario() {
     holder.await.unwrap();
     waiter.await.unwrap();
 }
+
+// ------------------------------------- a call site's inline wait (issue 12)
+
+#[synchronized("async-cached-wait", timeout = "40ms")]
+async fn cached_timed() -> Result<(), LockError> {
+    Ok(())
+}
+
+static CACHED_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[synchronized("async-cached-wait")]
+async fn cached_block() {
+    CACHED_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Once a call site has run, a busy lock is waited for in the lock's own
+/// queue, inline in the call site's future: that wait still times out,
+/// gives up cleanly when dropped, and is woken by the release.
+#[tokio::test]
+async fn a_call_site_that_ran_once_times_out_gives_up_and_is_woken() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::task::{Context, Waker};
+    // The first calls cache the entry; later ones take the inline paths.
+    cached_timed().await.unwrap();
+    cached_block().await;
+    assert_eq!(CACHED_RUNS.load(SeqCst), 1);
+
+    let held = lockutils::lock("async-cached-wait").acquire().unwrap();
+    match within_10s(cached_timed()).await {
+        Err(LockError::Timeout { name, timeout }) => {
+            assert_eq!(name, "async-cached-wait");
+            assert_eq!(timeout, Duration::from_millis(40));
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    {
+        let mut dropped = std::pin::pin!(cached_block());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            dropped.as_mut().poll(&mut cx).is_pending(),
+            "ran while held"
+        );
+    }
+    let waiter = tokio::spawn(cached_block());
+    tokio::task::yield_now().await; // let it queue
+    assert_eq!(
+        CACHED_RUNS.load(SeqCst),
+        1,
+        "a waiter ran while the lock was held"
+    );
+    drop(held);
+    within_10s(waiter).await.unwrap();
+    assert_eq!(
+        CACHED_RUNS.load(SeqCst),
+        2,
+        "the dropped waiter ran, or the live one did not"
+    );
+    assert!(is_free("async-cached-wait"), "left held after the waiters");
+}

@@ -83,6 +83,14 @@ pub fn samples(default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// How many throughput runs to take; `BENCH_RUNS` overrides `default`.
+pub fn runs(default: usize) -> usize {
+    std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Times every variant `samples` times, interleaved. Each batch is sized
 /// (once, up front) to take about `batch_time`.
 pub fn run_group(variants: &mut [Variant<'_>], samples: usize, batch_time: Duration) -> Vec<Stats> {

@@ -5,6 +5,11 @@
 //! and dropping the last handle removes the entry from the map, with its
 //! name and (for external locks) its open lock file.
 //!
+//! Handles are counted in the entry (`users`), not as `Arc` references: the
+//! map owns the entry, a lookup that finds it bumps one counter under the
+//! shard lock, and dropping a handle that is not the last is one atomic
+//! decrement, with no shard lock and no second hash lookup.
+//!
 //! The map is split into 64 shards, each behind its own small mutex and
 //! picked by the top bits of the name's hash, so threads locking different
 //! names almost never meet. Code that names a lock with a literal or a
@@ -12,15 +17,15 @@
 //! handle (see `private::CallSite`).
 
 use std::hash::BuildHasher;
-use std::mem::ManuallyDrop;
 use std::ops::Deref;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use hashbrown::HashTable;
 
 use crate::external::{State, Target};
 use crate::local::Local;
-use crate::local::sync::{Arc, Mutex};
+use crate::local::sync::{self, Arc, Mutex, Ordering};
 use crate::spec::Kind;
 
 #[cfg(not(lockutils_loom))]
@@ -42,6 +47,9 @@ pub(crate) struct Entry {
     pub(crate) owner: AtomicUsize,
     pub(crate) owner_seq: AtomicU64,
     pub(crate) external: State,
+    /// Live [`Handle`]s. Raised only under the shard lock; the entry is
+    /// removed (and freed) only under it, when this is 0.
+    users: sync::AtomicUsize,
 }
 
 impl Entry {
@@ -115,7 +123,11 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
         if e.kind != kind {
             return Err(e.kind);
         }
-        return Ok(Handle(ManuallyDrop::new(e.clone())));
+        // Under the shard lock: the entry cannot be removed meanwhile. It
+        // may be at 0 (its last user is about to remove it); that user
+        // checks again under this lock and leaves it in.
+        e.users.fetch_add(1, Ordering::Relaxed);
+        return Ok(Handle(NonNull::from(&**e)));
     }
     let entry = Arc::new(Entry {
         name: full_name.into(),
@@ -125,9 +137,11 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
         owner: AtomicUsize::new(0),
         owner_seq: AtomicU64::new(0),
         external: State::new(),
+        users: sync::AtomicUsize::new(1),
     });
-    map.insert_unique(hash, entry.clone(), |e| e.hash);
-    Ok(Handle(ManuallyDrop::new(entry)))
+    let handle = Handle(NonNull::from(&*entry));
+    map.insert_unique(hash, entry, |e| e.hash);
+    Ok(handle)
 }
 
 /// Runs `f` on the entry for `full_name` if it exists, without creating it.
@@ -168,7 +182,7 @@ pub(crate) fn keep_recent(handle: &Handle) {
         let Ok(mut r) = r.try_borrow_mut() else {
             return;
         };
-        if let Some(i) = r.iter().position(|h| Arc::ptr_eq(&h.0, &handle.0)) {
+        if let Some(i) = r.iter().position(|h| h.0 == handle.0) {
             // Most recent last.
             let h = r.remove(i);
             r.extend(h);
@@ -192,16 +206,28 @@ fn keep_recent_push(handle: &Handle) {
     });
 }
 
-/// A counted reference to a registry entry. The last one dropped removes
-/// the entry from the registry.
-pub(crate) struct Handle(ManuallyDrop<Arc<Entry>>);
+/// A counted reference to a registry entry (see `Entry::users`). The last
+/// one dropped removes the entry from the registry.
+pub(crate) struct Handle(NonNull<Entry>);
+
+// SAFETY: a handle is a shared reference to an `Entry` that stays alive
+// while the handle does (see `Deref`); `Entry` is `Send + Sync` (asserted
+// below), so the reference may move to and be used from any thread.
+unsafe impl Send for Handle {}
+// SAFETY: as for `Send`: `&Handle` only gives out `&Entry`.
+unsafe impl Sync for Handle {}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Entry>();
+};
 
 impl Clone for Handle {
-    /// Safe with the removal rule in `drop`: a clone is made from a live
-    /// handle, so the count cannot fall to the map's own reference while
-    /// the clone is being made.
     fn clone(&self) -> Handle {
-        Handle(ManuallyDrop::new(Arc::clone(&self.0)))
+        // A live handle keeps `users` above 0, so the entry cannot be
+        // removed between this increment and the new handle's use.
+        self.users.fetch_add(1, Ordering::Relaxed);
+        Handle(self.0)
     }
 }
 
@@ -209,27 +235,41 @@ impl Deref for Handle {
     type Target = Entry;
     #[inline]
     fn deref(&self) -> &Entry {
-        &self.0
+        // SAFETY: this handle is counted in `users`, and the entry is only
+        // removed from the map (which owns it) under the shard lock when
+        // `users` is 0; so it is alive while this handle is.
+        unsafe { self.0.as_ref() }
     }
 }
 
 impl Drop for Handle {
+    #[inline]
     fn drop(&mut self) {
-        // SAFETY: `self.0` is not used again after this.
-        let arc = unsafe { ManuallyDrop::take(&mut self.0) };
-        let shard = REGISTRY.shard(arc.hash);
-        let mut map = shard.0.lock();
-        // New references are only made under this shard's lock, and ours is
-        // dropped before the lock is released, so a count of 2 (the map's
-        // and ours) means nobody else can still reach the entry.
-        if Arc::strong_count(&arc) == 2
-            && let Ok(slot) = map.find_entry(arc.hash, |e| Arc::ptr_eq(e, &arc))
-        {
-            slot.remove();
+        let hash = self.hash;
+        // Release: our uses of the entry happen before whoever frees it.
+        if self.users.fetch_sub(1, Ordering::Release) == 1 {
+            last_user_left(self.0, hash);
         }
-        drop(arc);
-        drop(map);
     }
+}
+
+/// After `users` fell to 0: removes the entry unless someone took it again
+/// meanwhile. `entry` may be freed already (another last user removed it):
+/// it is only compared, and dereferenced once found in the map, which
+/// proves it alive. An entry found at the same address with `users` 0 is
+/// one about to be removed anyway, so removing it here is the same.
+#[cold]
+#[inline(never)]
+fn last_user_left(entry: NonNull<Entry>, hash: u64) {
+    let mut map = REGISTRY.shard(hash).0.lock();
+    if let Ok(slot) = map.find_entry(hash, |e| std::ptr::eq(&**e, entry.as_ptr()))
+        // Acquire: every other user's release happens before the free.
+        && slot.get().users.load(Ordering::Acquire) == 0
+    {
+        let removed = slot.remove().0;
+        drop(removed);
+    }
+    drop(map);
 }
 
 #[cfg(test)]

@@ -263,6 +263,22 @@ impl RawLock {
             // ordered CPU; one reader is woken, queues again behind the
             // writer it must not pass, and the writer is never woken.
             let all = all || self.mixed.load(Ordering::Relaxed);
+            if !all {
+                // The common handover: one waiter, no list to allocate.
+                let w = q.pop_front();
+                if let Some(w) = &w {
+                    // Marked under the queue lock, as below.
+                    w.woken.store(true, Ordering::Release);
+                }
+                if q.is_empty() {
+                    self.state.fetch_and(!PARKED, Ordering::AcqRel);
+                }
+                drop(q);
+                if let Some(w) = w {
+                    w.waker.lock().wake_by_ref();
+                }
+                return;
+            }
             while let Some(w) = q.pop_front() {
                 // Marked under the queue lock, so that a waiter giving up
                 // (`leave`) sees either "still queued" or "woken", never
