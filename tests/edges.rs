@@ -88,8 +88,18 @@ fn a_thousand_timed_out_waits_leave_no_thread_or_descriptor_behind() {
     let got = c.next_report();
     c.finish();
     release(holder).finish();
+    // "threads|fds -> threads|fds": the same threads, and no descriptor
+    // more (a stopped helper's file is closed, not pooled: one fewer).
     let (before, after) = got.split_once(" -> ").unwrap();
-    assert_eq!(before, after, "threads and descriptors before -> after");
+    let (threads_before, fds_before) = before.split_once('|').unwrap();
+    let (threads_after, fds_after) = after.split_once('|').unwrap();
+    assert_eq!(threads_before, threads_after, "threads before -> after");
+    let (fds_before, fds_after): (usize, usize) =
+        (fds_before.parse().unwrap(), fds_after.parse().unwrap());
+    assert!(
+        fds_after <= fds_before,
+        "descriptors {fds_before} -> {fds_after}"
+    );
 }
 
 #[test]
@@ -116,16 +126,30 @@ fn child_thousand_timeouts() {
             assert!(r.unwrap_err().is_busy());
         }
     };
-    // Once first, so that lazily started threads and the entry's lock file
-    // exist before counting: long enough that the async wait is polled
-    // before its deadline, which starts the timer thread.
-    attempt(true, Duration::from_millis(100));
-    let before = (threads(), support::open_fds());
+    // Start the lazily started timer thread first, without touching the
+    // lock file: an async timeout on an in-process lock held here.
+    let held = lockutils::lock("edge-thousand-timer").acquire().unwrap();
+    let waited = futures_lite::future::block_on(
+        lockutils::lock("edge-thousand-timer")
+            .timeout(Duration::from_millis(50))
+            .acquire_async(),
+    );
+    assert!(waited.unwrap_err().is_busy());
+    drop(held);
+    // Open the lock file (kept open by this thread's recent names) with
+    // an attempt that never waits, so never needs a helper.
+    let tried = lockutils::lock("edge-thousand")
+        .external()
+        .lock_path(&dir)
+        .blocking(false)
+        .acquire();
+    assert!(tried.unwrap_err().is_busy());
+    let before = format!("{:?}|{}", threads(), support::open_fds());
     for i in 0..1000 {
         attempt(i % 10 == 0, Duration::from_millis(1));
     }
-    let after = (threads(), support::open_fds());
-    report(format!("{before:?} -> {after:?}"));
+    let after = format!("{:?}|{}", threads(), support::open_fds());
+    report(format!("{before} -> {after}"));
 }
 
 /// A semaphore waiter watches one slot in the kernel on a helper thread
@@ -186,6 +210,10 @@ fn child_slot_watchers() {
             .acquire()
             .map(drop)
     };
+    // One in-process permit held here for the whole test keeps the entry
+    // alive, so the watched slot moves round by round (with a fresh entry
+    // it would be the same slot every time, by the PID's parity).
+    let _keep = lockutils::lock("edge-slots").permits(2).acquire().unwrap();
     let mut before = None;
     for round in 0..6 {
         ofd_lock(&slot1, 1, libc::F_WRLCK);
