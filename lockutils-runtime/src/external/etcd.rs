@@ -179,13 +179,7 @@ fn query_options(query: &str) -> Result<(u64, TlsFiles), String> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("ttl", v)) => {
-                ttl = v
-                    .parse()
-                    .ok()
-                    .filter(|t| (1..=86_400).contains(t))
-                    .ok_or_else(|| {
-                        format!("ttl={v:?}: expected a number of seconds from 1 to 86400")
-                    })?;
+                ttl = super::ttl_seconds(v)?;
             }
             Some(("cacert", v)) => files.ca = Some(v.to_owned()),
             Some(("cert", v)) => files.cert = Some(v.to_owned()),

@@ -432,6 +432,15 @@ fn make(url: &str) -> Result<Server, LockError> {
     }
 }
 
+/// A `ttl=` URL parameter (etcd, Redis): whole seconds from 1 to a day.
+#[cfg(any(feature = "etcd", feature = "redis"))]
+fn ttl_seconds(v: &str) -> Result<u64, String> {
+    v.parse()
+        .ok()
+        .filter(|t| (1..=86_400).contains(t))
+        .ok_or_else(|| format!("ttl={v:?}: expected a number of seconds from 1 to 86400"))
+}
+
 /// An error and its causes, each once: `a: b: c`.
 #[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

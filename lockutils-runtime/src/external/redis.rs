@@ -125,13 +125,7 @@ impl Redis {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("ttl", v)) => {
-                    ttl = v
-                        .parse()
-                        .ok()
-                        .filter(|t| (1..=86_400).contains(t))
-                        .ok_or_else(|| {
-                            bad(format!("ttl={v:?}: expected seconds from 1 to 86400"))
-                        })?;
+                    ttl = super::ttl_seconds(v).map_err(bad)?;
                 }
                 Some(("cacert", v)) => ca = Some(v.to_owned()),
                 Some(("cert", v)) => cert = Some(v.to_owned()),
