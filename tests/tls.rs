@@ -256,3 +256,77 @@ fn etcd_tls_asked_of_a_plaintext_server_is_refused() {
     let (_, cause) = failure(&url, "tls-etcd-plain-server");
     assert!(cause.contains("tls handshake"), "{cause}");
 }
+
+// ---------------------------------------------------------------------------
+// Every URL form through `LOCKUTILS_BACKEND`: exact across processes.
+
+const ENV_PROCESSES: usize = 3;
+const ENV_THREADS: usize = 2;
+const ENV_INCREMENTS: u64 = 20;
+
+/// Child: its lock server comes from `$LOCKUTILS_BACKEND` (set by the
+/// parent); `ENV_THREADS` threads each increment the counter file
+/// `ENV_INCREMENTS` times under the external lock `NAME`.
+#[test]
+fn child_env_counter() {
+    if !running_as("child_env_counter") {
+        return;
+    }
+    let counter = std::path::PathBuf::from(param("COUNTER"));
+    let name = param("NAME");
+    support::await_go();
+    std::thread::scope(|s| {
+        for _ in 0..ENV_THREADS {
+            s.spawn(|| {
+                for _ in 0..ENV_INCREMENTS {
+                    let guard = lockutils::lock(&name).external().acquire().unwrap();
+                    support::increment(&counter);
+                    drop(guard);
+                }
+            });
+        }
+    });
+    report("done");
+}
+
+#[test]
+fn every_tls_and_cluster_url_in_lockutils_backend_gives_an_exact_counter() {
+    let c = certs();
+    let mut forms = vec![
+        (
+            "pg-verify-full",
+            pg_url("localhost", true, &verify_full(&c.ca)),
+        ),
+        ("etcd-mutual-tls", etcd_url("localhost", &mutual(&c.ca))),
+        ("etcd-cluster", servers::etcd_cluster().url.clone()),
+    ];
+    if cfg!(feature = "redis") {
+        let port = servers::redis_tls();
+        forms.push((
+            "rediss",
+            format!("rediss://localhost:{port}/0?cacert={}", c.ca.display()),
+        ));
+    }
+    for (what, url) in forms {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = dir.path().join("counter");
+        let mut children: Vec<support::Child> = (0..ENV_PROCESSES)
+            .map(|_| {
+                support::child("child_env_counter")
+                    .env(lockutils::BACKEND_ENV, &url)
+                    .param("COUNTER", &counter)
+                    .param("NAME", format!("env-counter-{what}"))
+                    .spawn()
+            })
+            .collect();
+        let started = support::ready_set_go(&mut children);
+        let took = support::all_done(children, started);
+        let want = (ENV_PROCESSES * ENV_THREADS) as u64 * ENV_INCREMENTS;
+        assert_eq!(
+            support::read_counter(&counter),
+            want,
+            "{what}: lost increments, holders overlapped"
+        );
+        println!("{what}: {want} increments across {ENV_PROCESSES} processes in {took:?}");
+    }
+}
