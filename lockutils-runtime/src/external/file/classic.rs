@@ -186,13 +186,20 @@ impl Inode {
         kernel: impl Fn(Mode, Range, How) -> io::Result<bool>,
     ) -> io::Result<bool> {
         let mut held = self.held();
-        if held.slots.contains(&slot) || held.watched.contains(&slot) {
+        while held.slots.contains(&slot) || held.watched.contains(&slot) {
             if how == How::Try {
                 return Ok(false);
             }
-            return Err(io::Error::other(
-                "lockutils: waiting for a semaphore slot this process holds",
-            ));
+            // Another holder of this process took it since the slot was
+            // chosen: a kernel wait would be granted at once (the process
+            // owns the lock). Wait for it here, briefly; a `Once` wait
+            // reports an interruption so that its stop is checked.
+            drop(held);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            if how == How::Once {
+                return Err(io::Error::from(io::ErrorKind::Interrupted));
+            }
+            held = self.held();
         }
         if how == How::Try {
             let got = kernel(Mode::Exclusive, Range::Byte(slot), How::Try)?;
