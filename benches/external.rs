@@ -489,13 +489,18 @@ fn handoff_child(kind: &str) {
 const PROCS: usize = 4;
 const THREADS: usize = 2;
 
-fn throughput_run(exe: &Path, dir: &Path, kind: &str, ops: u64) -> f64 {
+/// One throughput run: increments per second, and the longest any thread
+/// waited for one acquisition (ns).
+fn throughput_run(exe: &Path, dir: &Path, kind: &str, ops: u64) -> (f64, u64) {
     let counter = dir.join(format!("counter-{kind}"));
     std::fs::write(&counter, 0u64.to_le_bytes()).expect("counter");
     let mut children: Vec<_> = (0..PROCS)
         .map(|_| {
-            Command::new(exe)
-                .env(CHILD_ENV, format!("throughput-{kind}"))
+            let mut cmd = Command::new(exe);
+            if kind == "lu-off" {
+                cmd.env("LOCKUTILS_COHORT", "off");
+            }
+            cmd.env(CHILD_ENV, format!("throughput-{kind}"))
                 .env("BENCH_DIR", dir)
                 .env("BENCH_COUNTER", &counter)
                 .env("BENCH_OPS", ops.to_string())
@@ -517,16 +522,17 @@ fn throughput_run(exe: &Path, dir: &Path, kind: &str, ops: u64) -> f64 {
     for c in &mut children {
         c.stdin.take().expect("stdin").write_all(b"g").expect("go");
     }
-    let (mut start, mut end) = (u64::MAX, 0u64);
+    let (mut start, mut end, mut worst) = (u64::MAX, 0u64, 0u64);
     for o in outs {
         for line in o.lines() {
             let line = line.expect("line");
             let mut it = line
                 .split_whitespace()
                 .map(|x| x.parse::<u64>().expect("num"));
-            if let (Some(a), Some(b)) = (it.next(), it.next()) {
+            if let (Some(a), Some(b), Some(w)) = (it.next(), it.next(), it.next()) {
                 start = start.min(a);
                 end = end.max(b);
+                worst = worst.max(w);
             }
         }
     }
@@ -537,37 +543,55 @@ fn throughput_run(exe: &Path, dir: &Path, kind: &str, ops: u64) -> f64 {
     let bytes = std::fs::read(&counter).expect("counter");
     let got = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     assert_eq!(got, total, "lost increments under the {kind} lock");
-    total as f64 / ((end - start) as f64 / 1e9)
+    (total as f64 / ((end - start) as f64 / 1e9), worst)
 }
 
 fn throughput(exe: &Path, dir: &Path, runs: usize) {
     let ops = 25_000;
-    let (mut raw, mut lu) = (Vec::new(), Vec::new());
+    let (mut raw, mut lu, mut off) = (Vec::new(), Vec::new(), Vec::new());
+    let mut worst = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..runs {
-        raw.push(throughput_run(exe, dir, "raw", ops));
-        lu.push(throughput_run(exe, dir, "lu", ops));
+        for (i, (kind, xs)) in [("raw", &mut raw), ("lu", &mut lu), ("lu-off", &mut off)]
+            .into_iter()
+            .enumerate()
+        {
+            let (rate, w) = throughput_run(exe, dir, kind, ops);
+            xs.push(rate);
+            worst[i].push(w as f64 / 1e6);
+        }
     }
     println!(
         "\n## 3. Throughput: {PROCS} processes x {THREADS} threads, {ops} locked increments \
          of a counter file each (k ops/s; median of {runs} runs, totals verified)"
     );
+    let (handoffs, within) = lockutils::cohort_limit();
     println!(
-        "| {:<52} | {:>10} | {:>10} | {:>9} |",
-        "variant", "median", "best", "x median"
+        "| {:<52} | {:>10} | {:>10} | {:>9} | {:>14} |",
+        "variant", "median", "best", "x median", "max wait (ms)"
     );
-    println!("|{:-<54}|{:->12}|{:->12}|{:->11}|", "", ":", ":", ":");
+    println!(
+        "|{:-<54}|{:->12}|{:->12}|{:->11}|{:->16}|",
+        "", ":", ":", ":", ":"
+    );
     let base = percentile(&raw, 50.0);
-    for (name, xs) in [
+    let cohort = format!("lockutils site, cohort {handoffs}/{within:?}");
+    for (i, (name, xs)) in [
         ("raw OFD, a descriptor per thread (raw)", &raw),
-        ("lockutils static call site, external", &lu),
-    ] {
+        (cohort.as_str(), &lu),
+        ("lockutils site, cohorting off", &off),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let best = xs.iter().copied().fold(0.0, f64::max);
+        let w = worst[i].iter().copied().fold(0.0, f64::max);
         println!(
-            "| {:<52} | {:>10.1} | {:>10.1} | {:>8.2}x |",
+            "| {:<52} | {:>10.1} | {:>10.1} | {:>8.2}x | {:>14.2} |",
             name,
             percentile(xs, 50.0) / 1e3,
             best / 1e3,
-            percentile(xs, 50.0) / base
+            percentile(xs, 50.0) / base,
+            w
         );
     }
     let ratio = percentile(&lu, 50.0) / base;
@@ -608,17 +632,21 @@ fn throughput_child(kind: &str) {
                 let raw = open_rw(&dir.join("throughput-raw"));
                 barrier.wait();
                 let t0 = mono_ns();
+                let mut worst = 0;
                 for _ in 0..ops {
+                    let asked = mono_ns();
                     if kind == "raw" {
                         ofd(raw.as_raw_fd(), libc::F_OFD_SETLKW, libc::F_WRLCK);
+                        worst = u64::max(worst, mono_ns() - asked);
                         increment(&counter);
                         ofd(raw.as_raw_fd(), libc::F_OFD_SETLK, libc::F_UNLCK);
                     } else {
                         let _g = site.acquire_or_panic();
+                        worst = u64::max(worst, mono_ns() - asked);
                         increment(&counter);
                     }
                 }
-                (t0, mono_ns())
+                (t0, mono_ns(), worst)
             })
         })
         .collect();
@@ -627,8 +655,12 @@ fn throughput_child(kind: &str) {
     std::io::Read::read_exact(&mut std::io::stdin(), &mut go).expect("go");
     barrier.wait();
     for t in threads {
-        let (a, b) = t.join().expect("thread");
-        println!("{a} {b}");
+        let (a, b, w) = t.join().expect("thread");
+        println!("{a} {b} {w}");
+    }
+    if std::env::var_os("BENCH_COHORT_STATS").is_some() {
+        let stats = lockutils::__private_v0_1::cohort_stats("throughput-lu");
+        eprintln!("cohort stats (handoffs, longest batch): {stats:?}");
     }
 }
 

@@ -209,10 +209,11 @@
 
 pub use lockutils_macros::synchronized;
 pub use lockutils_runtime::{
-    AsyncLockGuard, BACKEND_ENV, LOCK_ORDER_ENV, LOCK_PATH_ENV, Location, Lock, LockError,
-    LockGuard, LockName, LockOrderCheck, Lost, NameProblem, lock, lock_order_check, lock_path,
-    locks_held, process_locking, redact_url, remove_external_lock_file, reset_lock_path,
-    set_backend, set_lock_order_check, set_lock_path, set_process_locking,
+    AsyncLockGuard, BACKEND_ENV, COHORT_ENV, LOCK_ORDER_ENV, LOCK_PATH_ENV, Location, Lock,
+    LockError, LockGuard, LockName, LockOrderCheck, Lost, NameProblem, cohort_limit, lock,
+    lock_order_check, lock_path, locks_held, process_locking, redact_url,
+    remove_external_lock_file, reset_lock_path, set_backend, set_cohort_limit,
+    set_lock_order_check, set_lock_path, set_process_locking,
 };
 pub use lockutils_runtime::{
     HoldKind, HoldMode, Holder, Holders, HoldersSource, holders, holders_of_file, holders_of_files,

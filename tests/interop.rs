@@ -135,6 +135,80 @@ fn rust_and_oslo_processes_share_a_counter_exactly() {
 }
 
 #[test]
+fn oslo_gets_its_turn_while_rust_threads_hand_the_lock_file_over() {
+    // Three Rust threads hammer one lock (no pause: one is always queued,
+    // so releases hand the file over in process) while two oslo processes
+    // count on the same file: the batch bound must give oslo its turns,
+    // and the total must be exact.
+    const PY_EACH: u64 = 300;
+    const RS_EACH: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    let each = PY_EACH.to_string();
+    let args = [
+        "count",
+        "counter",
+        "nova-",
+        s(dir.path()),
+        s(&counter),
+        &each,
+    ];
+    let mut pythons: Vec<_> = (0..2).map(|_| helper(&args).spawn()).collect();
+    let mut rust = support::counter_child(
+        dir.path(),
+        "nova-",
+        "counter",
+        &counter,
+        3,
+        RS_EACH,
+        Duration::ZERO,
+    );
+    for c in pythons.iter_mut().chain(std::iter::once(&mut rust)) {
+        c.expect("ready");
+    }
+    for c in pythons.iter_mut().chain(std::iter::once(&mut rust)) {
+        c.send("go");
+    }
+    rust.expect(&format!("done {}", 3 * RS_EACH));
+    let rust_span = rust.next_report();
+    let (handoffs, longest) = support::parse_cohort(&rust.next_report());
+    rust.finish();
+    let mut py_spans = Vec::new();
+    for mut py in pythons {
+        py.expect(&format!("done {PY_EACH}"));
+        py_spans.push(py.next_report());
+        py.finish();
+    }
+    assert_eq!(
+        support::read_counter(&counter),
+        2 * PY_EACH + 3 * RS_EACH,
+        "lost or duplicated increments"
+    );
+    assert!(handoffs > 0, "the Rust threads never handed the file over");
+    assert!(longest <= lockutils::cohort_limit().0, "batch of {longest}");
+    let span = |r: &str| -> (u64, u64) {
+        let (a, b) = r
+            .strip_prefix("span ")
+            .and_then(|x| x.split_once(' '))
+            .expect(r);
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let (rs_first, rs_last) = span(&rust_span);
+    // oslo wrote values inside the Rust span: it got turns while the Rust
+    // threads were handing over, not only before or after them.
+    assert!(
+        py_spans
+            .iter()
+            .map(|p| span(p))
+            .any(|(a, b)| a < rs_last && rs_first < b),
+        "oslo never ran while Rust held: rust {rust_span}, oslo {py_spans:?}"
+    );
+    println!(
+        "rust span {rust_span}, oslo spans {py_spans:?}, {handoffs} handoffs (longest batch {longest})"
+    );
+}
+
+#[test]
 fn oslo_makes_the_same_file_names() {
     let cases = [
         ("iptables", "nova-"),

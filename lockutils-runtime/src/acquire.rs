@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::LockError;
-use crate::external::{self, Backend, Chosen, Dir, ExternalHold, Pending};
+use crate::external::{self, Arrival, Backend, Chosen, Dir, ExternalHold, Pending};
 use crate::guard::{AsyncLockGuard, LockGuard, check_reentry};
 use crate::hold::{EntryRef, Hold};
 use crate::local::timer::Sleep;
@@ -51,13 +51,42 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
     };
     let started = trace::start();
     let mut wait = req.wait;
+    let external = req.wants_external();
     if !entry.local.try_lock(req.mode) {
         wait = wait.start();
+        // Counted while it waits, so a releaser may park its lock file for
+        // it (cohorting); uncounted, with nothing parked, if it gives up.
+        let arrival = external.then(|| entry.external.arrive());
         wait_in_process(&entry, req.mode, wait)?;
+        let counted = arrival.map(Arrival::keep).is_some();
+        // SAFETY: we just took the in-process lock in `req.mode`.
+        let mut hold = unsafe { Hold::new(entry, req.mode) };
+        if counted {
+            hold.take_parked(req.dir);
+            hold.entry().external.settled();
+        }
+        return finish_sync(hold, req, wait, order, started);
     }
     // SAFETY: we just took the in-process lock in `req.mode`.
-    let hold = unsafe { Hold::new(entry, req.mode) };
-    let hold = if req.wants_external() {
+    let mut hold = unsafe { Hold::new(entry, req.mode) };
+    if external {
+        // A releaser may have parked its lock file (cohorting).
+        hold.take_parked(req.dir);
+    }
+    finish_sync(hold, req, wait, order, started)
+}
+
+/// The rest of [`acquire`], once the in-process lock is held: the
+/// external lock unless it was handed over, then the guard.
+#[inline]
+fn finish_sync(
+    hold: Hold,
+    req: &Request<'_>,
+    wait: Wait,
+    order: SyncHold,
+    started: Option<Instant>,
+) -> Result<LockGuard, LockError> {
+    let hold = if req.wants_external() && !hold.has_external() {
         let wait = wait.start();
         let hold = lock_external_sync(hold, req.dir, wait)?;
         if hold.entry().kind().flock {
@@ -242,14 +271,30 @@ pub(crate) async fn acquire_async(
     };
     let started = trace::start();
     let wait = req.wait.start();
-    if !entry.local.try_lock(req.mode)
-        && (wait.is_try() || !entry.local.lock_async(req.mode, wait.deadline()).await)
-    {
-        return Err(wait.busy(entry.name()));
+    let external = req.wants_external();
+    let mut counted = false;
+    if !entry.local.try_lock(req.mode) {
+        if wait.is_try() {
+            return Err(wait.busy(entry.name()));
+        }
+        // Counted while it waits (see `acquire`); dropping this future
+        // drops the arrival, which gives up.
+        let arrival = external.then(|| entry.external.arrive());
+        if !entry.local.lock_async(req.mode, wait.deadline()).await {
+            return Err(wait.busy(entry.name()));
+        }
+        counted = arrival.map(Arrival::keep).is_some();
     }
     // SAFETY: we just took the in-process lock in `req.mode`.
     let mut hold = unsafe { Hold::new(entry, req.mode) };
-    if req.wants_external() {
+    if external {
+        // A releaser may have parked its lock file (cohorting).
+        hold.take_parked(req.dir);
+    }
+    if counted {
+        hold.entry().external.settled();
+    }
+    if req.wants_external() && !hold.has_external() {
         let backend = backend_for(&hold, req.dir)?;
         let done = backend.try_is_cheap() && lock_external(&mut hold, &backend, Wait::Try)?;
         if !done {

@@ -17,7 +17,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
@@ -162,6 +163,84 @@ pub fn process_locking() -> bool {
     PROCESS_LOCKING.load(Ordering::Acquire)
 }
 
+/// The environment variable that sets the cohort batch (see
+/// [`set_cohort_limit`]): `off` (or `0`) turns handoffs off; `N` allows N
+/// handoffs per batch; `N/Dus` also sets the time bound in microseconds.
+pub const COHORT_ENV: &str = "LOCKUTILS_COHORT";
+
+/// Handoffs a lock file may see before it is released to other processes.
+static COHORT_HANDOFFS: AtomicU32 = AtomicU32::new(DEFAULT_COHORT.0);
+/// Nanoseconds from a batch's first handoff after which it ends.
+static COHORT_NANOS: AtomicU64 = AtomicU64::new(DEFAULT_COHORT.1);
+/// Whether [`COHORT_ENV`] was read (or a setter overrode it).
+static COHORT_SET: std::sync::Once = std::sync::Once::new();
+
+/// 64 handoffs or 1 ms, whichever comes first.
+const DEFAULT_COHORT: (u32, u64) = (64, 1_000_000);
+
+/// Bounds lock cohorting for lock files.
+///
+/// When a thread of this process releases an exclusive lock-file lock
+/// while another thread of this process waits for the same lock, the
+/// file's lock is handed over with the in-process lock instead of being
+/// released to the kernel and taken again (two `fcntl` calls and a
+/// cross-process race saved per handover). A batch of such handoffs ends
+/// after `max_handoffs` handoffs or `max_time` from its first handoff,
+/// whichever comes first; the file is then released for real, so other
+/// processes (lockutils or oslo.concurrency) get their turn. The default
+/// is 64 handoffs or 1 ms; `max_handoffs = 0` turns cohorting off.
+/// `$LOCKUTILS_COHORT` sets it at start-up (`off`, `N` or `N/Dus`).
+pub fn set_cohort_limit(max_handoffs: u32, max_time: Duration) {
+    COHORT_SET.call_once(|| {});
+    let nanos = u64::try_from(max_time.as_nanos()).unwrap_or(u64::MAX);
+    COHORT_NANOS.store(nanos, Ordering::Relaxed);
+    COHORT_HANDOFFS.store(max_handoffs, Ordering::Relaxed);
+}
+
+/// The cohort bound in force: handoffs per batch and the batch's time.
+pub fn cohort_limit() -> (u32, Duration) {
+    COHORT_SET.call_once(read_cohort_env);
+    (
+        COHORT_HANDOFFS.load(Ordering::Relaxed),
+        Duration::from_nanos(COHORT_NANOS.load(Ordering::Relaxed)),
+    )
+}
+
+/// Reads [`COHORT_ENV`]; a value that does not parse is reported once on
+/// stderr and the default kept (a lock setting must not stop a service).
+fn read_cohort_env() {
+    let Ok(v) = std::env::var(COHORT_ENV) else {
+        return;
+    };
+    match parse_cohort(&v) {
+        Some((n, nanos)) => {
+            COHORT_HANDOFFS.store(n, Ordering::Relaxed);
+            COHORT_NANOS.store(nanos, Ordering::Relaxed);
+        }
+        None => eprintln!(
+            "lockutils: ignoring {COHORT_ENV}={v:?}: expected `off`, a handoff count \
+             such as `64`, or a count and microseconds such as `64/1000us`"
+        ),
+    }
+}
+
+fn parse_cohort(v: &str) -> Option<(u32, u64)> {
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Some((0, DEFAULT_COHORT.1));
+    }
+    let (n, t) = match v.split_once('/') {
+        Some((n, t)) => (n, Some(t.trim().strip_suffix("us")?)),
+        None => (v, None),
+    };
+    let n = n.trim().parse().ok()?;
+    let nanos = match t {
+        Some(t) => t.trim().parse::<u64>().ok()?.checked_mul(1_000)?,
+        None => DEFAULT_COHORT.1,
+    };
+    Some((n, nanos))
+}
+
 /// The configuration generation (see [`GENERATION`]).
 #[inline]
 pub(crate) fn generation() -> u64 {
@@ -190,5 +269,15 @@ mod tests {
             redact("postgres://u:p@ss@h/db?x=1"),
             "postgres://u:***@h/db?x=1"
         );
+    }
+
+    #[test]
+    fn cohort_settings_parse() {
+        assert_eq!(parse_cohort("off"), Some((0, 1_000_000)));
+        assert_eq!(parse_cohort("0"), Some((0, 1_000_000)));
+        assert_eq!(parse_cohort("16"), Some((16, 1_000_000)));
+        assert_eq!(parse_cohort("16/250us"), Some((16, 250_000)));
+        assert_eq!(parse_cohort("16/250ms"), None);
+        assert_eq!(parse_cohort("many"), None);
     }
 }

@@ -4,7 +4,7 @@ use std::mem::ManuallyDrop;
 use std::ops::Deref;
 
 use crate::error::LockError;
-use crate::external::{ExternalHold, Location, Lost};
+use crate::external::{self, Dir, ExternalHold, Location, Lost};
 use crate::registry::{Entry, Handle};
 use crate::spec::Mode;
 
@@ -77,6 +77,28 @@ impl Hold {
     pub(crate) fn set_external(&mut self, external: ExternalHold) {
         debug_assert!(self.external.is_none());
         *self.external = Some(external);
+    }
+
+    /// Whether an external lock is held (perhaps handed over already).
+    #[inline]
+    pub(crate) fn has_external(&self) -> bool {
+        self.external.is_some()
+    }
+
+    /// For a hold that wants its lock file in `dir`: takes over the file
+    /// a releaser parked (cohorting), if there is one it can use. A parked
+    /// file it cannot use (another directory, or this hold is not the
+    /// writer) is released.
+    #[inline]
+    pub(crate) fn take_parked(&mut self, dir: Dir<'_>) {
+        let entry = &**self.entry;
+        if let Some(f) = external::take_parked(&entry.external, dir, entry.name()) {
+            if self.writer {
+                self.set_external(f);
+            } else {
+                f.release(&entry.external);
+            }
+        }
     }
 
     /// Where the external lock is held, if one is.
@@ -153,20 +175,50 @@ impl Hold {
 }
 
 impl Hold {
+    /// Releases the external lock, or parks a lock file for a thread of
+    /// this process waiting for the same lock (cohorting: `true`, and the
+    /// caller hands the in-process lock over with [`Hold::hand_over`]).
     #[cold]
     #[inline(never)]
-    fn release_external(&mut self) {
+    fn release_external(&mut self) -> bool {
+        let Some(f) = self.external.take() else {
+            return false;
+        };
+        let entry = &**self.entry;
+        let f = if self.writer {
+            match f.park(&entry.external) {
+                Ok(()) => return true,
+                Err(f) => f,
+            }
+        } else {
+            f
+        };
         // A panic while releasing (a lock server's client, say) must not
         // skip the in-process unlock that follows in `drop`: catch it, and
         // resume once everything is released.
         let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if let Some(f) = self.external.take() {
-                f.release(&self.entry.external);
-            }
+            f.release(&entry.external);
         }));
         if let Err(panic) = released {
             self.unlock_and_forget();
             std::panic::resume_unwind(panic);
+        }
+        false
+    }
+
+    /// The in-process part of `drop` after a lock file was parked:
+    /// releases the in-process lock, then unlocks the file if nobody
+    /// waits to take it any more (see `local::cohort`).
+    #[cold]
+    #[inline(never)]
+    fn hand_over(&mut self) {
+        let entry = &**self.entry;
+        // SAFETY: a Hold owns the in-process lock in `mode` (see `new`),
+        // and this runs once, from `drop`, instead of `unlock_and_forget`.
+        unsafe { entry.local.unlock(self.mode) };
+        entry.external.released();
+        if let EntryRef::Owned(_) = &*self.entry {
+            self.drop_entry();
         }
     }
 
@@ -193,8 +245,9 @@ impl Hold {
 impl Drop for Hold {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.external.is_some() {
-            self.release_external();
+        if self.external.is_some() && self.release_external() {
+            self.hand_over();
+            return;
         }
         self.unlock_and_forget();
     }

@@ -30,8 +30,8 @@ pub mod private;
 pub use builder::{Lock, lock, remove_external_lock_file};
 pub use config::redact as redact_url;
 pub use config::{
-    BACKEND_ENV, LOCK_PATH_ENV, lock_path, process_locking, reset_lock_path, set_lock_path,
-    set_process_locking,
+    BACKEND_ENV, COHORT_ENV, LOCK_PATH_ENV, cohort_limit, lock_path, process_locking,
+    reset_lock_path, set_cohort_limit, set_lock_path, set_process_locking,
 };
 pub use error::{LockError, NameProblem};
 pub use external::{Location, Lost, set_backend};

@@ -413,6 +413,19 @@ pub fn queued(full_name: &str) -> Option<usize> {
     crate::registry::peek(full_name, |e| e.local.queued())
 }
 
+/// Whether a thread or task of this process is queued for the lock,
+/// `None` if nobody uses the name. For tests.
+pub fn has_waiters(full_name: &str) -> Option<bool> {
+    crate::registry::peek(full_name, |e| e.local.has_waiters())
+}
+
+/// Lock cohorting so far for a name: handoffs of its lock file from one
+/// thread to the next without unlocking it, and the most handoffs in one
+/// batch. `None` if nobody uses the name. For tests and benchmarks.
+pub fn cohort_stats(full_name: &str) -> Option<(u64, u32)> {
+    crate::registry::peek(full_name, |e| e.external.cohort_stats())
+}
+
 /// Holders of a lock in this process (a writer counts as one), `None` if
 /// nobody uses the name. For tests.
 pub fn holders(full_name: &str) -> Option<usize> {

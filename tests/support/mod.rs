@@ -465,18 +465,46 @@ pub fn counter_child(
     increments: u64,
     pause: Duration,
 ) -> Child {
-    lock_child("support::child_counter", dir, prefix, name)
+    counter_child_with(dir, prefix, name, counter, threads, increments, pause, &[])
+}
+
+/// A [`counter_child`] with extra environment variables.
+#[allow(clippy::too_many_arguments)]
+pub fn counter_child_with(
+    dir: &Path,
+    prefix: &str,
+    name: &str,
+    counter: &Path,
+    threads: usize,
+    increments: u64,
+    pause: Duration,
+    env: &[(&str, &str)],
+) -> Child {
+    let mut child = lock_child("support::child_counter", dir, prefix, name)
         .param("COUNTER", counter)
         .param("THREADS", threads.to_string())
         .param("INCREMENTS", increments.to_string())
-        .param("PAUSE_US", pause.as_micros().to_string())
-        .spawn()
+        .param("PAUSE_US", pause.as_micros().to_string());
+    for (k, v) in env {
+        child = child.env(k, v);
+    }
+    child.spawn()
+}
+
+/// `(handoffs, longest batch)` from a [`child_counter`]'s `cohort` report.
+pub fn parse_cohort(report: &str) -> (u64, u32) {
+    let parse = || {
+        let (h, l) = report.strip_prefix("cohort ")?.split_once(' ')?;
+        Some((h.parse().ok()?, l.parse().ok()?))
+    };
+    parse().unwrap_or_else(|| panic!("not a cohort report: {report:?}"))
 }
 
 /// Child: reports `ready`, waits for `go`, then `THREADS` threads each add
 /// `INCREMENTS` to the counter file, each increment under the external
 /// lock; reports `done <total added>`, then `span <first> <last>`: the
-/// lowest and highest counter values this process wrote.
+/// lowest and highest counter values this process wrote; then `cohort
+/// <handoffs> <longest batch>` (lock cohorting, see `tests/cohort.rs`).
 #[test]
 fn child_counter() {
     if !running_as("support::child_counter") {
@@ -489,6 +517,16 @@ fn child_counter() {
     let pause = Duration::from_micros(param_as("PAUSE_US"));
     let first = AtomicU64::new(u64::MAX);
     let last = AtomicU64::new(0);
+    // Taken once here, so this thread keeps the entry (and its cohort
+    // figures) alive after the counting threads are gone.
+    drop(
+        lockutils::lock(&name)
+            .prefix(&prefix)
+            .external()
+            .lock_path(&dir)
+            .acquire()
+            .unwrap_or_else(|e| panic!("child_counter: {e}")),
+    );
     await_go();
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -514,6 +552,9 @@ fn child_counter() {
     });
     report(format!("done {}", threads as u64 * increments));
     report(format!("span {} {}", first.into_inner(), last.into_inner()));
+    let full = format!("{prefix}{name}");
+    let (handoffs, longest) = lockutils::__private_v0_1::cohort_stats(&full).unwrap_or((0, 0));
+    report(format!("cohort {handoffs} {longest}"));
 }
 
 // ---------------------------------------------------------------------------

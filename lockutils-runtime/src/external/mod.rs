@@ -46,6 +46,7 @@ mod redis;
 pub use lost::Lost;
 pub(crate) use lost::LostFlag;
 
+pub(crate) use file::Arrival;
 pub(crate) use pending::Pending;
 
 /// The per-entry state every backend may keep with a lock name: the lock
@@ -147,6 +148,16 @@ impl ExternalHold {
         match self {
             ExternalHold::File(f) => f.release(state),
             ExternalHold::Remote(r) => r.release(),
+        }
+    }
+
+    /// Parks a lock file's lock in `state` for the next holder in this
+    /// process (cohorting; see `file`). `Err`: not parked (a server lock,
+    /// or the batch is used up); release it as usual.
+    pub(crate) fn park(self, state: &State) -> Result<(), ExternalHold> {
+        match self {
+            ExternalHold::File(f) => f.park(state).map_err(ExternalHold::File),
+            remote @ ExternalHold::Remote(_) => Err(remote),
         }
     }
 
@@ -275,6 +286,27 @@ impl<'a> Dir<'a> {
     }
 }
 
+/// For a holder of the in-process lock that wants an external lock in
+/// `dir`: the lock file a releaser parked (cohorting), if it is one this
+/// acquisition would lock. A parked file it cannot use is released.
+#[inline]
+pub(crate) fn take_parked(state: &State, dir: Dir<'_>, name: &str) -> Option<ExternalHold> {
+    if !state.is_parked() {
+        return None;
+    }
+    take_parked_slow(state, dir, name)
+}
+
+#[cold]
+#[inline(never)]
+fn take_parked_slow(state: &State, dir: Dir<'_>, name: &str) -> Option<ExternalHold> {
+    let files = match choose(dir, name) {
+        Ok(Chosen::File(files)) => Some(files),
+        _ => None,
+    };
+    state.take_parked(files).map(ExternalHold::File)
+}
+
 /// The backend chosen for one acquisition.
 pub(crate) enum Chosen<'a> {
     File(file::Files<'a>),
@@ -335,7 +367,7 @@ impl Chosen<'_> {
                 let (server, name, kind) = (server.clone(), target.name.to_owned(), target.kind);
                 Pending::spawn(target.name, false, move |_| {
                     // Servers keep no per-entry state.
-                    static NONE: State = State::new();
+                    static NONE: LazyLock<State> = LazyLock::new(State::new);
                     let target = Target {
                         name: &name,
                         kind,

@@ -4,6 +4,8 @@
 //! * [`raw`]: the default, barging lock word and wait queue (reader/writer
 //!   and counted modes);
 //! * [`fifo`]: the fair (first come, first served) variant;
+//! * [`cohort`]: what a releaser leaves for the next holder (lock
+//!   cohorting) and the rule that it is never stranded;
 //! * [`timer`]: deadlines for async waits, with no async runtime required.
 //!
 //! [`Local`] picks one of them for a lock's [`Kind`]. Nothing here knows
@@ -14,6 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+pub(crate) mod cohort;
 pub(crate) mod fifo;
 pub(crate) mod raw;
 pub(crate) mod sync;
@@ -91,6 +94,14 @@ impl Local {
         match self {
             Local::Barging(l) => l.holders(),
             Local::Fair(l) => l.holders(),
+        }
+    }
+
+    /// Whether anyone is queued, for introspection.
+    pub(crate) fn has_waiters(&self) -> bool {
+        match self {
+            Local::Barging(l) => l.has_waiters(),
+            Local::Fair(l) => l.queued() > 0,
         }
     }
 

@@ -371,6 +371,11 @@ impl RawLock {
         }
     }
 
+    /// Whether anyone is queued, for introspection.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & PARKED != 0
+    }
+
     /// Holders right now (a writer counts as one), for introspection.
     pub(crate) fn holders(&self) -> usize {
         let used = self.state.load(Ordering::Relaxed) & !PARKED;

@@ -38,6 +38,18 @@
 //! flock(2) with byte-range locks, which would conflict with our own OFD
 //! lock: do not use `flock` there.
 //!
+//! Lock cohorting: an exclusive holder that releases while another thread
+//! or task of this process waits for the same lock *parks* its locked file
+//! in the pool ([`FileHold::park`]) instead of unlocking it. Whoever takes
+//! the in-process lock next for a lock file (the waiter, or a newcomer
+//! barging in first, as the barging lock allows) takes the parked file
+//! ([`Pool::take_parked`]) and holds the file's lock without a system
+//! call; the rules that keep a parked file from being stranded are in
+//! `local::cohort`. A batch of handoffs is bounded
+//! ([`config::cohort_limit`]: 64 handoffs or 1 ms by default); then the
+//! file is unlocked for real, and a process waiting in the kernel (another
+//! lockutils process, or oslo's Python) gets its turn.
+//!
 //! [`sys`] holds the system calls (OFD locks, classic `fcntl`, `LockFileEx`,
 //! `flock`).
 
@@ -48,12 +60,14 @@ pub(crate) mod sys;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 
 use super::pending::{Outcome, Pending, Stop};
 use super::{Backend, ExternalHold, Target};
 use crate::config;
 use crate::error::LockError;
+use crate::local::cohort::Cohort;
 use crate::spec::{Mode, Wait};
 use sys::{LockFile, OpenError, Range};
 
@@ -85,11 +99,7 @@ impl Backend for Files<'_> {
             let Some((open, range)) = got else {
                 return Ok(None);
             };
-            let hold = FileHold {
-                open,
-                range,
-                flock: false,
-            };
+            let hold = FileHold::new(open, range);
             match hold.open.file.is_linked() {
                 Ok(true) => return Ok(Some(ExternalHold::File(hold))),
                 // Removed while we waited: drop this file and start over.
@@ -156,24 +166,13 @@ fn wait_for(
             return Ok(None);
         };
         match locked.file.is_linked() {
-            Ok(true) => {
-                return Ok(Some(ExternalHold::File(FileHold {
-                    open: locked,
-                    range,
-                    flock: false,
-                })));
-            }
+            Ok(true) => return Ok(Some(ExternalHold::File(FileHold::new(locked, range)))),
             Ok(false) => {}
             Err(e) => return Err(io_error(name, &locked, "inspect lock file", e)),
         }
         // Removed while we waited: start over on the file now at the path.
         open = locked.reopen(name)?;
-        FileHold {
-            open: locked,
-            range,
-            flock: false,
-        }
-        .close();
+        FileHold::new(locked, range).close();
     }
 }
 
@@ -252,14 +251,77 @@ pub(crate) struct Pool {
     idle: parking_lot::Mutex<Vec<Open>>,
     /// Spreads semaphore waiters over the slots.
     turn: AtomicU32,
+    /// A locked file on its way from one holder to the next, and the
+    /// waiters that may take it (cohorting; see the module docs).
+    cohort: Cohort<FileHold>,
+    /// Handoffs so far, and the most in one batch (for tests and benches).
+    handoffs: AtomicU64,
+    longest_batch: AtomicU32,
 }
 
 impl Pool {
-    pub(crate) const fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Pool {
             idle: parking_lot::Mutex::new(Vec::new()),
             turn: AtomicU32::new(0),
+            cohort: Cohort::new(),
+            handoffs: AtomicU64::new(0),
+            longest_batch: AtomicU32::new(0),
         }
+    }
+
+    /// Whether a file is parked (one load).
+    #[inline]
+    pub(crate) fn is_parked(&self) -> bool {
+        self.cohort.is_parked()
+    }
+
+    /// A holder of the in-process lock for a lock file is about to wait
+    /// for it: counted until [`Arrival::settle`] (or its drop, giving up).
+    pub(crate) fn arrive(&self) -> Arrival<'_> {
+        self.cohort.arrive();
+        Arrival { pool: self }
+    }
+
+    /// A waiter counted by [`Pool::arrive`] (then [`Arrival::keep`]) holds
+    /// the in-process lock and has looked for a parked file.
+    pub(crate) fn settled(&self) {
+        self.cohort.settled();
+    }
+
+    /// The parked file, for a holder of the in-process lock that may use
+    /// it (opened under `files`, in this process). A parked file it cannot
+    /// use is unlocked and returned to the pool.
+    pub(crate) fn take_parked(&self, files: Option<Files<'_>>) -> Option<FileHold> {
+        let hold = self.cohort.take()?;
+        match files {
+            Some(files) if hold.open.matches(files) => {
+                self.handoffs.fetch_add(1, Ordering::Relaxed);
+                self.longest_batch
+                    .fetch_max(hold.batch.map_or(0, |b| b.0), Ordering::Relaxed);
+                Some(hold)
+            }
+            _ => {
+                hold.release(self);
+                None
+            }
+        }
+    }
+
+    /// After releasing the in-process lock with a file parked: unlocks
+    /// the file if nobody waits to take it any more.
+    pub(crate) fn released(&self) {
+        if let Some(hold) = self.cohort.released() {
+            hold.release(self);
+        }
+    }
+
+    /// Handoffs so far, and the most handoffs one batch had.
+    pub(crate) fn cohort_stats(&self) -> (u64, u32) {
+        (
+            self.handoffs.load(Ordering::Relaxed),
+            self.longest_batch.load(Ordering::Relaxed),
+        )
     }
 
     /// An idle file for `files`, or a newly opened one. Files opened under
@@ -294,15 +356,71 @@ impl Pool {
     }
 }
 
+/// A waiter counted by the pool's cohort ([`Pool::arrive`]). Dropped
+/// without [`settle`](Arrival::settle) (a timeout, a dropped future, a
+/// panic), it gives up: a file parked for it is unlocked.
+pub(crate) struct Arrival<'a> {
+    pool: &'a Pool,
+}
+
+impl Arrival<'_> {
+    /// The waiter holds the in-process lock: it stays counted until it
+    /// has looked for a parked file and calls [`Pool::settled`].
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        if let Some(hold) = self.pool.cohort.gave_up() {
+            hold.release(self.pool);
+        }
+    }
+}
+
 /// The lock-file part of a held lock.
 pub(crate) struct FileHold {
     open: Open,
     range: Range,
     /// `flock(2)` is held too.
     flock: bool,
+    /// Handoffs of this lock since it was taken from the kernel, and when
+    /// the first was (see [`FileHold::park`]).
+    batch: Option<(u32, Instant)>,
 }
 
 impl FileHold {
+    pub(super) fn new(open: Open, range: Range) -> FileHold {
+        FileHold {
+            open,
+            range,
+            flock: false,
+            batch: None,
+        }
+    }
+
+    /// Parks this locked file in `pool` for the next holder of the
+    /// in-process lock, unless nobody waits for it, the batch is used up,
+    /// cohorting is off, or the file is a forked parent's: then it comes
+    /// back, to be released for real.
+    pub(crate) fn park(mut self, pool: &Pool) -> Result<(), FileHold> {
+        if !pool.cohort.has_waiters() {
+            return Err(self);
+        }
+        let (limit, within) = config::cohort_limit();
+        let now = Instant::now();
+        let (n, since) = self.batch.map_or((1, now), |(n, t)| (n + 1, t));
+        if n > limit
+            || now.duration_since(since) >= within
+            || self.open.forks != sys::fork::generation()
+        {
+            return Err(self);
+        }
+        self.batch = Some((n, since));
+        pool.cohort.park(self)
+    }
+
     /// Unlocks (flock first, then the OFD lock) and returns the file to the
     /// entry's pool. If unlocking fails the file is closed instead, which
     /// releases the locks anyway.
@@ -335,6 +453,9 @@ impl FileHold {
     /// Takes flock(2) too (see the module docs), waiting in the kernel if
     /// `block`. `Ok(false)`: busy. `name` is the full lock name.
     pub(crate) fn flock(&mut self, name: &str, mode: Mode, block: bool) -> Result<bool, LockError> {
+        if self.flock {
+            return Ok(true); // handed over with it (cohorting)
+        }
         match self.open.file.flock(mode, block) {
             Ok(got) => {
                 self.flock = got;

@@ -88,11 +88,7 @@ pub(super) fn wait_any_slot(
     };
     let watch = Pending::spawn(name, true, move |stop| {
         match lock_stoppable(&watcher.file, Mode::Exclusive, slot, stop) {
-            Ok(true) => Ok(Some(ExternalHold::File(FileHold {
-                open: watcher,
-                range: slot,
-                flock: false,
-            }))),
+            Ok(true) => Ok(Some(ExternalHold::File(FileHold::new(watcher, slot)))),
             Ok(false) => Ok(None),
             Err(e) => Err(LockError::Io {
                 name: String::new(),

@@ -8,6 +8,7 @@ use std::task::{Context, Wake, Waker};
 
 use super::sync::{Arc, AtomicBool, Ordering};
 
+mod loom_cohort;
 mod loom_fifo;
 mod loom_raw;
 

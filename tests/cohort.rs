@@ -1,0 +1,262 @@
+//! Lock cohorting: a lock file's lock handed from one thread of this
+//! process to the next without unlocking it, and always let go in the end.
+//! Other processes (children of this test binary, see `tests/support`)
+//! check from outside what the kernel holds.
+#![cfg(unix)]
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lockutils::__private_v0_1::{cohort_stats, has_waiters};
+use support::{PATIENCE, lock_child, try_in_child};
+
+fn external<'a>(name: &'a str, dir: &'a Path) -> lockutils::Lock<'a> {
+    lockutils::lock(name).external().lock_path(dir)
+}
+
+/// Waits until a thread of this process is queued for `name`.
+fn await_local_waiter(name: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while has_waiters(name) != Some(true) {
+        assert!(
+            Instant::now() < deadline,
+            "no thread ever queued for {name}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_waiting_thread_is_handed_the_locked_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "cohort-handed";
+    let first = external(name, dir.path()).acquire().unwrap();
+    let before = cohort_stats(name).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let guard = external(name, dir.path()).acquire().unwrap();
+            let stats = cohort_stats(name).unwrap();
+            // Another process sees the file locked while the handed-over
+            // guard lives.
+            let seen = try_in_child(dir.path(), "", name);
+            drop(guard);
+            (stats, seen)
+        });
+        await_local_waiter(name);
+        drop(first);
+        let (stats, seen) = waiter.join().unwrap();
+        assert_eq!(
+            stats.0,
+            before.0 + 1,
+            "the waiting thread locked the file itself instead of being handed it"
+        );
+        assert_eq!(
+            seen, "wouldblock",
+            "the handed-over lock was not held in the kernel"
+        );
+    });
+    assert_eq!(
+        try_in_child(dir.path(), "", name),
+        "ok",
+        "the lock file stayed locked after the last guard"
+    );
+}
+
+#[test]
+fn a_waiter_that_does_not_lock_the_file_lets_the_parked_file_go() {
+    // The same name, once with a lock file and once in process only: the
+    // in-process waiter is handed the lock, but not the file, which must
+    // not stay locked while nobody in this process uses it.
+    let dir = tempfile::tempdir().unwrap();
+    let name = "cohort-mixed";
+    let first = external(name, dir.path()).acquire().unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let guard = lockutils::lock(name).acquire().unwrap();
+            let seen = try_in_child(dir.path(), "", name);
+            drop(guard);
+            seen
+        });
+        await_local_waiter(name);
+        drop(first);
+        assert_eq!(
+            waiter.join().unwrap(),
+            "ok",
+            "the lock file stayed locked for an in-process holder"
+        );
+    });
+}
+
+#[test]
+fn a_waiter_for_another_lock_path_locks_its_own_file() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let name = "cohort-two-paths";
+    let first = external(name, a.path()).acquire().unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let guard = external(name, b.path()).acquire().unwrap();
+            let at = guard.location().and_then(lockutils::Location::into_file);
+            let seen = (
+                try_in_child(a.path(), "", name),
+                try_in_child(b.path(), "", name),
+            );
+            drop(guard);
+            (at, seen)
+        });
+        await_local_waiter(name);
+        drop(first);
+        let (at, (in_a, in_b)) = waiter.join().unwrap();
+        assert_eq!(at.as_deref(), Some(&*b.path().join(name)));
+        assert_eq!(in_a, "ok", "the first lock path's file stayed locked");
+        assert_eq!(
+            in_b, "wouldblock",
+            "the second lock path's file was not locked"
+        );
+    });
+}
+
+#[test]
+fn a_timed_waiter_is_handed_the_file_or_gives_up_with_nothing() {
+    // Timed waits race the handoff: whichever wins, a waiter either holds
+    // the file (and its holder count says so) or returned with nothing,
+    // and at the end the file is free.
+    let dir = tempfile::tempdir().unwrap();
+    let name = "cohort-timed";
+    let lock = external(name, dir.path());
+    // This thread keeps the entry (and its figures) alive to the end.
+    drop(lock.acquire().unwrap());
+    let got = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let (lock, got) = (&lock, &got);
+            s.spawn(move || {
+                for i in 0..2_000u64 {
+                    let timeout = Duration::from_micros((i * 7 + t * 13) % 40);
+                    if let Ok(guard) = lock.clone().timeout(timeout).acquire() {
+                        got.fetch_add(1, Ordering::Relaxed);
+                        let spin = Instant::now() + Duration::from_micros(10);
+                        while Instant::now() < spin {
+                            std::hint::spin_loop();
+                        }
+                        drop(guard);
+                    }
+                }
+            });
+        }
+    });
+    let (handoffs, longest) = cohort_stats(name).unwrap();
+    println!(
+        "timed waiters: {} acquisitions, {handoffs} handed over, longest batch {longest}",
+        got.load(Ordering::Relaxed)
+    );
+    assert!(
+        handoffs > 0,
+        "no handoff happened: the test did not test it"
+    );
+    assert!(longest <= lockutils::cohort_limit().0);
+    assert_eq!(try_in_child(dir.path(), "", name), "ok");
+}
+
+#[test]
+fn another_process_gets_its_turn_while_threads_keep_handing_over() {
+    // Three threads keep the lock busy (one always queued, so every
+    // release could hand over); a process waiting in the kernel must still
+    // get the lock: the batch bound releases the file.
+    let dir = tempfile::tempdir().unwrap();
+    let name = "cohort-bounded";
+    let stop = AtomicBool::new(false);
+    let rounds = AtomicU64::new(0);
+    let lock = external(name, dir.path());
+    drop(lock.acquire().unwrap()); // keeps the entry alive (see above)
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let guard = lock.acquire().unwrap();
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                    drop(guard);
+                }
+            });
+        }
+        // Only once handoffs are going on does the other process ask.
+        let deadline = Instant::now() + PATIENCE;
+        while cohort_stats(name).map_or(0, |c| c.0) < 1_000 {
+            assert!(Instant::now() < deadline, "threads never handed over");
+            std::thread::yield_now();
+        }
+        let mut other = lock_child("support::child_wait", dir.path(), "", name).spawn();
+        other.expect("busy");
+        let asked = Instant::now();
+        // `expect` fails after the patience period: a starved process.
+        other.expect("acquired");
+        let waited = asked.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        other.send("release");
+        other.expect("released");
+        other.finish();
+        let (handoffs, longest) = cohort_stats(name).unwrap();
+        println!(
+            "the other process waited {waited:?} while {handoffs} handoffs went on \
+             (longest batch {longest}, {} rounds)",
+            rounds.load(Ordering::Relaxed)
+        );
+        assert!(
+            longest <= lockutils::cohort_limit().0,
+            "a batch of {longest} handoffs passed the bound"
+        );
+    });
+}
+
+#[test]
+fn cohort_limit_from_the_environment_bounds_the_batch() {
+    // In a child: `LOCKUTILS_COHORT=4` is read at start-up.
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    let mut child = support::counter_child_with(
+        dir.path(),
+        "",
+        "cohort-env",
+        &counter,
+        3,
+        2_000,
+        Duration::ZERO,
+        &[("LOCKUTILS_COHORT", "4")],
+    );
+    child.expect("ready");
+    child.send("go");
+    child.expect("done 6000");
+    let _span = child.next_report();
+    let cohort = child.next_report();
+    child.finish();
+    let (handoffs, longest) = support::parse_cohort(&cohort);
+    assert!(handoffs > 0, "no handoff: {cohort}");
+    assert!(longest <= 4, "the bound of 4 was passed: {cohort}");
+    assert_eq!(support::read_counter(&counter), 6_000);
+}
+
+#[test]
+fn cohorting_off_hands_nothing_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    let mut child = support::counter_child_with(
+        dir.path(),
+        "",
+        "cohort-off",
+        &counter,
+        3,
+        1_000,
+        Duration::ZERO,
+        &[("LOCKUTILS_COHORT", "off")],
+    );
+    child.expect("ready");
+    child.send("go");
+    child.expect("done 3000");
+    let _span = child.next_report();
+    let cohort = child.next_report();
+    child.finish();
+    assert_eq!(support::parse_cohort(&cohort), (0, 0), "{cohort}");
+    assert_eq!(support::read_counter(&counter), 3_000);
+}
