@@ -18,7 +18,7 @@ if (($# == 0)); then
     echo "== the same multi-process tests on classic fcntl locks (LOCKUTILS_CLASSIC_LOCKS=1)"
     LOCKUTILS_CLASSIC_LOCKS=1 cargo test --all-features --no-fail-fast \
         --test multiprocess --test semaphore --test rwlock --test external \
-        --test interop --test edges --test fair 2>&1 | tee -a "$log"
+        --test interop --test edges --test fair --test cohort 2>&1 | tee -a "$log"
     classic=${PIPESTATUS[0]}
     ((status != 0)) || status=$classic
 fi

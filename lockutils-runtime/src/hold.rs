@@ -174,24 +174,33 @@ impl Hold {
     }
 }
 
+/// How [`Hold::release_external`] let go of the external lock.
+enum Released {
+    Plain,
+    /// Parked for the next holder in this process (cohorting).
+    Parked,
+    /// Released for real at the end of a batch of handoffs.
+    BatchEnded,
+}
+
 impl Hold {
     /// Releases the external lock, or parks a lock file for a thread of
-    /// this process waiting for the same lock (cohorting: `true`, and the
-    /// caller hands the in-process lock over with [`Hold::hand_over`]).
+    /// this process waiting for the same lock (cohorting: `Parked`, and
+    /// the caller releases the in-process lock with [`Hold::hand_over`]).
     #[cold]
     #[inline(never)]
-    fn release_external(&mut self) -> bool {
+    fn release_external(&mut self) -> Released {
         let Some(f) = self.external.take() else {
-            return false;
+            return Released::Plain;
         };
         let entry = &**self.entry;
-        let f = if self.writer {
+        let (f, ended) = if self.writer {
             match f.park(&entry.external) {
-                Ok(()) => return true,
-                Err(f) => f,
+                Ok(()) => return Released::Parked,
+                Err(e) => e,
             }
         } else {
-            f
+            (f, false)
         };
         // A panic while releasing (a lock server's client, say) must not
         // skip the in-process unlock that follows in `drop`: catch it, and
@@ -203,7 +212,27 @@ impl Hold {
             self.unlock_and_forget();
             std::panic::resume_unwind(panic);
         }
-        false
+        if ended {
+            Released::BatchEnded
+        } else {
+            Released::Plain
+        }
+    }
+
+    /// The in-process part of `drop` when a batch of handoffs has just
+    /// ended: a thread of this process queued for the lock gets it before
+    /// the releaser can barge back in, so that the threads of a process
+    /// take turns (each then waits for the file in the kernel, in line
+    /// with other processes).
+    #[cold]
+    #[inline(never)]
+    fn unlock_fair(&mut self) {
+        // SAFETY: the writer's mode is held (only a writer parks, so only
+        // a writer ends a batch), and this runs once, from `drop`.
+        unsafe { self.entry.local.unlock_fair() };
+        if let EntryRef::Owned(_) = &*self.entry {
+            self.drop_entry();
+        }
     }
 
     /// The in-process part of `drop` after a lock file was parked:
@@ -245,9 +274,12 @@ impl Hold {
 impl Drop for Hold {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.external.is_some() && self.release_external() {
-            self.hand_over();
-            return;
+        if self.external.is_some() {
+            match self.release_external() {
+                Released::Parked => return self.hand_over(),
+                Released::BatchEnded => return self.unlock_fair(),
+                Released::Plain => {}
+            }
         }
         self.unlock_and_forget();
     }

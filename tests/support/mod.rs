@@ -491,6 +491,27 @@ pub fn counter_child_with(
     child.spawn()
 }
 
+/// Whether lock files hand over between threads here: not with classic
+/// (per-process) `fcntl` locks, forced by `LOCKUTILS_CLASSIC_LOCKS=1`
+/// (`scripts/test.sh` runs the multi-process suites that way too), where a
+/// parked lock could not keep another holder of the process out.
+pub fn cohorting() -> bool {
+    std::env::var_os("LOCKUTILS_CLASSIC_LOCKS").is_none_or(|v| v != "1")
+}
+
+/// Checks the handoff count against the mode: some with OFD locks, none
+/// with classic locks.
+pub fn check_handoffs(handoffs: u64, what: &str) {
+    if cohorting() {
+        assert!(
+            handoffs > 0,
+            "{what}: no handoff happened (the test did not test it)"
+        );
+    } else {
+        assert_eq!(handoffs, 0, "{what}: classic locks must not hand over");
+    }
+}
+
 /// `(handoffs, longest batch)` from a [`child_counter`]'s `cohort` report.
 pub fn parse_cohort(report: &str) -> (u64, u32) {
     let parse = || {

@@ -154,10 +154,10 @@ impl ExternalHold {
     /// Parks a lock file's lock in `state` for the next holder in this
     /// process (cohorting; see `file`). `Err`: not parked (a server lock,
     /// or the batch is used up); release it as usual.
-    pub(crate) fn park(self, state: &State) -> Result<(), ExternalHold> {
+    pub(crate) fn park(self, state: &State) -> Result<(), (ExternalHold, bool)> {
         match self {
-            ExternalHold::File(f) => f.park(state).map_err(ExternalHold::File),
-            remote @ ExternalHold::Remote(_) => Err(remote),
+            ExternalHold::File(f) => f.park(state).map_err(|(f, e)| (ExternalHold::File(f), e)),
+            remote @ ExternalHold::Remote(_) => Err((remote, false)),
         }
     }
 

@@ -97,6 +97,23 @@ impl Local {
         }
     }
 
+    /// Releases the writer's mode, handing it straight to a thread queued
+    /// for it if one is first in line, so that no newcomer barges in
+    /// (fair locks hand over in order anyway).
+    ///
+    /// # Safety
+    /// The caller must hold the writer's mode of a reader/writer lock.
+    #[cold]
+    pub(crate) unsafe fn unlock_fair(&self) {
+        // SAFETY: forwarded.
+        unsafe {
+            match self {
+                Local::Barging(l) => l.unlock_handoff(),
+                Local::Fair(l) => l.unlock(Mode::Exclusive),
+            }
+        }
+    }
+
     /// Whether anyone is queued, for introspection.
     pub(crate) fn has_waiters(&self) -> bool {
         match self {

@@ -73,13 +73,22 @@ pub(crate) struct RawLock {
 /// A queued thread or task.
 struct Waiter {
     woken: AtomicBool,
+    /// Set (before `woken`) when a release handed this waiter the lock
+    /// itself ([`RawLock::unlock_handoff`]): it holds the lock, no retry.
+    granted: AtomicBool,
+    /// A thread waiting for the writer's mode: the only kind of waiter a
+    /// lock is handed to, since it cannot give up once granted (a task's
+    /// future can be dropped at any time).
+    takes_handoff: bool,
     waker: Mutex<Waker>,
 }
 
 impl Waiter {
-    fn new(waker: Waker) -> Arc<Waiter> {
+    fn new(waker: Waker, takes_handoff: bool) -> Arc<Waiter> {
         Arc::new(Waiter {
             woken: AtomicBool::new(false),
+            granted: AtomicBool::new(false),
+            takes_handoff,
             waker: Mutex::new(waker),
         })
     }
@@ -230,8 +239,9 @@ impl RawLock {
     }
 
     /// A waiter gives up. If it was woken meanwhile, it passes the wake-up
-    /// on, so no release is lost.
-    fn leave(&self, waiter: &Arc<Waiter>, counted: &mut bool) {
+    /// on, so no release is lost; if it was handed the lock meanwhile, it
+    /// keeps it and returns `true`.
+    fn leave(&self, waiter: &Arc<Waiter>, counted: &mut bool) -> bool {
         let mut q = self.queue.lock();
         let was_queued = match q.iter().position(|w| Arc::ptr_eq(w, waiter)) {
             Some(i) => {
@@ -246,8 +256,12 @@ impl RawLock {
         drop(q);
         self.uncount(counted);
         if !was_queued && waiter.woken.load(Ordering::Acquire) {
+            if waiter.granted.load(Ordering::Relaxed) {
+                return true;
+            }
             self.wake(false);
         }
+        false
     }
 
     /// Wakes one waiter, or all of them (`all`, or once shared mode was
@@ -304,7 +318,7 @@ impl RawLock {
         if self.spin_take(mode) {
             return true;
         }
-        let waiter = Waiter::new(thread_waker());
+        let waiter = Waiter::new(thread_waker(), self.is_writer(mode));
         let mut counted = false;
         loop {
             if self.take_or_queue(mode, &waiter, &mut counted) {
@@ -316,12 +330,16 @@ impl RawLock {
                     Some(d) => {
                         let now = Instant::now();
                         if now >= d {
-                            self.leave(&waiter, &mut counted);
-                            return self.try_take(mode);
+                            return self.leave(&waiter, &mut counted) || self.try_take(mode);
                         }
                         thread::park_timeout(d - now);
                     }
                 }
+            }
+            if waiter.granted.load(Ordering::Relaxed) {
+                // Handed over by the holder: ours already.
+                self.uncount(&mut counted);
+                return true;
             }
             // Woken: try again (someone may have barged in first).
             if self.spin_take(mode) {
@@ -358,6 +376,37 @@ impl RawLock {
             return;
         }
         self.unlock_slow(mode);
+    }
+
+    /// Releases the writer's mode by handing it to the first queued waiter
+    /// if that is a thread waiting for the writer's mode: the lock never
+    /// becomes free, so nobody barges in, and the waiter wakes holding it
+    /// (the "fair unlock" a barging lock needs now and then, or one thread
+    /// can keep a lock from another indefinitely). Otherwise releases as
+    /// [`unlock`](RawLock::unlock) does.
+    ///
+    /// # Safety
+    /// The caller must hold the writer's mode.
+    #[cold]
+    pub(crate) unsafe fn unlock_handoff(&self) {
+        debug_assert_eq!(self.cap, WRITER);
+        let mut q = self.queue.lock();
+        if !q.front().is_some_and(|w| w.takes_handoff) {
+            drop(q);
+            // SAFETY: forwarded: the caller holds the writer's mode.
+            unsafe { self.unlock(Mode::Exclusive) };
+            return;
+        }
+        let w = q.pop_front().unwrap_or_else(|| unreachable!());
+        // `granted` before `woken` (release): a waiter that sees itself
+        // woken sees the grant, and everything the holder wrote before.
+        w.granted.store(true, Ordering::Relaxed);
+        w.woken.store(true, Ordering::Release);
+        if q.is_empty() {
+            self.state.fetch_and(!PARKED, Ordering::AcqRel);
+        }
+        drop(q);
+        w.waker.lock().wake_by_ref();
     }
 
     #[cold]
@@ -408,7 +457,7 @@ impl Future for LockAsync<'_> {
                         this.done = true;
                         return Poll::Ready(true);
                     }
-                    &*this.waiter.insert(Waiter::new(cx.waker().clone()))
+                    &*this.waiter.insert(Waiter::new(cx.waker().clone(), false))
                 }
                 Some(w) if w.woken.load(Ordering::Acquire) => {
                     if lock.try_take(this.mode) {
@@ -433,7 +482,8 @@ impl Future for LockAsync<'_> {
                         && sleep.poll_expired(cx)
                     {
                         let w = w.clone();
-                        lock.leave(&w, &mut this.counted);
+                        // A task is never handed the lock (`takes_handoff`).
+                        let _ = lock.leave(&w, &mut this.counted);
                         this.done = true;
                         return Poll::Ready(false);
                     }
@@ -456,7 +506,7 @@ impl Drop for LockAsync<'_> {
             && let Some(w) = &self.waiter
         {
             let w = w.clone();
-            self.lock.leave(&w, &mut self.counted);
+            let _ = self.lock.leave(&w, &mut self.counted);
         }
     }
 }
@@ -527,6 +577,38 @@ pub(crate) mod tests {
         assert!(!l.try_lock(Mode::Shared));
         // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { l.unlock(Mode::Exclusive) };
+    }
+
+    #[test]
+    fn a_handed_over_lock_is_never_free_for_a_newcomer() {
+        let l = Arc::new(RawLock::new(WRITER));
+        assert!(l.try_lock(Mode::Exclusive));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (l2, done) = (l.clone(), std::sync::mpsc::channel::<()>());
+        let waiter = std::thread::spawn(move || {
+            assert!(l2.lock_until(Mode::Exclusive, None));
+            // Holds until the newcomer below has tried.
+            rx.recv().unwrap();
+            // SAFETY: taken just above.
+            unsafe { l2.unlock(Mode::Exclusive) };
+            done.0.send(()).unwrap();
+        });
+        while !l.has_waiters() {
+            std::thread::yield_now();
+        }
+        // SAFETY: taken at the start.
+        unsafe { l.unlock_handoff() };
+        assert!(
+            !l.try_lock(Mode::Exclusive),
+            "a newcomer took a lock that was handed to a queued thread"
+        );
+        tx.send(()).unwrap();
+        done.1.recv().unwrap();
+        waiter.join().unwrap();
+        assert!(l.try_lock(Mode::Exclusive));
+        // SAFETY: taken just above.
+        unsafe { l.unlock_handoff() }; // nobody queued: a plain release
+        assert_eq!(l.state.load(Ordering::SeqCst), 0);
     }
 
     #[test]

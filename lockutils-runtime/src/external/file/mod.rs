@@ -403,10 +403,15 @@ impl FileHold {
     /// Parks this locked file in `pool` for the next holder of the
     /// in-process lock, unless nobody waits for it, the batch is used up,
     /// cohorting is off, or the file is a forked parent's: then it comes
-    /// back, to be released for real.
-    pub(crate) fn park(mut self, pool: &Pool) -> Result<(), FileHold> {
-        if !pool.cohort.has_waiters() {
-            return Err(self);
+    /// back, to be released for real, with `true` if a batch just ended
+    /// (the caller then lets a waiting thread of this process go first).
+    pub(crate) fn park(mut self, pool: &Pool) -> Result<(), (FileHold, bool)> {
+        // Classic (per-process) locks: a second holder's own `fcntl` would
+        // succeed on the parked lock (a process never conflicts with
+        // itself), and reclaiming the parked file would then unlock it
+        // under that holder. No cohorting there.
+        if !pool.cohort.has_waiters() || !self.open.file.owns_its_locks() {
+            return Err((self, false));
         }
         let (limit, within) = config::cohort_limit();
         let now = Instant::now();
@@ -415,10 +420,11 @@ impl FileHold {
             || now.duration_since(since) >= within
             || self.open.forks != sys::fork::generation()
         {
-            return Err(self);
+            let ended = self.batch.is_some();
+            return Err((self, ended));
         }
         self.batch = Some((n, since));
-        pool.cohort.park(self)
+        pool.cohort.park(self).map_err(|f| (f, false))
     }
 
     /// Unlocks (flock first, then the OFD lock) and returns the file to the

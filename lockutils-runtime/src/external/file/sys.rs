@@ -200,6 +200,12 @@ impl LockFile {
         Ok(())
     }
 
+    /// Whether its locks belong to it (OFD, `LockFileEx`), not to the
+    /// process (classic `fcntl`).
+    pub(crate) fn owns_its_locks(&self) -> bool {
+        matches!(self.handle, Handle::Own(_))
+    }
+
     /// Whether the file still has a name (was not removed while we waited).
     pub(crate) fn is_linked(&self) -> io::Result<bool> {
         imp::is_linked(self.file())

@@ -232,3 +232,36 @@ fn loom_async_waiter_cancelled_right_after_being_woken() {
         assert!(lock.try_lock(Mode::Exclusive), "lock left taken");
     });
 }
+
+#[test]
+fn loom_handoff_excludes_a_newcomer_and_wakes_the_waiter() {
+    model(|| {
+        let g = shared(Guarded {
+            lock: RawLock::new(WRITER),
+            data: UnsafeCell::new(0),
+        });
+        assert!(g.lock.try_lock(Mode::Exclusive));
+        let waiter = {
+            let g = g.clone();
+            thread::spawn(move || g.bump())
+        };
+        let newcomer = {
+            let g = g.clone();
+            thread::spawn(move || {
+                if g.lock.try_lock(Mode::Exclusive) {
+                    // SAFETY: the lock is held exclusively.
+                    g.data.with_mut(|n| unsafe { *n += 1 });
+                    // SAFETY: taken just above.
+                    unsafe { g.lock.unlock(Mode::Exclusive) };
+                }
+            })
+        };
+        // SAFETY: the lock is held exclusively.
+        g.data.with_mut(|n| unsafe { *n += 1 });
+        // SAFETY: taken before the threads started.
+        unsafe { g.lock.unlock_handoff() };
+        waiter.join().unwrap();
+        newcomer.join().unwrap();
+        assert!(g.lock.try_lock(Mode::Exclusive), "lock left taken");
+    });
+}
