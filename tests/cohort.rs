@@ -208,53 +208,42 @@ fn another_process_gets_its_turn_while_threads_keep_handing_over() {
     });
 }
 
-#[test]
-fn cohort_limit_from_the_environment_bounds_the_batch() {
-    // In a child: `LOCKUTILS_COHORT=4` is read at start-up.
+/// A child counting with 3 threads under `LOCKUTILS_COHORT=setting`:
+/// `(handoffs, longest batch, its report)`, the total checked.
+fn count_in_child(name: &str, setting: &str, each: u64) -> (u64, u32, String) {
     let dir = tempfile::tempdir().unwrap();
     let counter = dir.path().join("counter");
     let mut child = support::counter_child_with(
         dir.path(),
         "",
-        "cohort-env",
+        name,
         &counter,
         3,
-        2_000,
+        each,
         Duration::ZERO,
-        &[("LOCKUTILS_COHORT", "4")],
+        &[("LOCKUTILS_COHORT", setting)],
     );
     child.expect("ready");
     child.send("go");
-    child.expect("done 6000");
+    child.expect(&format!("done {}", 3 * each));
     let _span = child.next_report();
     let cohort = child.next_report();
     child.finish();
+    assert_eq!(support::read_counter(&counter), 3 * each);
     let (handoffs, longest) = support::parse_cohort(&cohort);
-    support::check_handoffs(handoffs, &cohort);
-    assert!(longest <= 4, "the bound of 4 was passed: {cohort}");
-    assert_eq!(support::read_counter(&counter), 6_000);
+    (handoffs, longest, cohort)
+}
+
+#[test]
+fn cohort_limit_from_the_environment_bounds_the_batch() {
+    // `LOCKUTILS_COHORT=4` is read at start-up.
+    let (handoffs, longest, report) = count_in_child("cohort-env", "4", 2_000);
+    support::check_handoffs(handoffs, &report);
+    assert!(longest <= 4, "the bound of 4 was passed: {report}");
 }
 
 #[test]
 fn cohorting_off_hands_nothing_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = dir.path().join("counter");
-    let mut child = support::counter_child_with(
-        dir.path(),
-        "",
-        "cohort-off",
-        &counter,
-        3,
-        1_000,
-        Duration::ZERO,
-        &[("LOCKUTILS_COHORT", "off")],
-    );
-    child.expect("ready");
-    child.send("go");
-    child.expect("done 3000");
-    let _span = child.next_report();
-    let cohort = child.next_report();
-    child.finish();
-    assert_eq!(support::parse_cohort(&cohort), (0, 0), "{cohort}");
-    assert_eq!(support::read_counter(&counter), 3_000);
+    let (handoffs, longest, report) = count_in_child("cohort-off", "off", 1_000);
+    assert_eq!((handoffs, longest), (0, 0), "{report}");
 }

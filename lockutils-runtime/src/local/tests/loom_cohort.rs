@@ -128,43 +128,14 @@ fn holder(s: &Shared) {
     s.release_parking(7);
 }
 
-#[test]
-fn loom_cohort_parked_value_is_taken_once_by_a_waiter_or_given_back() {
-    model(|| {
-        let s = shared(Shared::new());
-        assert!(s.lock.try_lock(Mode::Exclusive));
-        let w = {
-            let s = s.clone();
-            thread::spawn(move || s.wait_and_take())
-        };
-        holder(&s);
-        w.join().unwrap();
-        s.check_end();
-    });
-}
-
-#[test]
-fn loom_cohort_a_waiter_giving_up_strands_nothing() {
-    model(|| {
-        let s = shared(Shared::new());
-        assert!(s.lock.try_lock(Mode::Exclusive));
-        let w = {
-            let s = s.clone();
-            thread::spawn(move || s.try_or_give_up())
-        };
-        holder(&s);
-        w.join().unwrap();
-        s.check_end();
-    });
-}
-
-fn three(others: [fn(&Shared); 2]) {
+/// The holder releasing while `others` run, then the end-of-run checks.
+fn run(others: Vec<fn(&Shared)>) {
     model(move || {
         let s = shared(Shared::new());
         assert!(s.lock.try_lock(Mode::Exclusive));
         let ts: Vec<_> = others
-            .into_iter()
-            .map(|f| {
+            .iter()
+            .map(|&f| {
                 let s = s.clone();
                 thread::spawn(move || f(&s))
             })
@@ -178,11 +149,21 @@ fn three(others: [fn(&Shared); 2]) {
 }
 
 #[test]
+fn loom_cohort_parked_value_is_taken_once_by_a_waiter_or_given_back() {
+    run(vec![Shared::wait_and_take]);
+}
+
+#[test]
+fn loom_cohort_a_waiter_giving_up_strands_nothing() {
+    run(vec![Shared::try_or_give_up]);
+}
+
+#[test]
 fn loom_cohort_a_newcomer_barging_in_and_a_waiter_share_one_value() {
-    three([Shared::wait_and_take, Shared::barge]);
+    run(vec![Shared::wait_and_take, Shared::barge]);
 }
 
 #[test]
 fn loom_cohort_a_newcomer_and_a_waiter_giving_up_share_one_value() {
-    three([Shared::try_or_give_up, Shared::barge]);
+    run(vec![Shared::try_or_give_up, Shared::barge]);
 }
