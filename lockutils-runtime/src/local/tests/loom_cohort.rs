@@ -66,32 +66,31 @@ impl Shared {
         }
     }
 
-    /// A waiter that takes the lock, and the value if it is parked.
-    fn wait_and_take(&self) {
-        self.cohort.arrive();
-        assert!(self.lock.lock_until(Mode::Exclusive, None));
+    /// A counted waiter that holds the lock: takes the value if parked,
+    /// settles, uses and disposes of it, and releases.
+    fn settle_and_release(&self) {
         let got = self.cohort.take();
         self.cohort.settled();
         if let Some(v) = got {
             self.own(&v);
             self.dispose(v);
         }
-        // SAFETY: taken just above.
+        // SAFETY: the caller holds the lock exclusively.
         unsafe { self.lock.unlock(Mode::Exclusive) };
+    }
+
+    /// A waiter that takes the lock, and the value if it is parked.
+    fn wait_and_take(&self) {
+        self.cohort.arrive();
+        assert!(self.lock.lock_until(Mode::Exclusive, None));
+        self.settle_and_release();
     }
 
     /// A waiter that gives up (its one try fails) or takes the lock.
     fn try_or_give_up(&self) {
         self.cohort.arrive();
         if self.lock.try_lock(Mode::Exclusive) {
-            let got = self.cohort.take();
-            self.cohort.settled();
-            if let Some(v) = got {
-                self.own(&v);
-                self.dispose(v);
-            }
-            // SAFETY: taken just above.
-            unsafe { self.lock.unlock(Mode::Exclusive) };
+            self.settle_and_release();
         } else if let Some(v) = self.cohort.gave_up() {
             self.own(&v);
             self.dispose(v);
