@@ -200,19 +200,20 @@ impl Hold {
                 Err(e) => e,
             }
         } else {
-            (f, false)
+            (f, None)
         };
         // A panic while releasing (a lock server's client, say) must not
         // skip the in-process unlock that follows in `drop`: catch it, and
         // resume once everything is released.
-        let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            f.release(&entry.external);
+        let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ended {
+            Some(batch) => f.end_batch(&entry.external, batch),
+            None => f.release(&entry.external),
         }));
         if let Err(panic) = released {
             self.unlock_and_forget();
             std::panic::resume_unwind(panic);
         }
-        if ended {
+        if ended.is_some() {
             Released::BatchEnded
         } else {
             Released::Plain

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -153,11 +154,22 @@ impl ExternalHold {
 
     /// Parks a lock file's lock in `state` for the next holder in this
     /// process (cohorting; see `file`). `Err`: not parked (a server lock,
-    /// or the batch is used up); release it as usual.
-    pub(crate) fn park(self, state: &State) -> Result<(), (ExternalHold, bool)> {
+    /// or the batch is used up); release it as usual, or with
+    /// [`end_batch`](ExternalHold::end_batch) when the error carries how
+    /// long the batch that just ended lasted.
+    pub(crate) fn park(self, state: &State) -> Result<(), (ExternalHold, Option<Duration>)> {
         match self {
             ExternalHold::File(f) => f.park(state).map_err(|(f, e)| (ExternalHold::File(f), e)),
-            remote @ ExternalHold::Remote(_) => Err((remote, false)),
+            remote @ ExternalHold::Remote(_) => Err((remote, None)),
+        }
+    }
+
+    /// Releases a lock file at the end of a batch of handoffs that lasted
+    /// `batch`, leaving other processes a turn (see `file`).
+    pub(crate) fn end_batch(self, state: &State, batch: Duration) {
+        match self {
+            ExternalHold::File(f) => f.end_batch(state, batch),
+            ExternalHold::Remote(r) => r.release(),
         }
     }
 

@@ -47,8 +47,19 @@
 //! call; the rules that keep a parked file from being stranded are in
 //! `local::cohort`. A batch of handoffs is bounded
 //! ([`config::cohort_limit`]: 64 handoffs or 1 ms by default); then the
-//! file is unlocked for real, and a process waiting in the kernel (another
-//! lockutils process, or oslo's Python) gets its turn.
+//! file is unlocked for real, and this process lets another have its turn
+//! ([`FileHold::end_batch`]): for a while, no holder of this process locks
+//! the file again unless someone else has taken it meanwhile, found with
+//! `F_OFD_GETLK`. Unlocking alone would not do: the kernel wakes a blocked
+//! waiter but hands it nothing, and a thread of this process that is
+//! already running relocks long before that process is scheduled (under
+//! load, a waiting process starved for minutes). The while is
+//! [`TURN_FOR_A_WAITER`] when `/proc/locks` shows a process blocked on the
+//! file (it takes the lock within its wake-up time, and our wait ends
+//! there), else an eighth of the batch's length ([`turn_for_pollers`]), so
+//! that processes that poll with non-blocking tries (fasteners, hence
+//! oslo.concurrency, and py-filelock) find the file free about a ninth of
+//! the time while this process keeps it busy.
 //!
 //! [`sys`] holds the system calls (OFD locks, classic `fcntl`, `LockFileEx`,
 //! `flock`).
@@ -61,7 +72,7 @@ pub(crate) mod sys;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::pending::{Outcome, Pending, Stop};
 use super::{Backend, ExternalHold, Target};
@@ -137,7 +148,11 @@ impl Files<'_> {
         let name = target.name.to_owned();
         let permits = target.kind.permits;
         let turn = target.state.turn.fetch_add(1, Ordering::Relaxed);
+        let others_turn = target.state.others_turn.load(Ordering::Relaxed);
         Pending::spawn(target.name, true, move |stop| {
+            if permits.is_none() {
+                wait_turn(&open.file, others_turn, Some(stop));
+            }
             wait_for(open, &name, mode, permits, turn, stop)
         })
     }
@@ -257,6 +272,51 @@ pub(crate) struct Pool {
     /// Handoffs so far, and the most in one batch (for tests and benches).
     handoffs: AtomicU64,
     longest_batch: AtomicU32,
+    /// Until when (in [`clock`] time; 0: not at all) it is another
+    /// process's turn after a batch ended (see the module docs).
+    others_turn: AtomicU64,
+}
+
+/// How long this process leaves a lock file to a process that
+/// `/proc/locks` shows blocked on it when a batch of handoffs ends: enough
+/// for it to be woken and scheduled on a busy machine. The wait ends as
+/// soon as the file is seen taken.
+pub(crate) const TURN_FOR_A_WAITER: Duration = Duration::from_millis(2);
+
+/// How long this process leaves a lock file free for processes that poll
+/// for it, after a batch of handoffs that lasted `batch`: an eighth of it
+/// (between 20 µs and 1 ms), so the file is free about a ninth of the time
+/// while this process keeps it busy.
+pub(crate) fn turn_for_pollers(batch: Duration) -> Duration {
+    (batch / 8).clamp(Duration::from_micros(20), Duration::from_millis(1))
+}
+
+/// Nanoseconds since the first call, never 0 (the "unset" value).
+fn clock() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    START.elapsed().as_nanos() as u64 + 1
+}
+
+/// The longest pause between two looks at a lock file left to another
+/// process (see [`wait_turn`]).
+const TURN_POLL: Duration = Duration::from_micros(50);
+
+/// Waits while it is another process's turn (until `until`, in [`clock`]
+/// time), or until someone else holds a lock on `file` (then the caller
+/// queues behind them in the kernel), or `stop` is asked. Sleeps between
+/// looks, leaving the CPU to the process whose turn it is.
+fn wait_turn(file: &LockFile, until: u64, stop: Option<&Stop>) {
+    if until == 0 {
+        return;
+    }
+    loop {
+        let now = clock();
+        if now >= until || file.others_hold_from(0).unwrap_or(true) || stop.is_some_and(Stop::asked)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_nanos(until - now).min(TURN_POLL));
+    }
 }
 
 impl Pool {
@@ -267,7 +327,30 @@ impl Pool {
             cohort: Cohort::new(),
             handoffs: AtomicU64::new(0),
             longest_batch: AtomicU32::new(0),
+            others_turn: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a holder of the in-process lock may lock `file` now, after
+    /// waiting (if `block`) while it is another process's turn. A try
+    /// during that turn is `false`, unless someone else has taken the
+    /// file already. One load when no batch has just ended.
+    #[inline]
+    fn my_turn(&self, file: &LockFile, block: bool) -> bool {
+        let until = self.others_turn.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if block {
+            wait_turn(file, until, None);
+        } else if clock() < until && !file.others_hold_from(0).unwrap_or(true) {
+            return false;
+        }
+        // The turn is over (or given): later holders need not look.
+        let _ = self
+            .others_turn
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        true
     }
 
     /// Whether a file is parked (one load).
@@ -403,15 +486,17 @@ impl FileHold {
     /// Parks this locked file in `pool` for the next holder of the
     /// in-process lock, unless nobody waits for it, the batch is used up,
     /// cohorting is off, or the file is a forked parent's: then it comes
-    /// back, to be released for real, with `true` if a batch just ended
-    /// (the caller then lets a waiting thread of this process go first).
-    pub(crate) fn park(mut self, pool: &Pool) -> Result<(), (FileHold, bool)> {
+    /// back, to be released for real, with how long the batch lasted if
+    /// one just ended (the caller then ends it with
+    /// [`FileHold::end_batch`] and lets a waiting thread of this process
+    /// go first).
+    pub(crate) fn park(mut self, pool: &Pool) -> Result<(), (FileHold, Option<Duration>)> {
         // Classic (per-process) locks: a second holder's own `fcntl` would
         // succeed on the parked lock (a process never conflicts with
         // itself), and reclaiming the parked file would then unlock it
         // under that holder. No cohorting there.
         if !pool.cohort.has_waiters() || !self.open.file.owns_its_locks() {
-            return Err((self, false));
+            return Err((self, None));
         }
         let (limit, within) = config::cohort_limit();
         let now = Instant::now();
@@ -420,11 +505,28 @@ impl FileHold {
             || now.duration_since(since) >= within
             || self.open.forks != sys::fork::generation()
         {
-            let ended = self.batch.is_some();
+            let ended = self.batch.map(|_| now.duration_since(since));
             return Err((self, ended));
         }
         self.batch = Some((n, since));
-        pool.cohort.park(self).map_err(|f| (f, false))
+        pool.cohort.park(self).map_err(|f| (f, None))
+    }
+
+    /// Releases the file at the end of a batch of handoffs that lasted
+    /// `batch`, and makes it another process's turn (see the module docs):
+    /// [`TURN_FOR_A_WAITER`] if one is blocked on the file, else
+    /// [`turn_for_pollers`]. Waiters are only listed while they are
+    /// blocked, so this looks before unlocking.
+    pub(crate) fn end_batch(self, pool: &Pool, batch: Duration) {
+        let turn = if self.open.file.has_kernel_waiters() {
+            TURN_FOR_A_WAITER
+        } else {
+            turn_for_pollers(batch)
+        };
+        self.release(pool);
+        // The in-process lock is still ours: whoever takes it next sees this.
+        pool.others_turn
+            .store(clock() + turn.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Unlocks (flock first, then the OFD lock) and returns the file to the
@@ -535,6 +637,11 @@ fn lock_whole(
     mode: Mode,
     block: bool,
 ) -> Result<Option<(Open, Range)>, LockError> {
+    if !target.state.my_turn(&open.file, block) {
+        // Another process's turn (see the module docs): busy for a try.
+        target.state.give_back(open);
+        return Ok(None);
+    }
     let r = if block {
         open.file.lock(mode, Range::Whole).map(|()| true)
     } else {

@@ -210,6 +210,18 @@ impl LockFile {
     pub(crate) fn is_linked(&self) -> io::Result<bool> {
         imp::is_linked(self.file())
     }
+
+    /// Whether some owner is blocked in the kernel waiting for a lock on
+    /// this file: on Linux, a waiter (`->`) line for its inode in
+    /// `/proc/locks` (see proc(5)). `false` where that cannot be told:
+    /// other systems, no `/proc`, or waiters in another PID namespace,
+    /// which `/proc/locks` does not show.
+    pub(crate) fn has_kernel_waiters(&self) -> bool {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return imp::kernel_waiters(self.file());
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        false
+    }
 }
 
 /// Telling a forked child from its parent.
@@ -600,6 +612,42 @@ mod imp {
         // SAFETY: fstat succeeded.
         Ok(unsafe { st.assume_init() }.st_nlink > 0)
     }
+
+    /// See `LockFile::has_kernel_waiters`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn kernel_waiters(file: &File) -> bool {
+        use std::io::Read;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid descriptor; fstat fills `st` on success.
+        if unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: fstat succeeded.
+        let st = unsafe { st.assume_init() };
+        // The kernel prints the device as "%02x:%02x" (major, minor).
+        let id = format!(
+            "{:02x}:{:02x}:{}",
+            libc::major(st.st_dev),
+            libc::minor(st.st_dev),
+            st.st_ino
+        );
+        let mut text = String::new();
+        match File::open("/proc/locks").and_then(|mut f| f.read_to_string(&mut text)) {
+            Ok(_) => waiting_on(&text, &id),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `/proc/locks` text lists a blocked waiter for the inode
+    /// `id` ("major:minor:inode"). A waiter's line reads
+    /// `3: -> POSIX  ADVISORY  WRITE 2507 fe:00:10010752 0 EOF`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn waiting_on(locks: &str, id: &str) -> bool {
+        locks.lines().any(|line| {
+            let mut t = line.split_whitespace();
+            t.nth(1) == Some("->") && t.nth(4) == Some(id)
+        })
+    }
 }
 
 #[cfg(windows)]
@@ -846,6 +894,49 @@ mod tests {
         assert!(l.try_lock(Mode::Exclusive, Range::Whole).unwrap());
         l.unlock(Range::Whole).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"content");
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_waiter_blocked_in_the_kernel_is_seen_in_proc_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l");
+        let other = dir.path().join("other");
+        let (a, b) = (LockFile::open(&p).unwrap(), LockFile::open(&p).unwrap());
+        let c = LockFile::open(&other).unwrap();
+        let (x, w) = (Mode::Exclusive, Range::Whole);
+        assert!(a.try_lock(x, w).unwrap());
+        assert!(!a.has_kernel_waiters(), "a holder alone is not a waiter");
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| b.lock(x, w).unwrap());
+            // The kernel lists the waiter once it blocks; nothing else
+            // can say when that is, so ask /proc/locks until it does.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !a.has_kernel_waiters() {
+                assert!(std::time::Instant::now() < deadline, "waiter never listed");
+                std::thread::yield_now();
+            }
+            assert!(!c.has_kernel_waiters(), "another file's lock has no waiter");
+            a.unlock(w).unwrap();
+            waiter.join().unwrap();
+        });
+        assert!(!b.has_kernel_waiters(), "the waiter holds the lock now");
+        b.unlock(w).unwrap();
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn proc_locks_waiter_lines_are_matched_by_inode() {
+        let text = "1: OFDLCK ADVISORY  WRITE -1 fe:00:10010752 0 EOF\n\
+                    1: -> POSIX  ADVISORY  WRITE 2507 fe:00:10010752 0 EOF\n\
+                    2: FLOCK  ADVISORY  WRITE 2600 fe:00:77 0 EOF\n";
+        assert!(imp::waiting_on(text, "fe:00:10010752"));
+        assert!(
+            !imp::waiting_on(text, "fe:00:77"),
+            "a holder is not a waiter"
+        );
+        assert!(!imp::waiting_on(text, "fe:00:1001075"), "an inode prefix");
+        assert!(!imp::waiting_on("", "fe:00:77"));
     }
 
     #[test]
