@@ -381,7 +381,7 @@ impl Pool {
             Some(files) if hold.open.matches(files) => {
                 self.handoffs.fetch_add(1, Ordering::Relaxed);
                 self.longest_batch
-                    .fetch_max(hold.batch.map_or(0, |b| b.0), Ordering::Relaxed);
+                    .fetch_max(hold.handoffs, Ordering::Relaxed);
                 Some(hold)
             }
             _ => {
@@ -468,9 +468,12 @@ pub(crate) struct FileHold {
     range: Range,
     /// `flock(2)` is held too.
     flock: bool,
-    /// Handoffs of this lock since it was taken from the kernel, and when
-    /// the first was (see [`FileHold::park`]).
-    batch: Option<(u32, Instant)>,
+    /// Handoffs of this lock since it was taken from the kernel (see
+    /// [`FileHold::park`]), and when the first was, in [`clock`] time.
+    /// Two plain numbers, not an `Option<(u32, Instant)>`, keep guards
+    /// small (they are moved by value).
+    handoffs: u32,
+    batch_start: u64,
 }
 
 impl FileHold {
@@ -479,7 +482,8 @@ impl FileHold {
             open,
             range,
             flock: false,
-            batch: None,
+            handoffs: 0,
+            batch_start: 0,
         }
     }
 
@@ -499,16 +503,16 @@ impl FileHold {
             return Err((self, None));
         }
         let (limit, within) = config::cohort_limit();
-        let now = Instant::now();
-        let (n, since) = self.batch.map_or((1, now), |(n, t)| (n + 1, t));
-        if n > limit
-            || now.duration_since(since) >= within
-            || self.open.forks != sys::fork::generation()
-        {
-            let ended = self.batch.map(|_| now.duration_since(since));
+        let now = clock();
+        let since = if self.handoffs == 0 { now } else { self.batch_start };
+        let lasted = Duration::from_nanos(now - since);
+        let n = self.handoffs + 1;
+        if n > limit || lasted >= within || self.open.forks != sys::fork::generation() {
+            let ended = (self.handoffs > 0).then_some(lasted);
             return Err((self, ended));
         }
-        self.batch = Some((n, since));
+        self.handoffs = n;
+        self.batch_start = since;
         pool.cohort.park(self).map_err(|f| (f, None))
     }
 
