@@ -504,7 +504,11 @@ impl FileHold {
         }
         let (limit, within) = config::cohort_limit();
         let now = clock();
-        let since = if self.handoffs == 0 { now } else { self.batch_start };
+        let since = if self.handoffs == 0 {
+            now
+        } else {
+            self.batch_start
+        };
         let lasted = Duration::from_nanos(now - since);
         let n = self.handoffs + 1;
         if n > limit || lasted >= within || self.open.forks != sys::fork::generation() {
