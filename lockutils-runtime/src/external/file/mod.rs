@@ -664,3 +664,123 @@ fn lock_whole(
         Err(e) => Err(io_error(target.name, &open, "lock", e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A pool where it is another process's turn for `left`.
+    fn turn_for_others(left: Duration) -> Pool {
+        let pool = Pool::new();
+        pool.others_turn
+            .store(clock() + left.as_nanos() as u64, Ordering::Relaxed);
+        pool
+    }
+
+    fn two_files(dir: &Path) -> (LockFile, LockFile) {
+        let p = dir.join("l");
+        (LockFile::open(&p).unwrap(), LockFile::open(&p).unwrap())
+    }
+
+    #[test]
+    fn a_try_during_another_process_turn_is_busy_until_the_file_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = two_files(dir.path());
+        let pool = turn_for_others(Duration::from_secs(3600));
+        assert!(!pool.my_turn(&ours, false), "a try took another's turn");
+        assert!(theirs.try_lock(Mode::Exclusive, Range::Whole).unwrap());
+        assert!(pool.my_turn(&ours, false), "the turn was taken: ours now");
+        assert_eq!(pool.others_turn.load(Ordering::Relaxed), 0, "turn kept");
+        theirs.unlock(Range::Whole).unwrap();
+        assert!(pool.my_turn(&ours, false), "a turn came back");
+    }
+
+    #[test]
+    fn a_blocking_holder_waits_until_the_file_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = two_files(dir.path());
+        let pool = turn_for_others(Duration::from_secs(3600));
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                assert!(pool.my_turn(&ours, true));
+                done.store(true, Ordering::Relaxed);
+            });
+            // Nothing but another owner taking the file ends an hour's turn.
+            assert!(!done.load(Ordering::Relaxed), "returned during the turn");
+            assert!(theirs.try_lock(Mode::Exclusive, Range::Whole).unwrap());
+            waiter.join().unwrap();
+        });
+        theirs.unlock(Range::Whole).unwrap();
+    }
+
+    #[test]
+    fn a_turn_nobody_takes_ends_when_it_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, _) = two_files(dir.path());
+        let turn = Duration::from_millis(3);
+        let pool = turn_for_others(turn);
+        let started = Instant::now();
+        assert!(pool.my_turn(&ours, true));
+        assert!(started.elapsed() >= turn - Duration::from_micros(100));
+        assert_eq!(pool.others_turn.load(Ordering::Relaxed), 0);
+    }
+
+    /// How much of the turn `end_batch` gave other processes is left.
+    fn turn_left(pool: &Pool) -> Duration {
+        let until = pool.others_turn.load(Ordering::Relaxed);
+        Duration::from_nanos(until.saturating_sub(clock()))
+    }
+
+    fn locked_hold(dir: &Path, file: LockFile) -> FileHold {
+        assert!(file.try_lock(Mode::Exclusive, Range::Whole).unwrap());
+        FileHold::new(Open::new(file, Arc::from(dir), None), Range::Whole)
+    }
+
+    #[test]
+    fn a_batch_ends_with_a_short_turn_for_pollers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = two_files(dir.path());
+        let pool = Pool::new();
+        let batch = Duration::from_millis(1);
+        locked_hold(dir.path(), ours).end_batch(&pool, batch);
+        let left = turn_left(&pool);
+        assert!(
+            left > Duration::ZERO && left <= turn_for_pollers(batch),
+            "{left:?}"
+        );
+        assert!(
+            theirs.try_lock(Mode::Exclusive, Range::Whole).unwrap(),
+            "kept locked"
+        );
+        theirs.unlock(Range::Whole).unwrap();
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_batch_ends_with_a_long_turn_for_a_process_blocked_on_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = two_files(dir.path());
+        let pool = Pool::new();
+        let hold = locked_hold(dir.path(), ours);
+        let batch = Duration::from_millis(1);
+        std::thread::scope(|s| {
+            // Blocked in the kernel as another process's waiter would be.
+            let waiter = s.spawn(|| theirs.lock(Mode::Exclusive, Range::Whole).unwrap());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !hold.open.file.has_kernel_waiters() {
+                assert!(Instant::now() < deadline, "waiter never listed");
+                std::thread::yield_now();
+            }
+            hold.end_batch(&pool, batch);
+            let left = turn_left(&pool);
+            assert!(
+                left > turn_for_pollers(batch) && left <= TURN_FOR_A_WAITER,
+                "{left:?}"
+            );
+            waiter.join().unwrap();
+        });
+        theirs.unlock(Range::Whole).unwrap();
+    }
+}
