@@ -727,10 +727,21 @@ mod tests {
         assert_eq!(pool.others_turn.load(Ordering::Relaxed), 0);
     }
 
-    /// How much of the turn `end_batch` gave other processes is left.
-    fn turn_left(pool: &Pool) -> Duration {
+    /// Ends `hold`'s batch of `batch` and checks the turn it gave other
+    /// processes was `want` (the turn's end, read against the clock taken
+    /// just before and after, so a preempted test cannot fail it).
+    fn check_turn(hold: FileHold, pool: &Pool, batch: Duration, want: Duration) {
+        let before = clock();
+        hold.end_batch(pool, batch);
+        let after = clock();
         let until = pool.others_turn.load(Ordering::Relaxed);
-        Duration::from_nanos(until.saturating_sub(clock()))
+        let want = want.as_nanos() as u64;
+        assert!(
+            until - after <= want && want <= until - before,
+            "a turn of {} to {} ns, not {want}",
+            until - after,
+            until - before
+        );
     }
 
     fn locked_hold(dir: &Path, file: LockFile) -> FileHold {
@@ -744,12 +755,8 @@ mod tests {
         let (ours, theirs) = two_files(dir.path());
         let pool = Pool::new();
         let batch = Duration::from_millis(1);
-        locked_hold(dir.path(), ours).end_batch(&pool, batch);
-        let left = turn_left(&pool);
-        assert!(
-            left > Duration::ZERO && left <= turn_for_pollers(batch),
-            "{left:?}"
-        );
+        let hold = locked_hold(dir.path(), ours);
+        check_turn(hold, &pool, batch, turn_for_pollers(batch));
         assert!(
             theirs.try_lock(Mode::Exclusive, Range::Whole).unwrap(),
             "kept locked"
@@ -773,12 +780,7 @@ mod tests {
                 assert!(Instant::now() < deadline, "waiter never listed");
                 std::thread::yield_now();
             }
-            hold.end_batch(&pool, batch);
-            let left = turn_left(&pool);
-            assert!(
-                left > turn_for_pollers(batch) && left <= TURN_FOR_A_WAITER,
-                "{left:?}"
-            );
+            check_turn(hold, &pool, batch, TURN_FOR_A_WAITER);
             waiter.join().unwrap();
         });
         theirs.unlock(Range::Whole).unwrap();

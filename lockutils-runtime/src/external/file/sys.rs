@@ -616,7 +616,6 @@ mod imp {
     /// See `LockFile::has_kernel_waiters`.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(super) fn kernel_waiters(file: &File) -> bool {
-        use std::io::Read;
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: valid descriptor; fstat fills `st` on success.
         if unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
@@ -631,10 +630,32 @@ mod imp {
             libc::minor(st.st_dev),
             st.st_ino
         );
-        let mut text = String::new();
-        match File::open("/proc/locks").and_then(|mut f| f.read_to_string(&mut text)) {
-            Ok(_) => waiting_on(&text, &id),
-            Err(_) => false,
+        match proc_locks() {
+            Some(text) => waiting_on(&String::from_utf8_lossy(&text), &id),
+            None => false,
+        }
+    }
+
+    /// The text of `/proc/locks`, read in large pieces. The kernel builds
+    /// each `read`'s piece (up to a page) under the lock lists' locks, but
+    /// between two calls the lists change, so tiny reads (the 32-byte
+    /// probe `read_to_end` starts with on an empty buffer) skip lines
+    /// while other locks come and go: a blocked waiter went unseen that
+    /// way. A table of one page is thus read consistently.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn proc_locks() -> Option<Vec<u8>> {
+        use std::io::Read;
+        const PIECE: usize = 16 * 1024;
+        let mut f = File::open("/proc/locks").ok()?;
+        let mut text = Vec::new();
+        loop {
+            let at = text.len();
+            text.resize(at + PIECE, 0);
+            let n = f.read(&mut text[at..]).ok()?;
+            text.truncate(at + n);
+            if n == 0 {
+                return Some(text);
+            }
         }
     }
 
