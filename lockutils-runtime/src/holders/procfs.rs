@@ -123,7 +123,7 @@ fn parse(line: &str) -> Option<Entry> {
 
 /// Answers for `paths` from `/proc`; `None` if `/proc/locks` is unreadable.
 pub(super) fn inspect<P: AsRef<Path>>(paths: &[P]) -> Option<Vec<Result<Holders, LockError>>> {
-    let text = fs::read_to_string("/proc/locks").ok()?;
+    let text = crate::external::file::sys::read_proc_locks()?;
     // Each path's identity, or its answer when there is nothing to look up.
     let ids: Vec<Result<Option<FileId>, LockError>> = paths
         .iter()

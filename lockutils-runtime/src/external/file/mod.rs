@@ -306,17 +306,23 @@ const TURN_POLL: Duration = Duration::from_micros(50);
 /// queues behind them in the kernel), or `stop` is asked. Sleeps between
 /// looks, leaving the CPU to the process whose turn it is.
 fn wait_turn(file: &LockFile, until: u64, stop: Option<&Stop>) {
-    if until == 0 {
-        return;
-    }
-    loop {
-        let now = clock();
-        if now >= until || file.others_hold_from(0).unwrap_or(true) || stop.is_some_and(Stop::asked)
-        {
+    while let Some(left) = others_turn_left(file, until) {
+        if stop.is_some_and(Stop::asked) {
             return;
         }
-        std::thread::sleep(Duration::from_nanos(until - now).min(TURN_POLL));
+        std::thread::sleep(left.min(TURN_POLL));
     }
+}
+
+/// What is left of another process's turn that lasts until `until` (in
+/// [`clock`] time; 0: none): `None` once it is over, or once someone else
+/// holds a lock on `file` (the turn was taken).
+fn others_turn_left(file: &LockFile, until: u64) -> Option<Duration> {
+    let now = clock();
+    if now >= until || file.others_hold_from(0).unwrap_or(true) {
+        return None;
+    }
+    Some(Duration::from_nanos(until - now))
 }
 
 impl Pool {
@@ -343,7 +349,7 @@ impl Pool {
         }
         if block {
             wait_turn(file, until, None);
-        } else if clock() < until && !file.others_hold_from(0).unwrap_or(true) {
+        } else if others_turn_left(file, until).is_some() {
             return false;
         }
         // The turn is over (or given): later holders need not look.

@@ -224,6 +224,30 @@ impl LockFile {
     }
 }
 
+/// The text of `/proc/locks` (Linux), read in large pieces; `None` if it
+/// cannot be read. The kernel builds each `read`'s piece (up to a page)
+/// under the lock lists' locks, but between two calls the lists change,
+/// so tiny reads (the 32-byte probe `read_to_string` starts with on an
+/// empty buffer) skip lines while other locks come and go: a blocked
+/// waiter went unseen that way. A table of one page is thus read
+/// consistently.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn read_proc_locks() -> Option<String> {
+    use std::io::Read;
+    const PIECE: usize = 16 * 1024;
+    let mut f = File::open("/proc/locks").ok()?;
+    let mut text = Vec::new();
+    loop {
+        let at = text.len();
+        text.resize(at + PIECE, 0);
+        let n = f.read(&mut text[at..]).ok()?;
+        text.truncate(at + n);
+        if n == 0 {
+            return String::from_utf8(text).ok();
+        }
+    }
+}
+
 /// Telling a forked child from its parent.
 ///
 /// A child forked without `exec` inherits the parent's open lock files,
@@ -601,28 +625,28 @@ mod imp {
         Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
     }
 
-    pub(super) fn is_linked(file: &File) -> io::Result<bool> {
-        // Plain fstat(2): std's `metadata` uses statx with an empty path,
-        // which costs more on the hot path.
+    /// Plain fstat(2): std's `metadata` uses statx with an empty path,
+    /// which costs more on the hot path.
+    fn fstat(file: &File) -> io::Result<libc::stat> {
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: valid descriptor; fstat fills `st` on success.
         if unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fstat succeeded.
-        Ok(unsafe { st.assume_init() }.st_nlink > 0)
+        Ok(unsafe { st.assume_init() })
+    }
+
+    pub(super) fn is_linked(file: &File) -> io::Result<bool> {
+        Ok(fstat(file)?.st_nlink > 0)
     }
 
     /// See `LockFile::has_kernel_waiters`.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(super) fn kernel_waiters(file: &File) -> bool {
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid descriptor; fstat fills `st` on success.
-        if unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        let Ok(st) = fstat(file) else {
             return false;
-        }
-        // SAFETY: fstat succeeded.
-        let st = unsafe { st.assume_init() };
+        };
         // The kernel prints the device as "%02x:%02x" (major, minor).
         let id = format!(
             "{:02x}:{:02x}:{}",
@@ -630,32 +654,9 @@ mod imp {
             libc::minor(st.st_dev),
             st.st_ino
         );
-        match proc_locks() {
-            Some(text) => waiting_on(&String::from_utf8_lossy(&text), &id),
+        match super::read_proc_locks() {
+            Some(text) => waiting_on(&text, &id),
             None => false,
-        }
-    }
-
-    /// The text of `/proc/locks`, read in large pieces. The kernel builds
-    /// each `read`'s piece (up to a page) under the lock lists' locks, but
-    /// between two calls the lists change, so tiny reads (the 32-byte
-    /// probe `read_to_end` starts with on an empty buffer) skip lines
-    /// while other locks come and go: a blocked waiter went unseen that
-    /// way. A table of one page is thus read consistently.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn proc_locks() -> Option<Vec<u8>> {
-        use std::io::Read;
-        const PIECE: usize = 16 * 1024;
-        let mut f = File::open("/proc/locks").ok()?;
-        let mut text = Vec::new();
-        loop {
-            let at = text.len();
-            text.resize(at + PIECE, 0);
-            let n = f.read(&mut text[at..]).ok()?;
-            text.truncate(at + n);
-            if n == 0 {
-                return Some(text);
-            }
         }
     }
 
