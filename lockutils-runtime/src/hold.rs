@@ -205,8 +205,12 @@ impl Hold {
         // A panic while releasing (a lock server's client, say) must not
         // skip the in-process unlock that follows in `drop`: catch it, and
         // resume once everything is released.
+        let writer = self.writer;
         let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ended {
             Some(batch) => f.end_batch(&entry.external, batch),
+            // SAFETY: a writer's Hold holds the in-process lock exclusively
+            // (see `new`) until `drop` unlocks it, after this returns.
+            None if writer => unsafe { f.release_as_writer(&entry.external) },
             None => f.release(&entry.external),
         }));
         if let Err(panic) = released {

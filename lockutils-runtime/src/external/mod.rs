@@ -71,6 +71,10 @@ pub(crate) trait Backend {
     /// [`waits_until_deadline`](Backend::waits_until_deadline) returns
     /// `Ok(None)` once the deadline passed; any other waits as for `Block`
     /// (the caller then waits on a helper thread it can abandon).
+    ///
+    /// The caller holds the in-process lock of `target`'s entry in `mode`
+    /// (a [`Hold`](crate::hold::Hold)), and keeps it while this runs; the
+    /// lock-file backend counts on it (its writer's file).
     fn lock(
         &self,
         target: &Target<'_>,
@@ -148,6 +152,22 @@ impl ExternalHold {
     pub(crate) fn release(self, state: &State) {
         match self {
             ExternalHold::File(f) => f.release(state),
+            ExternalHold::Remote(r) => r.release(),
+        }
+    }
+
+    /// [`ExternalHold::release`] by the lock's writer (see
+    /// `file::Pool::take_as_writer`).
+    ///
+    /// # Safety
+    /// The caller holds the entry's in-process lock in exclusive mode, and
+    /// the entry is a lock, not a semaphore (a writer's [`Hold`]).
+    ///
+    /// [`Hold`]: crate::hold::Hold
+    pub(crate) unsafe fn release_as_writer(self, state: &State) {
+        match self {
+            // SAFETY: the caller's promise.
+            ExternalHold::File(f) => unsafe { f.release_as_writer(state) },
             ExternalHold::Remote(r) => r.release(),
         }
     }

@@ -69,6 +69,7 @@ mod classic;
 mod slots;
 pub(crate) mod sys;
 
+use std::cell::UnsafeCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -101,10 +102,20 @@ impl Backend for Files<'_> {
         wait: Wait,
     ) -> Result<Option<ExternalHold>, LockError> {
         let block = !wait.is_try();
+        // `Backend::lock` runs for a holder of the in-process lock in
+        // `mode`: in exclusive mode on a lock (not a semaphore), the one
+        // writer of this process.
+        let writer = mode == Mode::Exclusive && target.kind.permits.is_none();
         loop {
-            let open = target.state.take(target.name, *self)?;
+            let open = if writer {
+                // SAFETY: this thread is the lock's one writer (above).
+                unsafe { target.state.take_as_writer(target.name, *self)? }
+            } else {
+                target.state.take(target.name, *self)?
+            };
             let got = match target.kind.permits {
-                None => lock_whole(target, open, mode, block)?,
+                // SAFETY: `writer` only for the lock's writer (above).
+                None => unsafe { lock_whole(target, open, mode, block, writer)? },
                 Some(n) => slots::lock_slot(target, open, n, block)?,
             };
             let Some((open, range)) = got else {
@@ -245,7 +256,11 @@ impl Open {
     fn matches(&self, files: Files<'_>) -> bool {
         let here = self.forks == sys::fork::generation();
         here && match files {
-            Files::Explicit(p) => self.generation.is_none() && *self.dir == *p,
+            // Equal bytes first: `Path`'s own equality walks components.
+            Files::Explicit(p) => {
+                self.generation.is_none()
+                    && (self.dir.as_os_str() == p.as_os_str() || *self.dir == *p)
+            }
             Files::Configured => self.generation == Some(config::generation()),
         }
     }
@@ -263,6 +278,11 @@ impl Open {
 
 /// The lock files of one registry entry.
 pub(crate) struct Pool {
+    /// The file the lock's writer (its exclusive holder) uses, kept apart
+    /// so that the uncontended path takes and returns it without a
+    /// mutex: two atomic read-modify-writes each way, which cost more
+    /// here than everything else the path does in user space.
+    writers: WriterSlot,
     idle: parking_lot::Mutex<Vec<Open>>,
     /// Spreads semaphore waiters over the slots.
     turn: AtomicU32,
@@ -276,6 +296,18 @@ pub(crate) struct Pool {
     /// process's turn after a batch ended (see the module docs).
     others_turn: AtomicU64,
 }
+
+/// An open file that only the writer of the pool's lock touches: the
+/// holder of the entry's in-process lock in exclusive mode, of which there
+/// is one at a time. The in-process lock orders one writer's use before
+/// the next one's, as a mutex would.
+struct WriterSlot(UnsafeCell<Option<Open>>);
+
+// SAFETY: the cell is only reached through `Pool::take_as_writer` and
+// `Pool::give_back_as_writer`, whose callers hold the entry's in-process
+// lock exclusively; that lock gives one thread at a time access, with
+// release/acquire ordering between them. `Open` is `Send`.
+unsafe impl Sync for WriterSlot {}
 
 /// How long this process leaves a lock file to a process that
 /// `/proc/locks` shows blocked on it when a batch of handoffs ends: enough
@@ -328,6 +360,7 @@ fn others_turn_left(file: &LockFile, until: u64) -> Option<Duration> {
 impl Pool {
     pub(crate) fn new() -> Self {
         Pool {
+            writers: WriterSlot(UnsafeCell::new(None)),
             idle: parking_lot::Mutex::new(Vec::new()),
             turn: AtomicU32::new(0),
             cohort: Cohort::new(),
@@ -442,6 +475,42 @@ impl Pool {
 
     fn give_back(&self, open: Open) {
         self.idle.lock().push(open);
+    }
+
+    /// [`Pool::take`] for the writer: the writer's file if it can be used
+    /// for `files`, else one from the shared pool. A writer's file opened
+    /// under another lock path, or before a fork, is closed.
+    ///
+    /// # Safety
+    /// The caller holds the entry's in-process lock in exclusive mode, and
+    /// the entry is a lock, not a semaphore (a [`Hold`] that is a writer).
+    ///
+    /// [`Hold`]: crate::hold::Hold
+    #[inline]
+    unsafe fn take_as_writer(&self, name: &str, files: Files<'_>) -> Result<Open, LockError> {
+        // SAFETY: only the writer reaches the cell (the caller's promise).
+        if let Some(open) = unsafe { (*self.writers.0.get()).take() } {
+            if open.matches(files) {
+                return Ok(open);
+            }
+            drop(open); // closed before another is opened
+        }
+        self.take(name, files)
+    }
+
+    /// [`Pool::give_back`] for the writer: into the writer's slot if it is
+    /// free, else to the shared pool.
+    ///
+    /// # Safety
+    /// As for [`Pool::take_as_writer`].
+    #[inline]
+    unsafe fn give_back_as_writer(&self, open: Open) {
+        // SAFETY: only the writer reaches the cell (the caller's promise).
+        let mine = unsafe { &mut *self.writers.0.get() };
+        match mine {
+            None => *mine = Some(open),
+            Some(_) => self.give_back(open),
+        }
     }
 }
 
@@ -561,6 +630,26 @@ impl FileHold {
         }
     }
 
+    /// [`FileHold::release`] by the lock's writer, whose file goes back to
+    /// the writer's slot.
+    ///
+    /// # Safety
+    /// The caller holds the entry's in-process lock in exclusive mode, and
+    /// the entry is a lock, not a semaphore (a [`Hold`] that is a writer).
+    ///
+    /// [`Hold`]: crate::hold::Hold
+    #[inline]
+    pub(crate) unsafe fn release_as_writer(self, pool: &Pool) {
+        if self.open.forks != sys::fork::generation() {
+            return; // inherited, as in `release`
+        }
+        let flock_released = !self.flock || self.open.file.funlock().is_ok();
+        if self.open.file.unlock(self.range).is_ok() && flock_released {
+            // SAFETY: the caller's promise.
+            unsafe { pool.give_back_as_writer(self.open) };
+        }
+    }
+
     /// Unlocks and closes the file (after removing it); in a forked child,
     /// only closes it (see [`FileHold::release`]).
     pub(crate) fn close(self) {
@@ -645,15 +734,29 @@ fn io_error(name: &str, open: &Open, op: &'static str, source: std::io::Error) -
 }
 
 /// Locks the whole file in `mode`. `Ok(None)`: busy (only if `!block`).
-fn lock_whole(
+/// `writer`: the caller is the lock's writer (see [`Files::lock`]), and
+/// a file it does not lock goes back to the writer's slot.
+///
+/// # Safety
+/// If `writer`, as for [`Pool::take_as_writer`].
+unsafe fn lock_whole(
     target: &Target<'_>,
     open: Open,
     mode: Mode,
     block: bool,
+    writer: bool,
 ) -> Result<Option<(Open, Range)>, LockError> {
+    let give_back = |open| {
+        if writer {
+            // SAFETY: the caller is the lock's writer (our contract).
+            unsafe { target.state.give_back_as_writer(open) }
+        } else {
+            target.state.give_back(open)
+        }
+    };
     if !target.state.my_turn(&open.file, block) {
         // Another process's turn (see the module docs): busy for a try.
-        target.state.give_back(open);
+        give_back(open);
         return Ok(None);
     }
     let r = if block {
@@ -664,7 +767,7 @@ fn lock_whole(
     match r {
         Ok(true) => Ok(Some((open, Range::Whole))),
         Ok(false) => {
-            target.state.give_back(open);
+            give_back(open);
             Ok(None)
         }
         Err(e) => Err(io_error(target.name, &open, "lock", e)),
@@ -675,6 +778,48 @@ fn lock_whole(
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    /// The writer's slot: its file comes back to it and is taken again,
+    /// shared holders' files stay in the shared pool, a second file the
+    /// writer returns goes there too, and a writer's file opened under
+    /// another directory is not reused.
+    #[cfg(unix)]
+    #[test]
+    fn the_writer_reuses_its_own_file_and_nobody_else_takes_it() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (in_a, in_b) = (Files::Explicit(a.path()), Files::Explicit(b.path()));
+        let pool = Pool::new();
+        let dir_of = |open: &Open| open.dir.to_path_buf();
+        // A descriptor number names one open file while it stays open.
+        let fd = |open: &Open| std::os::fd::AsRawFd::as_raw_fd(open.file.file());
+        // SAFETY: no other thread sees `pool`; this test is its only writer.
+        unsafe {
+            let first = pool.take_as_writer("l", in_a).unwrap();
+            let ino = fd(&first);
+            pool.give_back_as_writer(first);
+            assert!(
+                pool.idle.lock().is_empty(),
+                "the writer's file went to the shared pool"
+            );
+            let reader = pool.take("l", in_a).unwrap();
+            assert_eq!(pool.idle.lock().len(), 0);
+            let again = pool.take_as_writer("l", in_a).unwrap();
+            assert_eq!(fd(&again), ino, "the writer got another file");
+            pool.give_back(reader);
+            let second = pool.take_as_writer("l", in_a).unwrap(); // from the shared pool
+            pool.give_back_as_writer(again);
+            pool.give_back_as_writer(second);
+            assert_eq!(pool.idle.lock().len(), 1, "a second file stays shared");
+            let elsewhere = pool.take_as_writer("l", in_b).unwrap();
+            assert_eq!(dir_of(&elsewhere), b.path());
+            assert!(
+                pool.idle.lock().is_empty(),
+                "a file from another dir was kept"
+            );
+            assert!((*pool.writers.0.get()).is_none());
+            pool.give_back_as_writer(elsewhere);
+        }
+    }
 
     /// A pool where it is another process's turn for `left`.
     fn turn_for_others(left: Duration) -> Pool {
