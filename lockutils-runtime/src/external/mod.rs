@@ -73,7 +73,7 @@ pub(crate) trait Backend {
     /// (the caller then waits on a helper thread it can abandon).
     ///
     /// The caller holds the in-process lock of `target`'s entry in `mode`
-    /// (a [`Hold`](crate::hold::Hold)), and keeps it while this runs; the
+    /// (a `Hold` of the layer above), and keeps it while this runs; the
     /// lock-file backend counts on it (its writer's file).
     fn lock(
         &self,
@@ -161,9 +161,7 @@ impl ExternalHold {
     ///
     /// # Safety
     /// The caller holds the entry's in-process lock in exclusive mode, and
-    /// the entry is a lock, not a semaphore (a writer's [`Hold`]).
-    ///
-    /// [`Hold`]: crate::hold::Hold
+    /// the entry is a lock, not a semaphore (a writer's `Hold`).
     pub(crate) unsafe fn release_as_writer(self, state: &State) {
         match self {
             // SAFETY: the caller's promise.

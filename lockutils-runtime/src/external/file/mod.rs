@@ -483,9 +483,7 @@ impl Pool {
     ///
     /// # Safety
     /// The caller holds the entry's in-process lock in exclusive mode, and
-    /// the entry is a lock, not a semaphore (a [`Hold`] that is a writer).
-    ///
-    /// [`Hold`]: crate::hold::Hold
+    /// the entry is a lock, not a semaphore (a `Hold` that is a writer).
     #[inline]
     unsafe fn take_as_writer(&self, name: &str, files: Files<'_>) -> Result<Open, LockError> {
         // SAFETY: only the writer reaches the cell (the caller's promise).
@@ -635,9 +633,7 @@ impl FileHold {
     ///
     /// # Safety
     /// The caller holds the entry's in-process lock in exclusive mode, and
-    /// the entry is a lock, not a semaphore (a [`Hold`] that is a writer).
-    ///
-    /// [`Hold`]: crate::hold::Hold
+    /// the entry is a lock, not a semaphore (a `Hold` that is a writer).
     #[inline]
     pub(crate) unsafe fn release_as_writer(self, pool: &Pool) {
         if self.open.forks != sys::fork::generation() {
