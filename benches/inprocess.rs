@@ -18,7 +18,8 @@
 //! `BENCH_SAMPLES=n` changes the number of samples; `BENCH_ONLY=uncontended|
 //! threads|memory|order|async|tasks|contended` runs one part; `BENCH_ONLY=profile` only loops the
 //! `#[synchronized]` call, for `perf record` (`profile-runtime`: the same
-//! for `lock("x").acquire()`).
+//! for `lock("x").acquire()`; `profile-dynamic`: a name whose entry is
+//! created and freed by every call).
 
 mod support;
 
@@ -503,6 +504,17 @@ fn main() {
         synchronized_x(&mut c);
         for _ in 0..20_000_000 {
             runtime_api("x", &mut c);
+        }
+        println!("{c}");
+        return;
+    }
+    if only == "profile-dynamic" {
+        // For `perf record`: `lock(name).acquire()` where nobody else uses
+        // the name, so every call creates and frees its entry.
+        let mut c = 0u64;
+        let name = String::from("bench-dynamic-profile");
+        for _ in 0..20_000_000 {
+            runtime_api(&name, &mut c);
         }
         println!("{c}");
         return;

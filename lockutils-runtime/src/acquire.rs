@@ -56,14 +56,14 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
         wait = wait.start();
         // Counted while it waits, so a releaser may park its lock file for
         // it (cohorting); uncounted, with nothing parked, if it gives up.
-        let arrival = external.then(|| entry.external.arrive());
+        let arrival = external.then(|| entry.external().arrive());
         wait_in_process(&entry, req.mode, wait)?;
         let counted = arrival.map(Arrival::keep).is_some();
         // SAFETY: we just took the in-process lock in `req.mode`.
         let mut hold = unsafe { Hold::new(entry, req.mode) };
         if counted {
             hold.take_parked(req.dir);
-            hold.entry().external.settled();
+            hold.entry().external().settled();
         }
         return finish_sync(hold, req, wait, order, started);
     }
@@ -279,7 +279,7 @@ pub(crate) async fn acquire_async(
         }
         // Counted while it waits (see `acquire`); dropping this future
         // drops the arrival, which gives up.
-        let arrival = external.then(|| entry.external.arrive());
+        let arrival = external.then(|| entry.external().arrive());
         if !entry.local.lock_async(req.mode, wait.deadline()).await {
             return Err(wait.busy(entry.name()));
         }
@@ -292,7 +292,7 @@ pub(crate) async fn acquire_async(
         hold.take_parked(req.dir);
     }
     if counted {
-        hold.entry().external.settled();
+        hold.entry().external().settled();
     }
     if req.wants_external() && !hold.has_external() {
         let backend = backend_for(&hold, req.dir)?;

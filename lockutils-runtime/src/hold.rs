@@ -92,11 +92,11 @@ impl Hold {
     #[inline]
     pub(crate) fn take_parked(&mut self, dir: Dir<'_>) {
         let entry = &**self.entry;
-        if let Some(f) = external::take_parked(&entry.external, dir, entry.name()) {
+        if let Some(f) = external::take_parked(entry.external(), dir, entry.name()) {
             if self.writer {
                 self.set_external(f);
             } else {
-                f.release(&entry.external);
+                f.release(entry.external());
             }
         }
     }
@@ -195,7 +195,7 @@ impl Hold {
         };
         let entry = &**self.entry;
         let (f, ended) = if self.writer {
-            match f.park(&entry.external) {
+            match f.park(entry.external()) {
                 Ok(()) => return Released::Parked,
                 Err(e) => e,
             }
@@ -207,11 +207,11 @@ impl Hold {
         // resume once everything is released.
         let writer = self.writer;
         let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ended {
-            Some(batch) => f.end_batch(&entry.external, batch),
+            Some(batch) => f.end_batch(entry.external(), batch),
             // SAFETY: a writer's Hold holds the in-process lock exclusively
             // (see `new`) until `drop` unlocks it, after this returns.
-            None if writer => unsafe { f.release_as_writer(&entry.external) },
-            None => f.release(&entry.external),
+            None if writer => unsafe { f.release_as_writer(entry.external()) },
+            None => f.release(entry.external()),
         }));
         if let Err(panic) = released {
             self.unlock_and_forget();
@@ -250,7 +250,7 @@ impl Hold {
         // SAFETY: a Hold owns the in-process lock in `mode` (see `new`),
         // and this runs once, from `drop`, instead of `unlock_and_forget`.
         unsafe { entry.local.unlock(self.mode) };
-        entry.external.released();
+        entry.external().released();
         if let EntryRef::Owned(_) = &*self.entry {
             self.drop_entry();
         }

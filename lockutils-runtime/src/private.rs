@@ -423,7 +423,9 @@ pub fn has_waiters(full_name: &str) -> Option<bool> {
 /// thread to the next without unlocking it, and the most handoffs in one
 /// batch. `None` if nobody uses the name. For tests and benchmarks.
 pub fn cohort_stats(full_name: &str) -> Option<(u64, u32)> {
-    crate::registry::peek(full_name, |e| e.external.cohort_stats())
+    crate::registry::peek(full_name, |e| {
+        e.external_if_made().map_or((0, 0), |s| s.cohort_stats())
+    })
 }
 
 /// Holders of a lock in this process (a writer counts as one), `None` if

@@ -25,7 +25,7 @@ use hashbrown::HashTable;
 
 use crate::external::{State, Target};
 use crate::local::Local;
-use crate::local::sync::{self, Arc, Mutex, Ordering};
+use crate::local::sync::{self, Mutex, Ordering};
 use crate::spec::Kind;
 
 #[cfg(not(lockutils_loom))]
@@ -46,7 +46,10 @@ pub(crate) struct Entry {
     /// (`guard::me()`), or 0; and that acquisition's sequence number.
     pub(crate) owner: AtomicUsize,
     pub(crate) owner_seq: AtomicU64,
-    pub(crate) external: State,
+    /// The external backends' per-name state, made on the first external
+    /// use ([`Entry::external`]): a name locked only in-process does not
+    /// allocate, initialise and free a lock-file pool (about 220 bytes).
+    external: std::sync::OnceLock<Box<State>>,
     /// Live [`Handle`]s. Raised only under the shard lock; the entry is
     /// removed (and freed) only under it, when this is 0.
     users: sync::AtomicUsize,
@@ -62,19 +65,65 @@ impl Entry {
         self.kind
     }
 
+    /// The external backends' per-name state (made on first use).
+    #[inline]
+    pub(crate) fn external(&self) -> &State {
+        self.external.get_or_init(|| Box::new(State::new()))
+    }
+
+    /// The external state if an external use made it.
+    pub(crate) fn external_if_made(&self) -> Option<&State> {
+        self.external.get().map(|b| &**b)
+    }
+
     /// What an external backend is asked to lock for this entry.
     #[inline]
     pub(crate) fn target(&self) -> Target<'_> {
         Target {
             name: &self.name,
             kind: self.kind,
-            state: &self.external,
+            state: self.external(),
         }
     }
 }
 
+/// The map's ownership of one entry: a heap allocation freed when the
+/// entry leaves the map. Not an `Arc`: handles count themselves in
+/// `Entry::users`, so a reference count in front of the entry would be two
+/// more atomic operations per free for nothing. Not a `Box` either: the
+/// table moves its values when it grows, and a moved `Box` asserts unique
+/// access, which the handles' shared pointers to the entry contradict.
+struct Owned(NonNull<Entry>);
+
+// SAFETY: `Owned` is the sole owner of its `Entry` (like a `Box`), and
+// `Entry` is `Send + Sync` (asserted below).
+unsafe impl Send for Owned {}
+
+impl Owned {
+    fn new(entry: Entry) -> Owned {
+        Owned(NonNull::from(Box::leak(Box::new(entry))))
+    }
+}
+
+impl Deref for Owned {
+    type Target = Entry;
+    #[inline]
+    fn deref(&self) -> &Entry {
+        // SAFETY: allocated by `new` and freed only by `drop`.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::leak` in `new`; the map drops it once, when
+        // the entry leaves the map with no handle left (`users` 0).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
 #[repr(align(128))] // keep shards on separate cache lines
-struct Shard(Mutex<HashTable<Arc<Entry>>>);
+struct Shard(Mutex<HashTable<Owned>>);
 
 #[cfg(not(lockutils_loom))]
 type Hasher = foldhash::fast::RandomState;
@@ -127,19 +176,19 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
         // may be at 0 (its last user is about to remove it); that user
         // checks again under this lock and leaves it in.
         e.users.fetch_add(1, Ordering::Relaxed);
-        return Ok(Handle(NonNull::from(&**e)));
+        return Ok(Handle(e.0));
     }
-    let entry = Arc::new(Entry {
+    let entry = Owned::new(Entry {
         name: full_name.into(),
         hash,
         kind,
         local: Local::new(kind),
         owner: AtomicUsize::new(0),
         owner_seq: AtomicU64::new(0),
-        external: State::new(),
+        external: std::sync::OnceLock::new(),
         users: sync::AtomicUsize::new(1),
     });
-    let handle = Handle(NonNull::from(&*entry));
+    let handle = Handle(entry.0);
     map.insert_unique(hash, entry, |e| e.hash);
     Ok(handle)
 }
@@ -262,7 +311,7 @@ impl Drop for Handle {
 #[inline(never)]
 fn last_user_left(entry: NonNull<Entry>, hash: u64) {
     let mut map = REGISTRY.shard(hash).0.lock();
-    if let Ok(slot) = map.find_entry(hash, |e| std::ptr::eq(&**e, entry.as_ptr()))
+    if let Ok(slot) = map.find_entry(hash, |e| e.0 == entry)
         // Acquire: every other user's release happens before the free.
         && slot.get().users.load(Ordering::Acquire) == 0
     {
@@ -295,6 +344,15 @@ mod tests {
             let h = reg.hasher.hash_one(n);
             assert!(reg.shard(h).0.lock().find(h, |e| &*e.name == n).is_none());
         }
+    }
+
+    #[test]
+    fn only_an_external_use_makes_the_external_state() {
+        let h = get("registry-test-lazy", Kind::MUTEX).unwrap();
+        assert!(h.external_if_made().is_none(), "made for an in-process use");
+        let made: *const State = h.target().state;
+        assert!(std::ptr::eq(h.external_if_made().unwrap(), made));
+        assert!(std::ptr::eq(h.external(), made), "made twice");
     }
 
     #[test]
