@@ -66,8 +66,17 @@ impl Entry {
     }
 
     /// The external backends' per-name state (made on first use).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn external(&self) -> &State {
+        match self.external.get() {
+            Some(state) => state,
+            None => self.make_external(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn make_external(&self) -> &State {
         self.external.get_or_init(|| Box::new(State::new()))
     }
 
