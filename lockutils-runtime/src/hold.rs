@@ -92,11 +92,12 @@ impl Hold {
     #[inline]
     pub(crate) fn take_parked(&mut self, dir: Dir<'_>) {
         let entry = &**self.entry;
-        if let Some(f) = external::take_parked(entry.external(), dir, entry.name()) {
+        let state = entry.external();
+        if let Some(f) = external::take_parked(state, dir, entry.name()) {
             if self.writer {
                 self.set_external(f);
             } else {
-                f.release(entry.external());
+                f.release(state);
             }
         }
     }
@@ -193,9 +194,9 @@ impl Hold {
         let Some(f) = self.external.take() else {
             return Released::Plain;
         };
-        let entry = &**self.entry;
+        let state = self.entry.external();
         let (f, ended) = if self.writer {
-            match f.park(entry.external()) {
+            match f.park(state) {
                 Ok(()) => return Released::Parked,
                 Err(e) => e,
             }
@@ -207,11 +208,11 @@ impl Hold {
         // resume once everything is released.
         let writer = self.writer;
         let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ended {
-            Some(batch) => f.end_batch(entry.external(), batch),
+            Some(batch) => f.end_batch(state, batch),
             // SAFETY: a writer's Hold holds the in-process lock exclusively
             // (see `new`) until `drop` unlocks it, after this returns.
-            None if writer => unsafe { f.release_as_writer(entry.external()) },
-            None => f.release(entry.external()),
+            None if writer => unsafe { f.release_as_writer(state) },
+            None => f.release(state),
         }));
         if let Err(panic) = released {
             self.unlock_and_forget();
