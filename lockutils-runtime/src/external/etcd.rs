@@ -78,9 +78,9 @@ struct Inner {
     options: ConnectOptions,
     prefix: String,
     ttl: i64,
-    /// TLS is on without a client certificate: a server that demands one
-    /// drops the connection with no more than "broken pipe"; errors say so.
-    tls_without_cert: bool,
+    /// Whether the URL asks for TLS, and whether it gives a client
+    /// certificate: what [`tls_hint`] adds to a failure's cause.
+    tls: Option<ClientCert>,
     /// Runs the client and the keepalive tasks; never dropped (backends
     /// live as long as the process).
     runtime: Runtime,
@@ -106,7 +106,10 @@ impl Etcd {
         };
         let (ttl, files) = query_options(query).map_err(bad)?;
         let tls = files.options().map_err(bad)?;
-        let tls_without_cert = tls.is_some() && files.cert.is_none();
+        let tls_kind = tls.as_ref().map(|_| match files.cert {
+            Some(_) => ClientCert::Given,
+            None => ClientCert::None,
+        });
         let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints: Vec<String> = hosts
             .split(',')
@@ -144,7 +147,7 @@ impl Etcd {
             options,
             prefix,
             ttl: ttl as i64,
-            tls_without_cert,
+            tls: tls_kind,
             runtime,
             client: Mutex::new(None),
         };
@@ -234,6 +237,39 @@ impl TlsFiles {
 /// Why an acquisition failed: what was being done, and the cause.
 type Failure = (&'static str, String);
 
+/// Whether a TLS URL gives a client certificate (`cert=` and `key=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientCert {
+    Given,
+    None,
+}
+
+/// What to add to the cause of a failure over TLS, which tonic reports in
+/// words that do not name the likely mistake:
+/// - a server that does not speak TLS answers the ClientHello by closing
+///   the connection; the client then sees "tls handshake eof" or, when the
+///   close came before the hello was read, "Connection reset by peer".
+///   Which one is a race, so both get the same hint.
+/// - a server that demands a client certificate the URL lacks closes the
+///   connection once the handshake is over, which surfaces as a "transport
+///   error" (broken pipe) or, again by a race, as a reset.
+fn tls_hint(cause: &str, cert: ClientCert) -> String {
+    let lower = cause.to_ascii_lowercase();
+    let ended = lower.contains("tls handshake eof") || lower.contains("connection reset by peer");
+    let dropped = ended || lower.contains("transport error") || lower.contains("broken pipe");
+    let mut hint = String::new();
+    if ended {
+        hint.push_str(" (the connection ended in the TLS handshake: does the server speak TLS?)");
+    }
+    if cert == ClientCert::None && dropped {
+        hint.push_str(
+            " (TLS with no client certificate: if the server demands one, add \
+             cert=PATH&key=PATH to the URL)",
+        );
+    }
+    hint
+}
+
 fn failed(op: &'static str) -> impl Fn(etcd_client::Error) -> Failure {
     move |e| (op, error_chain(&e))
 }
@@ -302,11 +338,8 @@ impl Inner {
         wait: Wait,
     ) -> Result<Option<EtcdHold>, LockError> {
         let to_error = |(op, mut cause): Failure| {
-            if self.tls_without_cert && cause.contains("transport error") {
-                cause.push_str(
-                    " (TLS with no client certificate: if the server demands one, add \
-                     cert=PATH&key=PATH to the URL)",
-                );
+            if let Some(cert) = self.tls {
+                cause.push_str(&tls_hint(&cause, cert));
             }
             LockError::Backend {
                 name: name.to_owned(),
@@ -745,6 +778,37 @@ mod tests {
         assert_eq!(escape("a/w/b"), "a%2Fw%2Fb");
         assert_eq!(escape("100%/x"), "100%25%2Fx");
         assert_ne!(escape("a/b"), escape("a%2Fb"));
+    }
+
+    #[test]
+    fn tls_failures_name_the_likely_mistake() {
+        // The two ways tonic reports a plaintext server (which one is a race).
+        for cause in [
+            r#"grpc request error: message: "tls handshake eof", source: ConnectError(Custom { kind: UnexpectedEof })"#,
+            r#"grpc request error: message: "Connection reset by peer (os error 104)""#,
+        ] {
+            let given = tls_hint(cause, ClientCert::Given);
+            assert!(
+                given.contains("does the server speak TLS?"),
+                "{cause}: {given}"
+            );
+            assert!(!given.contains("client certificate"), "{cause}: {given}");
+            let none = tls_hint(cause, ClientCert::None);
+            assert!(
+                none.contains("does the server speak TLS?"),
+                "{cause}: {none}"
+            );
+            assert!(none.contains("no client certificate"), "{cause}: {none}");
+        }
+        // A server that wants a certificate the URL lacks.
+        let dropped = "transport error: broken pipe";
+        let none = tls_hint(dropped, ClientCert::None);
+        assert!(none.contains("no client certificate"), "{none}");
+        assert!(!none.contains("speak TLS"), "{none}");
+        assert_eq!(tls_hint(dropped, ClientCert::Given), "");
+        // Causes that already say what is wrong get nothing.
+        let unknown = "invalid peer certificate: UnknownIssuer";
+        assert_eq!(tls_hint(unknown, ClientCert::None), "");
     }
 
     #[test]
