@@ -156,7 +156,9 @@ mod tests {
     fn a_waker_that_registers_a_new_sleep_does_not_deadlock_the_timer() {
         let (tx, rx) = channel();
         let waker = Waker::from(Arc::new(ReEnters(std::sync::Mutex::new(tx))));
-        let mut sleep = Sleep::new(Instant::now() + Duration::from_millis(10));
+        // Deadlines far enough away that the first poll comes before them
+        // even on a loaded machine or under valgrind (5 ms did not).
+        let mut sleep = Sleep::new(Instant::now() + Duration::from_millis(200));
         assert!(!sleep.poll_expired(&mut Context::from_waker(&waker)));
         // Dropping it takes the timer's lock: if the timer thread deadlocked
         // holding it, this test would hang instead of failing.
@@ -166,7 +168,7 @@ mod tests {
             .expect("the timer thread deadlocked waking a waker that uses the timer");
         assert!(!expired, "a sleep an hour away counted as expired");
         // The timer still works afterwards.
-        let mut again = Sleep::new(Instant::now() + Duration::from_millis(5));
+        let mut again = Sleep::new(Instant::now() + Duration::from_millis(200));
         let (tx, rx) = channel();
         let waker = Waker::from(Arc::new(ReEnters(std::sync::Mutex::new(tx))));
         assert!(!again.poll_expired(&mut Context::from_waker(&waker)));
