@@ -16,6 +16,7 @@
 //! `const` skips the registry after the first call: its call site keeps a
 //! handle (see `private::CallSite`).
 
+use std::alloc::Layout;
 use std::hash::BuildHasher;
 use std::ops::Deref;
 use std::ptr::NonNull;
@@ -38,7 +39,9 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// One named lock: its kind, in-process primitive and the external
 /// backends' per-name state (opaque here).
 pub(crate) struct Entry {
-    name: Box<str>,
+    /// The full name's bytes, which follow the entry in its allocation
+    /// (see [`Owned`]): one allocation per created entry, not two.
+    name: TailName,
     hash: u64,
     kind: Kind,
     pub(crate) local: Local,
@@ -58,7 +61,10 @@ pub(crate) struct Entry {
 impl Entry {
     /// The full lock name (prefix, separator, name).
     pub(crate) fn name(&self) -> &str {
-        &self.name
+        // SAFETY: `TailName` points at the name's bytes, copied from a
+        // `&str` by `Owned::new` into the entry's own allocation, never
+        // written again and freed with the entry, which outlives `&self`.
+        unsafe { self.name.0.as_ref() }
     }
 
     pub(crate) fn kind(&self) -> Kind {
@@ -89,19 +95,34 @@ impl Entry {
     #[inline]
     pub(crate) fn target(&self) -> Target<'_> {
         Target {
-            name: &self.name,
+            name: self.name(),
             kind: self.kind,
             state: self.external(),
         }
     }
 }
 
-/// The map's ownership of one entry: a heap allocation freed when the
-/// entry leaves the map. Not an `Arc`: handles count themselves in
-/// `Entry::users`, so a reference count in front of the entry would be two
-/// more atomic operations per free for nothing. Not a `Box` either: the
-/// table moves its values when it grows, and a moved `Box` asserts unique
-/// access, which the handles' shared pointers to the entry contradict.
+/// A pointer to an entry's name, stored right after the entry in the same
+/// allocation. Made from the allocation's pointer, not from a reference to
+/// the entry, so reading it never reaches outside what the pointer may
+/// access.
+struct TailName(NonNull<str>);
+
+// SAFETY: the bytes it points at are never written after `Owned::new`
+// copies them in, and live as long as the entry that holds the pointer;
+// sharing or sending a pointer to immutable bytes is sharing a `&str`.
+unsafe impl Send for TailName {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for TailName {}
+
+/// The map's ownership of one entry: one heap allocation holding the
+/// `Entry` and, after it, its name's bytes; freed when the entry leaves the
+/// map. Not an `Arc`: handles count themselves in `Entry::users`, so a
+/// reference count in front of the entry would be two more atomic
+/// operations per free for nothing. Not a `Box` either: the table moves its
+/// values when it grows, and a moved `Box` asserts unique access, which the
+/// handles' shared pointers to the entry contradict; and a `Box<str>` for
+/// the name would be a second allocation per entry.
 struct Owned(NonNull<Entry>);
 
 // SAFETY: `Owned` is the sole owner of its `Entry` (like a `Box`), and
@@ -109,8 +130,42 @@ struct Owned(NonNull<Entry>);
 unsafe impl Send for Owned {}
 
 impl Owned {
-    fn new(entry: Entry) -> Owned {
-        Owned(NonNull::from(Box::leak(Box::new(entry))))
+    /// The allocation for an entry whose name is `len` bytes, and the
+    /// offset of the name in it.
+    fn layout(len: usize) -> (Layout, usize) {
+        Layout::new::<Entry>()
+            .extend(Layout::array::<u8>(len).expect("a str is at most isize::MAX bytes"))
+            // Overflow would need a name within 200 bytes of isize::MAX,
+            // which no address space holds next to an entry.
+            .expect("an entry and its name fit in isize::MAX bytes")
+    }
+
+    /// Moves `entry` and a copy of `name` into one new allocation. The
+    /// `TailName` that `entry` carries is a placeholder: it is replaced
+    /// with the pointer to the copy.
+    fn new(name: &str, entry: impl FnOnce(TailName) -> Entry) -> Owned {
+        let (layout, offset) = Owned::layout(name.len());
+        // SAFETY: `layout` has a non-zero size (it holds an `Entry`).
+        let base = unsafe { std::alloc::alloc(layout) };
+        let Some(base) = NonNull::new(base) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: `offset + name.len()` is within the allocation (that is
+        // how `layout` was made), and a fresh allocation overlaps nothing.
+        let bytes = unsafe {
+            let bytes = base.add(offset);
+            std::ptr::copy_nonoverlapping(name.as_ptr(), bytes.as_ptr(), name.len());
+            bytes
+        };
+        let copy = NonNull::slice_from_raw_parts(bytes, name.len()).as_ptr() as *mut str;
+        // SAFETY: `copy` is `bytes` (not null) with a length; the bytes
+        // were copied from a `str`, so they are UTF-8.
+        let tail = TailName(unsafe { NonNull::new_unchecked(copy) });
+        let at = base.cast::<Entry>();
+        // SAFETY: `at` is the start of an allocation laid out for an
+        // `Entry` first (aligned, large enough), not yet initialised.
+        unsafe { at.write(entry(tail)) };
+        Owned(at)
     }
 }
 
@@ -125,9 +180,14 @@ impl Deref for Owned {
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        // SAFETY: made by `Box::leak` in `new`; the map drops it once, when
-        // the entry leaves the map with no handle left (`users` 0).
-        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        let (layout, _) = Owned::layout(self.name().len());
+        // SAFETY: made by `new` with this layout (the name's length never
+        // changes); the map drops it once, when the entry leaves the map
+        // with no handle left (`users` 0), so nothing uses it after this.
+        unsafe {
+            std::ptr::drop_in_place(self.0.as_ptr());
+            std::alloc::dealloc(self.0.as_ptr().cast::<u8>(), layout);
+        }
     }
 }
 
@@ -177,7 +237,7 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
     let reg = &*REGISTRY;
     let hash = reg.hasher.hash_one(full_name);
     let mut map = reg.shard(hash).0.lock();
-    if let Some(e) = map.find(hash, |e| &*e.name == full_name) {
+    if let Some(e) = map.find(hash, |e| e.name() == full_name) {
         if e.kind != kind {
             return Err(e.kind);
         }
@@ -187,8 +247,8 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
         e.users.fetch_add(1, Ordering::Relaxed);
         return Ok(Handle(e.0));
     }
-    let entry = Owned::new(Entry {
-        name: full_name.into(),
+    let entry = Owned::new(full_name, |name| Entry {
+        name,
         hash,
         kind,
         local: Local::new(kind),
@@ -207,7 +267,7 @@ pub(crate) fn peek<R>(full_name: &str, f: impl FnOnce(&Entry) -> R) -> Option<R>
     let reg = &*REGISTRY;
     let hash = reg.hasher.hash_one(full_name);
     let map = reg.shard(hash).0.lock();
-    map.find(hash, |e| &*e.name == full_name).map(|e| f(e))
+    map.find(hash, |e| e.name() == full_name).map(|e| f(e))
 }
 
 /// Runs `f` on every live entry (shard by shard).
@@ -351,7 +411,7 @@ mod tests {
         let reg = &*REGISTRY;
         for n in ["registry-test-a", "registry-test-b"] {
             let h = reg.hasher.hash_one(n);
-            assert!(reg.shard(h).0.lock().find(h, |e| &*e.name == n).is_none());
+            assert!(reg.shard(h).0.lock().find(h, |e| e.name() == n).is_none());
         }
     }
 
@@ -385,7 +445,7 @@ mod tests {
             let n = format!("registry-churn-{i}");
             let h = reg.hasher.hash_one(n.as_str());
             assert!(
-                reg.shard(h).0.lock().find(h, |e| *e.name == *n).is_none(),
+                reg.shard(h).0.lock().find(h, |e| e.name() == n).is_none(),
                 "{n} stayed"
             );
         }
