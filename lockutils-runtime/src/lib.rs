@@ -8,12 +8,13 @@
 
 // Layers, top first; each names only those below it (tests/layout.rs):
 // private > builder > acquire > guard > trace > hold > order > registry >
-// external > local > config > name > spec > error.
+// external > local > fork > config > name > spec > error.
 mod acquire;
 mod builder;
 mod config;
 mod error;
 mod external;
+mod fork;
 mod guard;
 mod hold;
 mod holders;

@@ -28,7 +28,8 @@ use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::sys::{Range, fork};
+use super::sys::Range;
+use crate::fork;
 use crate::spec::Mode;
 
 /// The one descriptor this process has for a lock file, and what the
@@ -37,7 +38,7 @@ use crate::spec::Mode;
 pub(crate) struct Inode {
     file: ManuallyDrop<File>,
     key: (u64, u64),
-    forks: u32,
+    born: fork::Born,
     held: Mutex<Held>,
 }
 
@@ -104,7 +105,7 @@ pub(crate) fn adopt(file: File) -> io::Result<Arc<Inode>> {
     let inode = Arc::new(Inode {
         file: ManuallyDrop::new(file),
         key,
-        forks: fork::generation(),
+        born: fork::Born::now(),
         held: Mutex::default(),
     });
     map.insert(key, Arc::downgrade(&inode));
@@ -277,7 +278,7 @@ impl Drop for Inode {
         {
             map.remove(&self.key);
         }
-        if self.forks == fork::generation() {
+        if self.born.here() {
             // SAFETY: dropped once, here; nobody holds a lock through it
             // (every holder keeps the `Arc`).
             unsafe { ManuallyDrop::drop(&mut self.file) };

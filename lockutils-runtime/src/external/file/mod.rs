@@ -237,8 +237,8 @@ pub(crate) struct Open {
     dir: Arc<Path>,
     /// The config generation `dir` was read under; `None` for an explicit dir.
     generation: Option<u64>,
-    /// The fork generation it was opened in (see `sys::fork`).
-    forks: u32,
+    /// The process it was opened in (not inherited through `fork`).
+    born: crate::fork::Born,
 }
 
 impl Open {
@@ -247,14 +247,14 @@ impl Open {
             file,
             dir,
             generation,
-            forks: sys::fork::generation(),
+            born: crate::fork::Born::now(),
         }
     }
 
     /// Whether it can be used for `files` now: opened under that lock path,
     /// and in this process (not inherited through `fork`).
     fn matches(&self, files: Files<'_>) -> bool {
-        let here = self.forks == sys::fork::generation();
+        let here = self.born.here();
         here && match files {
             // Equal bytes first: `Path`'s own equality walks components.
             Files::Explicit(p) => {
@@ -468,7 +468,7 @@ impl Pool {
                 }
             },
         };
-        sys::fork::watch();
+        crate::fork::watch();
         let file = open_creating_dir(name, &dir)?;
         Ok(Open::new(file, dir, generation))
     }
@@ -584,7 +584,7 @@ impl FileHold {
         };
         let lasted = Duration::from_nanos(now - since);
         let n = self.handoffs + 1;
-        if n > limit || lasted >= within || self.open.forks != sys::fork::generation() {
+        if n > limit || lasted >= within || !self.open.born.here() {
             let ended = (self.handoffs > 0).then_some(lasted);
             return Err((self, ended));
         }
@@ -619,7 +619,7 @@ impl FileHold {
     /// unlocking, which leaves the parent's lock alone.
     #[inline]
     pub(crate) fn release(self, pool: &Pool) {
-        if self.open.forks != sys::fork::generation() {
+        if !self.open.born.here() {
             return; // inherited: closing our descriptor unlocks nothing
         }
         let flock_released = !self.flock || self.open.file.funlock().is_ok();
@@ -636,7 +636,7 @@ impl FileHold {
     /// the entry is a lock, not a semaphore (a `Hold` that is a writer).
     #[inline]
     pub(crate) unsafe fn release_as_writer(self, pool: &Pool) {
-        if self.open.forks != sys::fork::generation() {
+        if !self.open.born.here() {
             return; // inherited, as in `release`
         }
         let flock_released = !self.flock || self.open.file.funlock().is_ok();
@@ -649,7 +649,7 @@ impl FileHold {
     /// Unlocks and closes the file (after removing it); in a forked child,
     /// only closes it (see [`FileHold::release`]).
     pub(crate) fn close(self) {
-        if self.open.forks == sys::fork::generation() {
+        if self.open.born.here() {
             if self.flock {
                 let _ = self.open.file.funlock();
             }

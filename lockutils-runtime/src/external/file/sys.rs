@@ -248,40 +248,6 @@ pub(crate) fn read_proc_locks() -> Option<String> {
     }
 }
 
-/// Telling a forked child from its parent.
-///
-/// A child forked without `exec` inherits the parent's open lock files,
-/// which share the parent's open file descriptions and so its OFD locks:
-/// locking through them would "succeed" while the parent holds the lock,
-/// and unlocking through them would unlock the parent's. A `pthread_atfork`
-/// child handler bumps a counter (one atomic add, async-signal-safe); files
-/// remember the count they were opened under, so the child never locks
-/// through an inherited file and drops an inherited guard without
-/// unlocking. Checking costs one relaxed load, no system call.
-pub(crate) mod fork {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    static FORKS: AtomicU32 = AtomicU32::new(0);
-
-    /// How many forks led to this process (0 in the original process).
-    #[inline]
-    pub(crate) fn generation() -> u32 {
-        FORKS.load(Ordering::Relaxed)
-    }
-
-    /// Starts counting forks; call before a lock file is first opened.
-    pub(crate) fn watch() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(super::imp::on_fork_in_child);
-    }
-
-    /// Runs in the child right after `fork` (see pthread_atfork(3)).
-    #[cfg_attr(not(unix), allow(dead_code))]
-    pub(crate) extern "C" fn forked() {
-        FORKS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Stopping a helper thread's kernel wait.
 ///
 /// A thread blocked in `F_OFD_SETLKW` cannot be woken by closing its
@@ -503,11 +469,6 @@ mod imp {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     extern "C" fn on_interrupt(_: libc::c_int) {}
 
-    pub(super) fn on_fork_in_child() {
-        // SAFETY: registers a handler that only does an atomic add, which
-        // is async-signal-safe as a forked child's handlers must be.
-        unsafe { libc::pthread_atfork(None, None, Some(super::fork::forked)) };
-    }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(super) fn interrupt_signal() -> Option<i32> {
@@ -787,9 +748,6 @@ mod imp {
     }
 
     pub(super) fn helper_signal_mask() {}
-
-    // No fork on Windows.
-    pub(super) fn on_fork_in_child() {}
 
     pub(super) fn this_thread() -> u64 {
         0
