@@ -1,7 +1,8 @@
-//! Lock cohorting: a lock file's lock handed from one thread of this
-//! process to the next without unlocking it, and always let go in the end.
-//! Other processes (children of this test binary, see `tests/support`)
-//! check from outside what the kernel holds.
+//! Lock cohorting: a lock file's lock handed from one thread or task of
+//! this process to the next with the in-process lock, never to anyone
+//! else, and always let go in the end. Other processes (children of this
+//! test binary, see `tests/support`) check from outside what the kernel
+//! holds.
 #![cfg(unix)]
 
 mod support;
@@ -10,8 +11,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lockutils::__private_v0_1::{cohort_stats, has_waiters};
-use support::{PATIENCE, lock_child, try_in_child};
+use lockutils::__private_v0_1::{cohort_stats, has_waiters, holders};
+use support::{PATIENCE, lock_child, param, report, running_as, try_in_child};
 
 fn external<'a>(name: &'a str, dir: &'a Path) -> lockutils::Lock<'a> {
     lockutils::lock(name).external().lock_path(dir)
@@ -64,6 +65,151 @@ fn a_waiting_thread_is_handed_the_locked_file() {
         "ok",
         "the lock file stayed locked after the last guard"
     );
+}
+
+fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// A task handed the lock with its file while nobody polls it holds both,
+/// as a granted `tokio::sync::Mutex` waiter holds its lock: another thread
+/// of this process finds the lock taken, and another process the file (a
+/// locked file with the in-process lock free, as cohort parking left it,
+/// was held for a holder that did not exist). Dropped unpolled, the task
+/// gives both back.
+#[test]
+fn an_unpolled_waiter_handed_the_lock_holds_it_visibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "cohort-unpolled";
+    let first = external(name, dir.path()).acquire().unwrap();
+    let lock = external(name, dir.path());
+    let mut task = Box::pin(lock.acquire_async());
+    assert!(poll_once(task.as_mut()).is_pending());
+    await_local_waiter(name);
+    drop(first);
+    let here = std::thread::scope(|s| {
+        s.spawn(|| support::outcome(&external(name, dir.path()).blocking(false).acquire()))
+            .join()
+            .unwrap()
+    });
+    let elsewhere = try_in_child(dir.path(), "", name);
+    let in_process = holders(name);
+    let who = lockutils::holders(&lock).unwrap();
+    if support::cohorting() {
+        assert_eq!(
+            (here.as_str(), elsewhere.as_str(), in_process),
+            ("wouldblock", "wouldblock", Some(1)),
+            "the lock was handed to the task: held here and in the file"
+        );
+        assert_eq!(
+            who.holders.iter().map(|h| h.pid).collect::<Vec<_>>(),
+            [Some(std::process::id())],
+            "holders() does not name this process"
+        );
+    } else {
+        // Classic locks: nothing is handed over; the lock was released.
+        assert_eq!((here.as_str(), elsewhere.as_str()), ("ok", "ok"));
+    }
+    drop(task);
+    assert_eq!(holders(name), Some(0), "the dropped task kept the lock");
+    assert_eq!(
+        try_in_child(dir.path(), "", name),
+        "ok",
+        "the dropped task kept the file"
+    );
+}
+
+/// A child forked while its parent had a waiter queued (here handed the
+/// lock and the file, not yet polled) starts with none of that: what the
+/// child takes and releases afterwards, it unlocks, and the parent gets the
+/// lock as soon as the child is done. (The parent's queued waiter, copied
+/// into the child, used to make the child's release park its file for a
+/// waiter the child does not have, for as long as the child lived.)
+#[test]
+fn a_child_forked_beside_a_queued_waiter_releases_what_it_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = support::child("child_fork_beside_waiter")
+        .param("DIR", dir.path())
+        .spawn();
+    assert_eq!(c.next_report(), "child: ok");
+    assert_eq!(c.next_report(), "parent after the child released: ok");
+    c.finish();
+}
+
+#[test]
+fn child_fork_beside_waiter() {
+    if !running_as("child_fork_beside_waiter") {
+        return;
+    }
+    let dir = param("DIR");
+    let name = "cohort-fork";
+    let lock = lockutils::lock(name).external().lock_path(&dir);
+    let first = lock.acquire().unwrap();
+    let mut task = Box::pin(lock.acquire_async());
+    assert!(poll_once(task.as_mut()).is_pending());
+    await_local_waiter(name);
+    drop(first); // hands the lock (and the file) to `task`
+    let (done_r, done_w) = pipe();
+    let (stay_r, stay_w) = pipe();
+    // SAFETY: the child takes a lock, writes to a pipe and blocks reading
+    // another; no lock of the allocator or of lockutils is held by another
+    // thread here (this process runs one test on one thread).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        drop((done_r, stay_w)); // the parent's ends
+        let got = lock.clone().timeout(PATIENCE).acquire();
+        let ok = got.is_ok();
+        drop(got);
+        write_byte(&done_w, if ok { b'y' } else { b'n' });
+        // Idles until the parent is done (it closes its end).
+        let _ = read_byte(&stay_r);
+        // SAFETY: ends the forked child without the parent's atexit
+        // handlers or libtest's teardown.
+        unsafe { libc::_exit(0) };
+    }
+    drop((done_w, stay_r));
+    let guard = futures_lite::future::block_on(task).unwrap();
+    drop(guard);
+    let child_ok = read_byte(&done_r) == Some(b'y');
+    report(format!("child: {}", if child_ok { "ok" } else { "failed" }));
+    // The child has released and now idles.
+    let r = lock.clone().timeout(Duration::from_secs(2)).acquire();
+    report(format!(
+        "parent after the child released: {}",
+        support::outcome(&r)
+    ));
+    drop(r);
+    drop(stay_w);
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+}
+
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are new and owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+fn write_byte(mut f: &std::fs::File, b: u8) {
+    std::io::Write::write_all(&mut f, &[b]).unwrap();
+}
+
+fn read_byte(mut f: &std::fs::File) -> Option<u8> {
+    let mut b = [0u8];
+    match std::io::Read::read(&mut f, &mut b) {
+        Ok(1) => Some(b[0]),
+        _ => None,
+    }
 }
 
 #[test]
@@ -197,9 +343,9 @@ fn while_threads_hand_over<R>(name: &str, dir: &Path, f: impl FnOnce() -> R) -> 
 #[test]
 fn another_process_gets_its_turn_while_threads_keep_handing_over() {
     // A process waiting in the kernel must get the lock: the batch bound
-    // releases the file, and the next thread here leaves it to that
-    // process (seen in /proc/locks) instead of relocking at once, which
-    // under load starved the process for minutes.
+    // releases the file, and the next thread here leaves it to other
+    // processes for a turn instead of relocking at once, which under load
+    // starved the process for minutes.
     let dir = tempfile::tempdir().unwrap();
     let name = "cohort-bounded";
     let (waited, rounds) = while_threads_hand_over(name, dir.path(), || {
@@ -240,7 +386,7 @@ fn another_process_gets_its_turn_while_threads_keep_handing_over() {
 #[test]
 fn a_process_that_polls_finds_the_file_free_between_batches() {
     // fasteners (so oslo.concurrency) and py-filelock wait by polling with
-    // non-blocking tries, which /proc/locks cannot show. After each batch
+    // non-blocking tries. After each batch
     // the file is left free for an eighth of the batch's length, so about
     // one try in nine succeeds (here: within 1 to 3 tries; relocking at
     // once needed 2 to 27, and oslo's processes, whose tries are 10 to

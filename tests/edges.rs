@@ -1,8 +1,9 @@
-//! Promises at the edges (SPEC §11): giving up gives everything back at
-//! once, no helper thread or descriptor outlives an acquisition, and a
-//! child forked without `exec` neither shares nor unlocks its parent's
-//! lock. Real processes throughout; thread and descriptor counts are taken
-//! in child processes, where no other test runs beside them.
+//! Promises at the edges: giving up gives everything back at once, a
+//! lock file is waited for by at most one thread per process (which ends
+//! when nobody waits any more), and a child forked without `exec` neither
+//! shares nor unlocks its parent's lock. Real processes throughout; thread
+//! and descriptor counts are taken in child processes, where no other test
+//! runs beside them.
 
 mod support;
 
@@ -10,8 +11,22 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
+use lockutils::__private_v0_1::waiter_threads;
 use lockutils::LockError;
 use support::{child, hold, outcome, param, release, report, running_as, try_in_child};
+
+/// Waits (at most [`support::PATIENCE`]) until this process has no thread
+/// waiting for a lock file on a caller's behalf.
+fn await_no_waiter_thread() {
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    while waiter_threads() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a waiter thread stayed with nobody waiting"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 /// This process's threads, by name.
 fn threads() -> Vec<String> {
@@ -56,28 +71,53 @@ fn a_timeout_on_a_held_lock_file_frees_the_in_process_lock_at_once() {
     release(holder).finish();
 }
 
+/// Dropped async acquisitions give the in-process lock back at once;
+/// their kernel waits are one (the file's waiter thread, reused by each
+/// next one), and end with nothing held once the holder lets go.
 #[test]
 fn a_dropped_async_acquisition_frees_the_in_process_lock_at_once() {
     let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge-async-drop");
     let holder = hold(dir.path(), "", "edge-async-drop");
     let lock = lockutils::lock("edge-async-drop")
         .external()
         .lock_path(dir.path());
-    let mut fut = Box::pin(lock.acquire_async());
-    assert!(poll_once(fut.as_mut()).is_pending(), "the file is held");
-    support::await_blocked_waiters(&dir.path().join("edge-async-drop"), 1);
-    drop(fut);
-    assert_eq!(
-        outcome(&lockutils::lock("edge-async-drop").blocking(false).acquire()),
-        "ok",
-        "the dropped future kept the in-process lock"
-    );
-    // Its kernel wait is gone too, not left queued behind the holder.
-    assert_eq!(
-        support::blocked_waiters(&dir.path().join("edge-async-drop")),
-        0
-    );
+    for round in 0..5 {
+        let mut fut = Box::pin(lock.acquire_async());
+        assert!(poll_once(fut.as_mut()).is_pending(), "the file is held");
+        support::await_blocked_waiters(&path, 1);
+        drop(fut);
+        assert_eq!(
+            outcome(&lockutils::lock("edge-async-drop").blocking(false).acquire()),
+            "ok",
+            "the dropped future kept the in-process lock"
+        );
+        assert_eq!(
+            support::blocked_waiters(&path),
+            1,
+            "round {round}: a second kernel wait instead of the one reused"
+        );
+        assert_eq!(waiter_threads(), 1, "round {round}");
+    }
     release(holder).finish();
+    await_no_waiter_thread();
+    assert_eq!(
+        try_in_child(dir.path(), "", "edge-async-drop"),
+        "ok",
+        "the waiter thread kept what it got with nobody waiting"
+    );
+}
+
+/// "threads|fds" as a child reports them.
+fn counts(report: &str) -> (Vec<String>, usize) {
+    let (threads, fds) = report.split_once('|').unwrap();
+    let threads = threads
+        .trim_matches(['[', ']'])
+        .split(", ")
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_matches('"').to_owned())
+        .collect();
+    (threads, fds.parse().unwrap())
 }
 
 #[test]
@@ -87,20 +127,37 @@ fn a_thousand_timed_out_waits_leave_no_thread_or_descriptor_behind() {
     let mut c = child("child_thousand_timeouts")
         .param("DIR", dir.path())
         .spawn();
-    let got = c.next_report();
-    c.finish();
+    let (before, during) = (counts(&c.next_report()), counts(&c.next_report()));
     release(holder).finish();
-    // "threads|fds -> threads|fds": the same threads, and no descriptor
-    // more (a stopped helper's file is closed, not pooled: one fewer).
-    let (before, after) = got.split_once(" -> ").unwrap();
-    let (threads_before, fds_before) = before.split_once('|').unwrap();
-    let (threads_after, fds_after) = after.split_once('|').unwrap();
-    assert_eq!(threads_before, threads_after, "threads before -> after");
-    let (fds_before, fds_after): (usize, usize) =
-        (fds_before.parse().unwrap(), fds_after.parse().unwrap());
+    c.send("released");
+    let after = counts(&c.next_report());
+    c.finish();
+    // While the holder keeps the file: at most the file's one waiter
+    // thread and its descriptor more, however many waits gave up.
+    let mut extra = during.0.clone();
+    for t in &before.0 {
+        let i = extra.iter().position(|x| x == t).expect("a thread went");
+        extra.remove(i);
+    }
     assert!(
-        fds_after <= fds_before,
-        "descriptors {fds_before} -> {fds_after}"
+        extra.is_empty() || extra == ["lockutils-wait"],
+        "threads {:?} -> {:?}",
+        before.0,
+        during.0
+    );
+    assert!(
+        during.1 <= before.1 + 1,
+        "descriptors {} -> {}",
+        before.1,
+        during.1
+    );
+    // Once nobody waits: the same threads, and no descriptor more.
+    assert_eq!(before.0, after.0, "threads before -> after");
+    assert!(
+        after.1 <= before.1,
+        "descriptors {} -> {}",
+        before.1,
+        after.1
     );
 }
 
@@ -146,12 +203,14 @@ fn child_thousand_timeouts() {
         .blocking(false)
         .acquire();
     assert!(tried.unwrap_err().is_busy());
-    let before = format!("{:?}|{}", threads(), support::open_fds());
+    report(format!("{:?}|{}", threads(), support::open_fds()));
     for i in 0..1000 {
         attempt(i % 10 == 0, Duration::from_millis(1));
     }
-    let after = format!("{:?}|{}", threads(), support::open_fds());
-    report(format!("{before} -> {after}"));
+    report(format!("{:?}|{}", threads(), support::open_fds()));
+    support::await_order("released");
+    await_no_waiter_thread();
+    report(format!("{:?}|{}", threads(), support::open_fds()));
 }
 
 /// A semaphore waiter watches one slot in the kernel on a helper thread

@@ -1,11 +1,18 @@
-//! The acquisition steps that the builder and `#[synchronized]` call sites
-//! share: the in-process lock first, then the external one.
+//! One acquisition, for the builder and the `#[synchronized]` call sites:
+//! the in-process phase (a thread that may block, or an async task), then
+//! one external phase with the backend's session.
 //!
-//! A thread that may block waits for the external lock itself; a timed
-//! wait on lock files, and every async wait, goes to a helper thread
-//! ([`Pending`]) that the caller can give up on. The caller keeps the
-//! in-process lock throughout, so giving up (a timeout, a dropped future)
-//! frees it at once.
+//! Invariants:
+//! * the in-process lock is taken first and held throughout the external
+//!   phase; giving up anywhere (a deadline, `blocking(false)`, an error, a
+//!   dropped future) drops the [`Hold`], which releases everything at once;
+//! * one deadline for the whole acquisition: a timeout is turned into an
+//!   instant when the acquisition starts ([`Wait::start`]);
+//! * nothing that may wait for a lock server or a lock file in the kernel
+//!   runs on an async caller's thread: async external waits are polled
+//!   (see `external::Waiting`);
+//! * an in-process wait that is given up after the lock was handed over
+//!   releases the lock like any holder ([`InProcessWait`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,34 +20,34 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::LockError;
-use crate::external::{self, Arrival, Backend, Chosen, Dir, ExternalHold, Pending};
+use crate::external::{self, Backend, Session, Target};
 use crate::guard::{AsyncLockGuard, LockGuard, check_reentry};
-use crate::hold::{EntryRef, Hold};
+use crate::hold::{self, EntryRef, Hold};
+use crate::local::LocalAsync;
 use crate::local::timer::Sleep;
 use crate::order::{self, AsyncHold, SyncHold, Task};
-use crate::registry;
-use crate::spec::{Kind, Mode, Wait};
+use crate::registry::{self, Entry};
+use crate::spec::{Kind, Mode, Options, Wait};
 use crate::trace::{self, Site};
 
-/// One acquisition's options, borrowed from a builder or a call site.
+/// One acquisition: the options, and who asks.
 #[derive(Clone, Copy)]
 pub(crate) struct Request<'a> {
-    pub(crate) mode: Mode,
-    pub(crate) external: bool,
+    pub(crate) opts: Options<'a>,
     /// Take the lock file even when process locking is switched off.
     pub(crate) force_file: bool,
-    pub(crate) dir: Dir<'a>,
-    pub(crate) wait: Wait,
     pub(crate) site: Site,
 }
 
 impl Request<'_> {
+    #[inline]
     fn wants_external(&self) -> bool {
-        self.external && (self.force_file || crate::config::process_locking())
+        self.opts.external && (self.force_file || crate::config::process_locking())
     }
 }
 
-/// Takes the in-process lock, then (for external locks) the external one.
+/// Takes the in-process lock, then (for external locks) the external one,
+/// blocking this thread as `req` allows.
 #[inline]
 pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, LockError> {
     // Before anything can wait: a cycle is reported even for a free lock.
@@ -50,71 +57,279 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
         order_enter(&entry, req)?
     };
     let started = trace::start();
-    let mut wait = req.wait;
-    let external = req.wants_external();
-    if !entry.local.try_lock(req.mode) {
-        wait = wait.start();
-        // Counted while it waits, so a releaser may park its lock file for
-        // it (cohorting); uncounted, with nothing parked, if it gives up.
-        let arrival = external.then(|| entry.external().arrive());
-        wait_in_process(&entry, req.mode, wait)?;
-        let counted = arrival.map(Arrival::keep).is_some();
-        // SAFETY: we just took the in-process lock in `req.mode`.
-        let mut hold = unsafe { Hold::new(entry, req.mode) };
-        if counted {
-            hold.take_parked(req.dir);
-            hold.entry().external().settled();
-        }
-        return finish_sync(hold, req, wait, order, started);
-    }
-    // SAFETY: we just took the in-process lock in `req.mode`.
-    let mut hold = unsafe { Hold::new(entry, req.mode) };
-    if external {
-        // A releaser may have parked its lock file (cohorting).
-        hold.take_parked(req.dir);
-    }
-    finish_sync(hold, req, wait, order, started)
-}
-
-/// The rest of [`acquire`], once the in-process lock is held: the
-/// external lock unless it was handed over, then the guard.
-#[inline]
-fn finish_sync(
-    hold: Hold,
-    req: &Request<'_>,
-    wait: Wait,
-    order: SyncHold,
-    started: Option<Instant>,
-) -> Result<LockGuard, LockError> {
-    let hold = if req.wants_external() && !hold.has_external() {
-        let wait = wait.start();
-        let hold = lock_external_sync(hold, req.dir, wait)?;
-        if hold.entry().kind().flock {
-            flock_sync(hold, wait)?
-        } else {
-            hold
-        }
+    let mode = req.opts.mode;
+    let wait = req.opts.wait.start();
+    let hold = if entry.local.try_lock(mode) {
+        // SAFETY: just taken in `mode`, without waiting.
+        unsafe { Hold::new(entry, mode) }
+    } else {
+        wait_in_process(entry, mode, wait, req.wants_external())?
+    };
+    let hold = if req.wants_external() {
+        finish_sync(hold, req, wait)?
     } else {
         hold
     };
     Ok(LockGuard::new(hold, order, req.site, started))
 }
 
+/// The async counterpart of [`acquire`]: never blocks the caller's thread.
+pub(crate) async fn acquire_async(
+    entry: EntryRef,
+    req: Request<'_>,
+) -> Result<AsyncLockGuard, LockError> {
+    let order = if order::is_off() {
+        AsyncHold::NONE
+    } else {
+        order_enter_async(&entry, &req).await?
+    };
+    let started = trace::start();
+    let mode = req.opts.mode;
+    let wait = req.opts.wait.start();
+    let hold = if entry.local.try_lock(mode) {
+        // SAFETY: just taken in `mode`, without waiting.
+        unsafe { Hold::new(entry, mode) }
+    } else if wait.is_try() {
+        return Err(wait.busy(entry.name()));
+    } else {
+        let got = InProcessWait::new(&entry, mode, wait.deadline()).await;
+        if !got {
+            return Err(wait.busy(entry.name()));
+        }
+        // SAFETY: just taken in `mode`, by waiting.
+        unsafe { Hold::waited(entry, mode, req.wants_external()) }
+    };
+    let hold = if req.wants_external() {
+        finish_async(hold, &req, wait).await?
+    } else {
+        hold
+    };
+    Ok(AsyncLockGuard::new(hold, order, req.site, started))
+}
+
+#[cold]
+fn wait_in_process(
+    entry: EntryRef,
+    mode: Mode,
+    wait: Wait,
+    external: bool,
+) -> Result<Hold, LockError> {
+    if wait.is_try() {
+        return Err(wait.busy(entry.name()));
+    }
+    check_reentry(&entry);
+    // A writer of a lock whose file may be handed over spins a little
+    // before it parks (see `Local::lock_until`).
+    let spin = mode == Mode::Exclusive && entry.files_if_made().is_some();
+    if entry.local.lock_until(mode, wait.deadline(), spin) {
+        // SAFETY: just taken in `mode`, by waiting.
+        Ok(unsafe { Hold::waited(entry, mode, external) })
+    } else {
+        Err(wait.busy(entry.name()))
+    }
+}
+
+/// An async wait for an in-process lock. Dropped before it completes, it
+/// gives up; if the lock was handed to it meanwhile (with a lock file,
+/// perhaps), it releases that like any holder.
+pub(crate) struct InProcessWait<'a> {
+    entry: &'a Entry,
+    mode: Mode,
+    fut: LocalAsync<'a>,
+    done: bool,
+}
+
+impl<'a> InProcessWait<'a> {
+    pub(crate) fn new(entry: &'a Entry, mode: Mode, deadline: Option<Instant>) -> Self {
+        InProcessWait {
+            entry,
+            mode,
+            fut: entry.local.lock_async(mode, deadline),
+            done: false,
+        }
+    }
+}
+
+impl Future for InProcessWait<'_> {
+    /// `true`: taken (the caller owns it, see `Hold::waited`); `false`:
+    /// the deadline passed.
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = &mut *self;
+        let got = std::task::ready!(Pin::new(&mut this.fut).poll(cx));
+        this.done = true;
+        Poll::Ready(got)
+    }
+}
+
+impl Drop for InProcessWait<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.fut.cancel() {
+            // Handed over while nobody was polling: release it, and what
+            // came with it, as a holder would.
+            let writer = self.mode == Mode::Exclusive && self.entry.kind().permits.is_none();
+            let handed = if writer {
+                // SAFETY: `cancel` said the lock is ours, in the writer's mode.
+                self.entry
+                    .files_if_made()
+                    .and_then(|f| unsafe { f.take_handed() })
+                    .map(Session::File)
+            } else {
+                None
+            };
+            // SAFETY: held in `mode` (`cancel` said so); given up here.
+            unsafe { hold::release(self.entry, self.mode, writer, handed) };
+        }
+    }
+}
+
+/// The backend for `hold`'s lock as `req` places it, checked against what
+/// the lock needs of it.
+fn backend_for<'h>(hold: &'h Hold, req: &Request<'h>) -> Result<Backend<'h>, LockError> {
+    let entry = hold.entry();
+    let backend = external::choose(req.opts.place(), entry.name(), || entry.files())?;
+    if backend.is_server() {
+        req.opts.check_server(entry.name())?;
+    }
+    Ok(backend)
+}
+
+/// A lock file handed over with the in-process lock, if this acquisition
+/// can use it (it asks for the same place); one it cannot use is let go.
+fn usable(hold: &Hold, backend: &Backend<'_>, handed: Option<Session>) -> Option<Session> {
+    match handed {
+        Some(Session::File(f)) if !backend.serves(&f) => {
+            // SAFETY: `hold` holds the in-process lock the file was taken
+            // for, and keeps it (the handoff is refused).
+            unsafe { f.release(hold.entry().files(), hold.is_writer(), || false) };
+            None
+        }
+        other => other,
+    }
+}
+
+/// What a backend is asked to lock for `hold`.
+fn target(hold: &Hold) -> Target<'_> {
+    Target {
+        name: hold.entry().name(),
+        kind: hold.entry().kind(),
+        mode: hold.mode(),
+    }
+}
+
+/// The external phase of [`acquire`]: the backend's session, waiting on
+/// this thread as `wait` allows.
+fn finish_sync(mut hold: Hold, req: &Request<'_>, wait: Wait) -> Result<Hold, LockError> {
+    let handed = hold.take_session();
+    let session = {
+        let backend = backend_for(&hold, req)?;
+        match usable(&hold, &backend, handed) {
+            Some(s) => Some(s),
+            None => {
+                let t = target(&hold);
+                match wait {
+                    Wait::Try => backend.try_lock(&t)?,
+                    _ => backend.lock_blocking(&t, wait)?,
+                }
+            }
+        }
+    };
+    match session {
+        Some(s) => hold.set_session(s),
+        None => return Err(wait.busy(hold.entry().name())),
+    }
+    if hold.entry().kind().flock {
+        flock_sync(&mut hold, wait)?;
+    }
+    Ok(hold)
+}
+
+/// The external phase of [`acquire_async`]: a lock file is tried at once
+/// (a system call); anything that must wait is polled.
+async fn finish_async(mut hold: Hold, req: &Request<'_>, wait: Wait) -> Result<Hold, LockError> {
+    let handed = hold.take_session();
+    let session = {
+        let backend = backend_for(&hold, req)?;
+        match usable(&hold, &backend, handed) {
+            Some(s) => Some(s),
+            None => {
+                let t = target(&hold);
+                let cheap = backend.try_is_cheap();
+                match if cheap { backend.try_lock(&t)? } else { None } {
+                    Some(s) => Some(s),
+                    None if cheap && wait.is_try() => None,
+                    None => wait_external(&backend, &t, wait).await?,
+                }
+            }
+        }
+    };
+    match session {
+        Some(s) => hold.set_session(s),
+        None => return Err(wait.busy(hold.entry().name())),
+    }
+    if hold.entry().kind().flock && !flock_async(&mut hold, wait).await? {
+        return Err(wait.busy(hold.entry().name()));
+    }
+    Ok(hold)
+}
+
+/// Waits for the external lock without blocking the task's thread, until
+/// `wait`'s deadline (`Ok(None)` then). Dropped, it gives everything up.
+async fn wait_external(
+    backend: &Backend<'_>,
+    t: &Target<'_>,
+    wait: Wait,
+) -> Result<Option<Session>, LockError> {
+    let mut waiting = Some(backend.wait(t, wait)?);
+    let deadline = wait.deadline();
+    let mut expiry = deadline.map(Sleep::new);
+    let mut retry: Option<(Instant, Sleep)> = None;
+    std::future::poll_fn(|cx| {
+        let w = waiting.as_mut().expect("polled after completion");
+        if let Poll::Ready(r) = w.poll(t, cx.waker()) {
+            waiting = None;
+            return Poll::Ready(r);
+        }
+        if let Some(s) = &mut expiry
+            && s.poll_expired(cx)
+        {
+            if let Some(w) = waiting.take() {
+                w.cancel(t);
+            }
+            return Poll::Ready(Ok(None));
+        }
+        // A wait that also tries by itself (semaphore slots, classic
+        // locks) wants to be polled again by then.
+        if let Some(at) = w.next_try() {
+            let sleep = match &mut retry {
+                Some((when, s)) if *when == at => s,
+                _ => &mut retry.insert((at, Sleep::new(at))).1,
+            };
+            if sleep.poll_expired(cx) {
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// The first and the longest pause between two tries of a flock(2) wait
 /// that must end at a deadline or be given up (flock(2) has no timeout).
 const FLOCK_PAUSES: (Duration, Duration) = (Duration::from_micros(500), Duration::from_millis(20));
 
-/// With `flock`: after the OFD lock, flock(2) on the same file, waiting as
-/// `wait` says. When it stays busy the hold is dropped here, giving back
-/// the OFD and in-process locks before the error returns.
+/// With `flock`: after the record lock, flock(2) on the same file,
+/// waiting as `wait` says (see `external::file`). `Err` when it stays
+/// busy: the caller drops the hold, giving back everything.
 #[cold]
-fn flock_sync(mut hold: Hold, wait: Wait) -> Result<Hold, LockError> {
+fn flock_sync(hold: &mut Hold, wait: Wait) -> Result<(), LockError> {
     let deadline = wait.deadline();
     let block = !wait.is_try() && deadline.is_none();
     let mut pause = FLOCK_PAUSES.0;
     loop {
         if hold.flock(block)? {
-            return Ok(hold);
+            return Ok(());
         }
         let left = deadline.map_or(Duration::ZERO, |d| {
             d.saturating_duration_since(Instant::now())
@@ -128,7 +343,7 @@ fn flock_sync(mut hold: Hold, wait: Wait) -> Result<Hold, LockError> {
 }
 
 /// The async counterpart of [`flock_sync`]: polls without blocking the
-/// task's thread. Dropping the future drops the hold, releasing all.
+/// task's thread. `Ok(false)`: still busy at the deadline.
 #[cold]
 async fn flock_async(hold: &mut Hold, wait: Wait) -> Result<bool, LockError> {
     let deadline = wait.deadline();
@@ -164,210 +379,32 @@ fn order_site(site: Site) -> order::Site {
 
 #[cold]
 #[inline(never)]
-fn order_enter(entry: &registry::Entry, req: &Request<'_>) -> Result<SyncHold, LockError> {
+fn order_enter(entry: &Entry, req: &Request<'_>) -> Result<SyncHold, LockError> {
     // SAFETY: the entry (and so its name) outlives the returned hold: the
     // guard owning both drops the hold first, and on a failed acquisition
     // the hold, a local, drops before the entry, a parameter.
-    unsafe { order::enter(entry.name(), order_site(req.site), !req.wait.is_try()) }
+    unsafe { order::enter(entry.name(), order_site(req.site), !req.opts.wait.is_try()) }
 }
 
 #[cold]
 #[inline(never)]
-async fn order_enter_async(
-    entry: &registry::Entry,
-    req: &Request<'_>,
-) -> Result<AsyncHold, LockError> {
+async fn order_enter_async(entry: &Entry, req: &Request<'_>) -> Result<AsyncHold, LockError> {
     let task = Task::current().await;
-    let waits = !req.wait.is_try();
+    let waits = !req.opts.wait.is_try();
     // SAFETY: as in `order_enter`, for the async guard.
     unsafe { order::enter_async(entry.name(), order_site(req.site), waits, task) }
 }
 
-#[cold]
-fn wait_in_process(entry: &registry::Entry, mode: Mode, wait: Wait) -> Result<(), LockError> {
-    if wait.is_try() {
-        return Err(wait.busy(entry.name()));
-    }
-    check_reentry(entry);
-    if entry.local.lock_until(mode, wait.deadline()) {
-        Ok(())
-    } else {
-        Err(wait.busy(entry.name()))
-    }
-}
-
-/// The backend for `dir`, checked against what the lock needs of it.
-fn backend_for<'d>(hold: &Hold, dir: Dir<'d>) -> Result<Chosen<'d>, LockError> {
-    let entry = hold.entry();
-    let backend = external::choose(dir, entry.name())?;
-    if entry.kind().permits.is_some() && !backend.supports_permits() {
-        return Err(LockError::InvalidOptions {
-            name: entry.name().to_owned(),
-            reason: "semaphores (permits) work with lock files only, not lock servers",
-        });
-    }
-    if entry.kind().flock && matches!(backend, Chosen::Server(_)) {
-        return Err(LockError::InvalidOptions {
-            name: entry.name().to_owned(),
-            reason: "flock locks lock files; this lock is on a lock server",
-        });
-    }
-    Ok(backend)
-}
-
-/// One attempt at the external lock, waiting as `wait` says and as far as
-/// the backend can (see [`Backend::lock`]). `Ok(false)`: busy.
-fn lock_external(hold: &mut Hold, backend: &Chosen<'_>, wait: Wait) -> Result<bool, LockError> {
-    match backend.lock(&hold.entry().target(), hold.mode(), wait)? {
-        Some(external) => {
-            hold.set_external(external);
-            Ok(true)
-        }
-        None => Ok(false),
-    }
-}
-
-/// Takes the external lock for a thread that may block. A deadline the
-/// backend cannot keep itself is kept by waiting on a helper thread that
-/// is stopped when the deadline passes; this thread keeps its in-process
-/// lock meanwhile, and on `Timeout` drops it with everything else.
-fn lock_external_sync(mut hold: Hold, dir: Dir<'_>, wait: Wait) -> Result<Hold, LockError> {
-    let backend = backend_for(&hold, dir)?;
-    let deadline = match wait.deadline() {
-        Some(d) if !backend.waits_until_deadline() => d,
-        _ => {
-            return match lock_external(&mut hold, &backend, wait)? {
-                true => Ok(hold),
-                false => Err(wait.busy(hold.entry().name())),
-            };
-        }
-    };
-    if lock_external(&mut hold, &backend, Wait::Try)? {
-        return Ok(hold);
-    }
-    let pending = backend.start_wait(&hold.entry().target(), hold.mode(), wait)?;
-    match pending.wait_until(deadline) {
-        Some(Ok(Some(external))) => {
-            hold.set_external(external);
-            Ok(hold)
-        }
-        Some(Err(e)) => Err(e),
-        // `pending` drops first: the helper is stopped and joined.
-        Some(Ok(None)) | None => Err(wait.busy(hold.entry().name())),
-    }
-}
-
-/// The async counterpart of [`acquire`]: waits without blocking the thread,
-/// for the in-process lock and (on a helper thread) for the external lock.
-/// Nothing that may take a network round trip runs on the caller's thread.
-pub(crate) async fn acquire_async(
-    entry: EntryRef,
-    req: Request<'_>,
-) -> Result<AsyncLockGuard, LockError> {
-    let order = if order::is_off() {
-        AsyncHold::NONE
-    } else {
-        order_enter_async(&entry, &req).await?
-    };
-    let started = trace::start();
-    let wait = req.wait.start();
-    let external = req.wants_external();
-    let mut counted = false;
-    if !entry.local.try_lock(req.mode) {
-        if wait.is_try() {
-            return Err(wait.busy(entry.name()));
-        }
-        // Counted while it waits (see `acquire`); dropping this future
-        // drops the arrival, which gives up.
-        let arrival = external.then(|| entry.external().arrive());
-        if !entry.local.lock_async(req.mode, wait.deadline()).await {
-            return Err(wait.busy(entry.name()));
-        }
-        counted = arrival.map(Arrival::keep).is_some();
-    }
-    // SAFETY: we just took the in-process lock in `req.mode`.
-    let mut hold = unsafe { Hold::new(entry, req.mode) };
-    if external {
-        // A releaser may have parked its lock file (cohorting).
-        hold.take_parked(req.dir);
-    }
-    if counted {
-        hold.entry().external().settled();
-    }
-    if req.wants_external() && !hold.has_external() {
-        let backend = backend_for(&hold, req.dir)?;
-        let done = backend.try_is_cheap() && lock_external(&mut hold, &backend, Wait::Try)?;
-        if !done {
-            if wait.is_try() && backend.try_is_cheap() {
-                return Err(wait.busy(hold.entry().name()));
-            }
-            let pending = backend.start_wait(&hold.entry().target(), hold.mode(), wait)?;
-            let waiting = WaitFor {
-                pending,
-                sleep: wait.deadline().map(Sleep::new),
-            };
-            // Dropped here (or with this future): the wait is given up.
-            match waiting.await? {
-                Some(external) => hold.set_external(external),
-                None => return Err(wait.busy(hold.entry().name())),
-            }
-        }
-        if hold.entry().kind().flock && !flock_async(&mut hold, wait).await? {
-            return Err(wait.busy(hold.entry().name()));
-        }
-    }
-    Ok(AsyncLockGuard::new(hold, order, req.site, started))
-}
-
-/// Waits for a [`Pending`]; `Ok(None)` when the deadline passes first.
-struct WaitFor {
-    pending: Pending,
-    sleep: Option<Sleep>,
-}
-
-impl Future for WaitFor {
-    type Output = Result<Option<ExternalHold>, LockError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(r) = self.pending.poll(cx.waker()) {
-            return Poll::Ready(r);
-        }
-        if let Some(sleep) = &mut self.sleep
-            && sleep.poll_expired(cx)
-        {
-            // The helper may have finished just now; take it if so.
-            return Poll::Ready(self.pending.poll(cx.waker()).unwrap_or(Ok(None)));
-        }
-        Poll::Pending
-    }
-}
-
-/// The registry entry for a full name, checking the options agree with
+/// The registry entry for `full_name`, checking the options agree with
 /// each other and with the name's other users.
 pub(crate) fn entry_for(
     full_name: &str,
-    kind: Kind,
-    mode: Mode,
+    opts: &Options<'_>,
 ) -> Result<registry::Handle, LockError> {
-    let invalid = |reason| LockError::InvalidOptions {
+    opts.check(full_name)?;
+    registry::get(full_name, opts.kind).map_err(|other: Kind| LockError::KindMismatch {
         name: full_name.to_owned(),
-        reason,
-    };
-    if kind.flock && kind.permits.is_some() {
-        return Err(invalid(
-            "flock(2) has no counted mode: `flock` cannot be combined with permits",
-        ));
-    }
-    match kind.permits {
-        Some(0) => return Err(invalid("permits must be at least 1")),
-        Some(_) if mode == Mode::Shared => {
-            return Err(invalid("a semaphore (permits) has no shared mode"));
-        }
-        _ => {}
-    }
-    registry::get(full_name, kind).map_err(|other| LockError::KindMismatch {
-        name: full_name.to_owned(),
-        this: kind.to_string(),
+        this: opts.kind.to_string(),
         other: other.to_string(),
     })
 }

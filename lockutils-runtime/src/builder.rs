@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use crate::acquire::{Request, acquire, acquire_async, entry_for};
 use crate::error::LockError;
-use crate::external::Dir;
 use crate::guard::{AsyncLockGuard, LockGuard};
 use crate::hold::EntryRef;
 use crate::registry;
-use crate::spec::{Kind, Mode, Wait};
+use crate::spec::{LockDir, Mode, Options, Wait};
 use crate::trace::Site;
 
 /// Starts describing a lock named `name`; finish with
@@ -29,12 +28,7 @@ pub fn lock(name: &str) -> Lock<'_> {
     Lock {
         name,
         prefix: "",
-        external: false,
-        lock_path: None,
-        wait: Wait::Block,
-        mode: Mode::Exclusive,
-        kind: Kind::MUTEX,
-        backend: None,
+        opts: Options::DEFAULT,
     }
 }
 
@@ -44,12 +38,7 @@ pub fn lock(name: &str) -> Lock<'_> {
 pub struct Lock<'a> {
     name: &'a str,
     prefix: &'a str,
-    external: bool,
-    lock_path: Option<&'a Path>,
-    wait: Wait,
-    mode: Mode,
-    kind: Kind,
-    backend: Option<&'a str>,
+    opts: Options<'a>,
 }
 
 impl<'a> Lock<'a> {
@@ -57,7 +46,7 @@ impl<'a> Lock<'a> {
     /// `etcd://...`) instead of the configured backend. A `lock_path`
     /// given too wins (lock files).
     pub fn backend(mut self, url: &'a str) -> Self {
-        self.backend = Some(url);
+        self.opts.backend = Some(url);
         self
     }
 
@@ -70,28 +59,28 @@ impl<'a> Lock<'a> {
 
     /// Also take the inter-process lock file `<lock path>/<prefix><name>`.
     pub fn external(mut self) -> Self {
-        self.external = true;
+        self.opts.external = true;
         self
     }
 
     /// Directory of the lock file, instead of the configured lock path.
     /// Implies nothing by itself: add [`external`](Lock::external).
     pub fn lock_path(mut self, dir: &'a (impl AsRef<Path> + ?Sized)) -> Self {
-        self.lock_path = Some(dir.as_ref());
+        self.opts.lock_path = Some(LockDir::Path(dir.as_ref()));
         self
     }
 
     /// `false`: fail with [`LockError::WouldBlock`] instead of waiting.
     /// Overrides an earlier [`timeout`](Lock::timeout).
     pub fn blocking(mut self, blocking: bool) -> Self {
-        self.wait = if blocking { Wait::Block } else { Wait::Try };
+        self.opts.wait = if blocking { Wait::Block } else { Wait::Try };
         self
     }
 
     /// Wait at most `timeout`, then fail with [`LockError::Timeout`].
     /// Overrides an earlier [`blocking`](Lock::blocking).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.wait = Wait::Timeout(timeout);
+        self.opts.wait = Wait::Timeout(timeout);
         self
     }
 
@@ -101,7 +90,7 @@ impl<'a> Lock<'a> {
     /// `InterProcessReaderWriterLock` also understands. While a writer
     /// waits, new readers queue behind it (no writer starvation).
     pub fn shared(mut self) -> Self {
-        self.mode = Mode::Shared;
+        self.opts.mode = Mode::Shared;
         self
     }
 
@@ -109,7 +98,7 @@ impl<'a> Lock<'a> {
     /// the order they asked (oslo's `fair=True`). Every user of the name
     /// must say `fair`.
     pub fn fair(mut self) -> Self {
-        self.kind.fair = true;
+        self.opts.kind.fair = true;
         self
     }
 
@@ -126,7 +115,7 @@ impl<'a> Lock<'a> {
     /// nothing: the BSDs and macOS already make flock(2) and fcntl locks
     /// exclude each other.
     pub fn flock(mut self) -> Self {
-        self.kind.flock = true;
+        self.opts.kind.flock = true;
         self
     }
 
@@ -135,7 +124,7 @@ impl<'a> Lock<'a> {
     /// across every process using the lock file. Every user of the name
     /// must give the same number.
     pub fn permits(mut self, permits: u32) -> Self {
-        self.kind.permits = Some(permits);
+        self.opts.kind.permits = Some(permits);
         self
     }
 
@@ -157,45 +146,34 @@ impl<'a> Lock<'a> {
         Ok(lockutils_name::file_name(self.prefix, self.name))
     }
 
-    /// The explicit lock path and lock server URL, for `holders()` to find
-    /// the file.
-    pub(crate) fn place(&self) -> (Option<&'a Path>, Option<&'a str>) {
-        (self.lock_path, self.backend)
+    /// The options, for `holders()` to find the file.
+    pub(crate) fn options(&self) -> &Options<'a> {
+        &self.opts
     }
 
     /// The registry entry, keyed by the lock's canonical name: its file
     /// name, so that names sharing a lock file (`a/b` and `a_b`) are one
     /// lock in-process too.
     fn entry(&self) -> Result<EntryRef, LockError> {
-        if self.kind.flock && !self.external {
-            return Err(LockError::InvalidOptions {
-                name: lockutils_name::full_name(self.prefix, self.name),
-                reason: "flock locks the lock file: add external",
-            });
-        }
         let handle = if self.prefix.is_empty() && !self.name.contains('/') {
             lockutils_name::check("", self.name).map_err(|problem| LockError::InvalidName {
                 name: self.name.to_owned(),
                 problem,
             })?;
-            entry_for(self.name, self.kind, self.mode)?
+            entry_for(self.name, &self.opts)?
         } else {
-            entry_for(&self.file_name()?, self.kind, self.mode)?
+            entry_for(&self.file_name()?, &self.opts)?
         };
-        if self.external {
+        if self.opts.external {
             registry::keep_recent(&handle);
         }
         Ok(EntryRef::Owned(handle))
     }
 
-    fn request(&self, site: Site) -> Request<'_> {
-        let dir = Dir::from_options(self.lock_path, self.backend);
+    fn request(&self, site: Site) -> Request<'a> {
         Request {
-            mode: self.mode,
-            external: self.external,
+            opts: self.opts,
             force_file: false,
-            dir,
-            wait: self.wait,
             site,
         }
     }
@@ -249,13 +227,14 @@ pub fn remove_external_lock_file(
         return Ok(());
     }
     let req = Request {
-        mode: Mode::Exclusive,
-        external: true,
+        opts: Options {
+            external: true,
+            lock_path: Some(LockDir::Path(&dir)),
+            ..Options::DEFAULT
+        },
         // Removal must not race a holder in another process, even when this
         // process has process locking switched off.
         force_file: true,
-        dir: Dir::Explicit(&dir),
-        wait: Wait::Block,
         site: Site::Caller(Location::caller()),
     };
     let mut guard = acquire(lock.entry()?, &req)?;

@@ -16,7 +16,7 @@
 //! be); the rest is decided lazily, by the code that finds a stamp of
 //! another generation. Checking costs one relaxed load and no system call.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 static FORKS: AtomicU32 = AtomicU32::new(0);
 
@@ -55,6 +55,58 @@ impl Born {
     #[inline(always)]
     pub(crate) fn here(self) -> bool {
         self.0 == generation()
+    }
+}
+
+/// A process-wide value made afresh in every process: the first use in a
+/// forked child makes a new one, and the parent's copy is left alone
+/// (leaked), since threads that no longer exist may have held its locks.
+/// Each value lives as long as its process.
+pub(crate) struct PerProcess<T> {
+    current: AtomicPtr<(Born, T)>,
+    make: fn() -> T,
+}
+
+impl<T: Send + Sync> PerProcess<T> {
+    pub(crate) const fn new(make: fn() -> T) -> PerProcess<T> {
+        PerProcess {
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            make,
+        }
+    }
+
+    /// This process's value, made on first use.
+    #[inline]
+    pub(crate) fn get(&self) -> &T {
+        let p = self.current.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: published by `make_here` from a leaked box, never
+            // freed (see the type's docs).
+            let (born, value) = unsafe { &*p };
+            if born.here() {
+                return value;
+            }
+        }
+        self.make_here(p)
+    }
+
+    #[cold]
+    fn make_here(&self, seen: *mut (Born, T)) -> &T {
+        let new = Box::into_raw(Box::new((Born::now(), (self.make)())));
+        match self
+            .current
+            .compare_exchange(seen, new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // The value `seen` (a parent's, if any) is leaked on purpose.
+            // SAFETY: just published; boxes published here are never freed.
+            Ok(_) => unsafe { &(*new).1 },
+            Err(_) => {
+                // Another thread of this process made one first.
+                // SAFETY: `new` was never shared.
+                drop(unsafe { Box::from_raw(new) });
+                self.get()
+            }
+        }
     }
 }
 

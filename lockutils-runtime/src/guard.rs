@@ -360,7 +360,7 @@ impl AsyncLockGuard {
 
 impl Drop for AsyncLockGuard {
     fn drop(&mut self) {
-        self.hold.release_remote_elsewhere();
+        self.hold.release_server_elsewhere();
         end_trace(self.hold.entry(), self.trace.take());
     }
 }

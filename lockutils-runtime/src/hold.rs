@@ -1,10 +1,25 @@
-//! What a held lock is made of, below the public guards.
+//! A held lock: the registry entry, the mode its in-process lock is held
+//! in, and the external [`Session`] if one is held. Released by one `Drop`.
+//!
+//! Invariants:
+//! * a [`Hold`] owns its entry's in-process lock in `mode` from the moment
+//!   it is made until its drop releases it, after the session: the
+//!   external lock is released (or handed over with the in-process lock)
+//!   first, and what that release says ([`Unlock`]) decides how the
+//!   in-process lock goes;
+//! * a holder that got the in-process lock by waiting may have been handed
+//!   a locked file with it: [`Hold::waited`] takes it over, so nothing is
+//!   ever left in the handoff slot with the in-process lock held by
+//!   someone who does not know it;
+//! * in a process forked from the one that took it, a hold is the
+//!   parent's: dropping it there releases nothing (not the parent's lock
+//!   file, not the in-process lock whose waiters are the parent's threads).
 
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 
 use crate::error::LockError;
-use crate::external::{self, Dir, ExternalHold, Location, Lost};
+use crate::external::{Location, Lost, Session, Unlock};
 use crate::registry::{Entry, Handle};
 use crate::spec::Mode;
 
@@ -26,12 +41,10 @@ impl Deref for EntryRef {
     }
 }
 
-/// An entry whose in-process lock is held in some mode, and maybe a lock
-/// file too. Dropping it releases the lock file first, then the
-/// in-process lock.
+/// An entry whose in-process lock is held in some mode, and maybe an
+/// external lock too; see the module docs.
 ///
-/// It is `Send`, so the ownership of a held lock can move to the thread
-/// that waits for the lock file on an async or timed caller's behalf.
+/// It is `Send`: an async guard holding it moves between executor threads.
 pub(crate) struct Hold {
     // `ManuallyDrop` keeps the drop glue tiny, so releasing inlines; `Drop`
     // below releases both explicitly.
@@ -39,13 +52,14 @@ pub(crate) struct Hold {
     mode: Mode,
     /// Exclusive hold of a lock (not a semaphore): one holder at a time.
     writer: bool,
-    external: ManuallyDrop<Option<ExternalHold>>,
+    session: ManuallyDrop<Option<Session>>,
 }
 
 impl Hold {
     /// # Safety
-    /// The caller must have just taken `entry`'s in-process lock in `mode`;
-    /// the `Hold` now owns it.
+    /// The caller must have just taken `entry`'s in-process lock in `mode`
+    /// without waiting (so nothing was handed over with it); the `Hold`
+    /// now owns it.
     #[inline(always)]
     pub(crate) unsafe fn new(entry: EntryRef, mode: Mode) -> Hold {
         let writer = mode == Mode::Exclusive && entry.kind().permits.is_none();
@@ -53,8 +67,36 @@ impl Hold {
             entry: ManuallyDrop::new(entry),
             mode,
             writer,
-            external: ManuallyDrop::new(None),
+            session: ManuallyDrop::new(None),
         }
+    }
+
+    /// A hold of an in-process lock taken by waiting: a locked file handed
+    /// over with it becomes this hold's session if `external` (the
+    /// acquisition takes the external lock), and is let go otherwise (the
+    /// in-process lock stays held).
+    ///
+    /// # Safety
+    /// The caller must have just taken `entry`'s in-process lock in `mode`;
+    /// the `Hold` now owns it.
+    #[inline]
+    pub(crate) unsafe fn waited(entry: EntryRef, mode: Mode, external: bool) -> Hold {
+        // SAFETY: forwarded.
+        let mut hold = unsafe { Hold::new(entry, mode) };
+        if hold.writer
+            && let Some(files) = hold.entry.files_if_made()
+            // SAFETY: this hold holds the writer's mode (our contract).
+            && let Some(f) = unsafe { files.take_handed() }
+        {
+            if external {
+                *hold.session = Some(Session::File(f));
+            } else {
+                // SAFETY: the writer's mode is held, and kept (nothing is
+                // handed over).
+                unsafe { f.release(files, true, || false) };
+            }
+        }
+        hold
     }
 
     #[inline]
@@ -73,233 +115,180 @@ impl Hold {
         self.writer
     }
 
-    /// Records the lock file or server lock held through this hold.
-    pub(crate) fn set_external(&mut self, external: ExternalHold) {
-        debug_assert!(self.external.is_none());
-        *self.external = Some(external);
+    /// Takes the external lock out (to release it without the in-process
+    /// lock going with it).
+    pub(crate) fn take_session(&mut self) -> Option<Session> {
+        self.session.take()
     }
 
-    /// Whether an external lock is held (perhaps handed over already).
-    #[inline]
-    pub(crate) fn has_external(&self) -> bool {
-        self.external.is_some()
-    }
-
-    /// For a hold that wants its lock file in `dir`: takes over the file
-    /// a releaser parked (cohorting), if there is one it can use. A parked
-    /// file it cannot use (another directory, or this hold is not the
-    /// writer) is released.
-    #[inline]
-    pub(crate) fn take_parked(&mut self, dir: Dir<'_>) {
-        let entry = &**self.entry;
-        let state = entry.external();
-        if let Some(f) = external::take_parked(state, dir, entry.name()) {
-            if self.writer {
-                self.set_external(f);
-            } else {
-                f.release(state);
-            }
-        }
+    /// Records the external lock held through this hold.
+    pub(crate) fn set_session(&mut self, session: Session) {
+        debug_assert!(self.session.is_none());
+        *self.session = Some(session);
     }
 
     /// Where the external lock is held, if one is.
     pub(crate) fn location(&self) -> Option<Location> {
         let name = self.entry.name();
-        self.external.as_ref().map(|f| f.location(name))
-    }
-
-    /// Takes flock(2) on the held lock file too, waiting in the kernel if
-    /// `block`. `Ok(false)`: busy. Without an external lock (process
-    /// locking off) there is nothing to take: `Ok(true)`.
-    pub(crate) fn flock(&mut self, block: bool) -> Result<bool, LockError> {
-        let (name, mode) = (self.entry.name(), self.mode);
-        match self.external.as_mut() {
-            Some(external) => external.flock(name, mode, block),
-            None => Ok(true),
-        }
+        self.session.as_ref().map(|s| s.location(name))
     }
 
     /// The open lock file, if a lock file is held.
     #[cfg(unix)]
     pub(crate) fn open_file(&self) -> Option<&std::fs::File> {
-        self.external.as_ref().and_then(ExternalHold::file)
+        self.session.as_ref().and_then(Session::file)
     }
 
     /// The server lock's fencing token, if it has one.
     pub(crate) fn fencing_token(&self) -> Option<u64> {
-        self.external.as_ref().and_then(ExternalHold::fencing_token)
+        self.session.as_ref().and_then(Session::fencing_token)
     }
 
     /// Whether a server lock may have been given away since.
     pub(crate) fn is_lost(&self) -> bool {
-        self.external.as_ref().is_some_and(ExternalHold::is_lost)
-    }
-
-    /// Releases a lock-server lock on a helper thread, for async guards:
-    /// the release is a network round trip, which must not run on an
-    /// executor thread. The in-process lock is released as usual (after
-    /// this returns); another acquirer then waits on the server until the
-    /// release lands there.
-    pub(crate) fn release_remote_elsewhere(&mut self) {
-        if !matches!(&*self.external, Some(ExternalHold::Remote(_))) {
-            return;
-        }
-        let slot = std::sync::Arc::new(parking_lot::Mutex::new(self.external.take()));
-        let theirs = slot.clone();
-        let spawned = std::thread::Builder::new()
-            .name("lockutils-release".into())
-            .spawn(move || {
-                if let Some(remote) = theirs.lock().take() {
-                    remote.close();
-                }
-            });
-        if spawned.is_err() {
-            // No thread to be had: release here rather than never.
-            if let Some(remote) = slot.lock().take() {
-                remote.close();
-            }
-        }
+        self.session.as_ref().is_some_and(Session::is_lost)
     }
 
     /// A future that completes when the server lock is lost.
     pub(crate) fn lost(&self) -> Lost {
-        Lost::new(self.external.as_ref().and_then(ExternalHold::lost_flag))
+        match self.session.as_ref() {
+            Some(s) => s.lost(),
+            None => Lost::new(None),
+        }
+    }
+
+    /// Releases a lock-server lock on a helper thread, for async guards:
+    /// the release is a network round trip, which must not run on an
+    /// executor thread. The in-process lock is released as usual (when
+    /// this hold drops); another acquirer then waits on the server until
+    /// the release lands there.
+    pub(crate) fn release_server_elsewhere(&mut self) {
+        if let Some(s) = self.session.take() {
+            *self.session = s.release_server_elsewhere();
+        }
     }
 
     /// Releases and closes the lock file (after it was removed), keeping
     /// the in-process lock.
     pub(crate) fn forget_file(&mut self) {
-        if let Some(f) = self.external.take() {
-            f.close();
-        }
-    }
-}
-
-/// How [`Hold::release_external`] let go of the external lock.
-enum Released {
-    Plain,
-    /// Parked for the next holder in this process (cohorting).
-    Parked,
-    /// Released for real at the end of a batch of handoffs.
-    BatchEnded,
-}
-
-impl Hold {
-    /// Releases the external lock, or parks a lock file for a thread of
-    /// this process waiting for the same lock (cohorting: `Parked`, and
-    /// the caller releases the in-process lock with [`Hold::hand_over`]).
-    #[cold]
-    #[inline(never)]
-    fn release_external(&mut self) -> Released {
-        let Some(f) = self.external.take() else {
-            return Released::Plain;
-        };
-        let state = self.entry.external();
-        let (f, ended) = if self.writer {
-            match f.park(state) {
-                Ok(()) => return Released::Parked,
-                Err(e) => e,
-            }
-        } else {
-            (f, None)
-        };
-        // A panic while releasing (a lock server's client, say) must not
-        // skip the in-process unlock that follows in `drop`: catch it, and
-        // resume once everything is released.
-        let writer = self.writer;
-        let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ended {
-            Some(batch) => f.end_batch(state, batch),
-            // SAFETY: a writer's Hold holds the in-process lock exclusively
-            // (see `new`) until `drop` unlocks it, after this returns.
-            None if writer => unsafe { f.release_as_writer(state) },
-            None => f.release(state),
-        }));
-        if let Err(panic) = released {
-            self.unlock_and_forget();
-            std::panic::resume_unwind(panic);
-        }
-        if ended.is_some() {
-            Released::BatchEnded
-        } else {
-            Released::Plain
+        if let Some(s) = self.session.take() {
+            s.close();
         }
     }
 
-    /// The in-process part of `drop` when a batch of handoffs has just
-    /// ended: a thread of this process queued for the lock gets it before
-    /// the releaser can barge back in, so that the threads of a process
-    /// take turns (each then waits for the file in the kernel, in line
-    /// with other processes).
-    #[cold]
-    #[inline(never)]
-    fn unlock_fair(&mut self) {
-        // SAFETY: the writer's mode is held (only a writer parks, so only
-        // a writer ends a batch), and this runs once, from `drop`.
-        unsafe { self.entry.local.unlock_fair() };
-        if let EntryRef::Owned(_) = &*self.entry {
-            self.drop_entry();
+    /// Takes `flock(2)` on the held lock file too, waiting in the kernel
+    /// if `block`. `Ok(false)`: busy. Without a lock file (process locking
+    /// off) there is nothing to take: `Ok(true)`.
+    pub(crate) fn flock(&mut self, block: bool) -> Result<bool, LockError> {
+        let (name, mode) = (self.entry.name(), self.mode);
+        match self.session.as_mut().and_then(Session::as_file) {
+            Some(f) => f.flock(name, mode, block),
+            None => Ok(true),
         }
-    }
-
-    /// The in-process part of `drop` after a lock file was parked:
-    /// releases the in-process lock, then unlocks the file if nobody
-    /// waits to take it any more (see `local::cohort`).
-    #[cold]
-    #[inline(never)]
-    fn hand_over(&mut self) {
-        let entry = &**self.entry;
-        // SAFETY: a Hold owns the in-process lock in `mode` (see `new`),
-        // and this runs once, from `drop`, instead of `unlock_and_forget`.
-        unsafe { entry.local.unlock(self.mode) };
-        entry.external().released();
-        if let EntryRef::Owned(_) = &*self.entry {
-            self.drop_entry();
-        }
-    }
-
-    /// The in-process part of `drop`, also run by a panicking release.
-    #[inline(always)]
-    fn unlock_and_forget(&mut self) {
-        // SAFETY: a Hold owns the in-process lock in `mode` (see `new`),
-        // and this runs once: from `drop`, or from `release_external`,
-        // which then unwinds out of `drop` before `drop` gets here.
-        unsafe { self.entry.local.unlock(self.mode) };
-        if let EntryRef::Owned(_) = &*self.entry {
-            self.drop_entry();
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn drop_entry(&mut self) {
-        // SAFETY: called once, from `drop`, after the last use of `entry`.
-        unsafe { ManuallyDrop::drop(&mut self.entry) };
     }
 }
 
 impl Drop for Hold {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.external.is_some() {
-            match self.release_external() {
-                Released::Parked => return self.hand_over(),
-                Released::BatchEnded => return self.unlock_fair(),
-                Released::Plain => {}
-            }
+        if !self.entry.born.here() {
+            return self.leave_inherited();
         }
-        self.unlock_and_forget();
+        let session = self.session.take();
+        // SAFETY: a Hold owns its in-process lock in `mode` (see `new`),
+        // and this runs once.
+        unsafe { release(&self.entry, self.mode, self.writer, session) };
+        if let EntryRef::Owned(_) = &*self.entry {
+            self.drop_entry();
+        }
+    }
+}
+
+impl Hold {
+    #[cold]
+    #[inline(never)]
+    fn drop_entry(&mut self) {
+        // SAFETY: called once, from `drop`, after the last use of `entry`.
+        unsafe { ManuallyDrop::drop(&mut self.entry) };
+    }
+
+    /// `drop` in a forked child: closes an inherited lock file's
+    /// descriptor (which leaves the parent's lock alone) and leaves
+    /// everything else as it is (see the module docs).
+    #[cold]
+    #[inline(never)]
+    fn leave_inherited(&mut self) {
+        if let Some(Session::File(f)) = self.session.take() {
+            drop(f);
+        }
+    }
+}
+
+/// Releases a held lock: the external `session` (if any) first, then the
+/// in-process lock as the session's release says. A panic while releasing
+/// the session (a lock server's client, say) does not skip the in-process
+/// unlock: it is caught, and resumed once everything is released.
+///
+/// # Safety
+/// The caller holds `entry`'s in-process lock in `mode`, and gives it up.
+#[inline(always)]
+pub(crate) unsafe fn release(entry: &Entry, mode: Mode, writer: bool, session: Option<Session>) {
+    let unlock = match session {
+        None => Unlock::Plain,
+        // SAFETY: forwarded.
+        Some(s) => unsafe { release_session(entry, mode, writer, s) },
+    };
+    match unlock {
+        // SAFETY: held in `mode` (our contract); released once, here.
+        Unlock::Plain => unsafe { entry.local.unlock(mode) },
+        // SAFETY: as above; only a writer's release says `HandOff`.
+        Unlock::HandOff => unsafe { hand_off_or_unlock(entry, mode) },
+        Unlock::Done => {}
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn hand_off_or_unlock(entry: &Entry, mode: Mode) {
+    // SAFETY: the caller holds the writer's mode.
+    if !unsafe { entry.local.handoff() } {
+        // SAFETY: still held (nobody was handed it).
+        unsafe { entry.local.unlock(mode) };
+    }
+}
+
+/// The session part of [`release`].
+#[inline]
+unsafe fn release_session(entry: &Entry, mode: Mode, writer: bool, s: Session) -> Unlock {
+    let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let handoff = || {
+            // SAFETY: the caller holds the writer's mode when a writer's
+            // lock file is offered (the session only calls this for one).
+            unsafe { entry.local.handoff() }
+        };
+        // SAFETY: forwarded; `handoff` hands over the in-process lock held.
+        unsafe { s.release(|| entry.files_if_made(), writer, handoff) }
+    }));
+    match released {
+        Ok(unlock) => unlock,
+        Err(panic) => {
+            // SAFETY: still held in `mode` (a panicking release hands
+            // nothing over); released once, here.
+            unsafe { entry.local.unlock(mode) };
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::external::RemoteHold;
+    use crate::external::ServerLock;
     use crate::spec::Kind;
 
     struct PanicsOnRelease;
 
-    impl RemoteHold for PanicsOnRelease {
+    impl ServerLock for PanicsOnRelease {
         fn release(self: Box<Self>) {
             panic!("the lock server's client panicked");
         }
@@ -315,7 +304,7 @@ mod tests {
         assert!(entry.local.try_lock(Mode::Exclusive));
         // SAFETY: taken just above.
         let mut hold = unsafe { Hold::new(EntryRef::Owned(entry), Mode::Exclusive) };
-        hold.set_external(ExternalHold::remote(PanicsOnRelease));
+        hold.set_session(Session::Server(Box::new(PanicsOnRelease)));
         let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(hold)));
         assert!(dropped.is_err(), "the release's panic is passed on");
         let again = crate::registry::get(name, Kind::MUTEX).unwrap();

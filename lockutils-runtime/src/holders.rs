@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use crate::builder::Lock;
 use crate::config;
 use crate::error::LockError;
+use crate::spec::Place;
 
 mod probe;
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -167,11 +168,13 @@ fn lock_file_of(lock: &Lock<'_>) -> Result<PathBuf, LockError> {
         name,
         reason: "holders() inspects lock files; this lock is on a lock server",
     };
-    let dir = match lock.place() {
-        (Some(dir), _) => dir.to_path_buf(),
-        (None, Some(_)) => return Err(on_server(name)),
-        (None, None) if config::with_backend_url(|_| ()).is_some() => return Err(on_server(name)),
-        (None, None) => config::lock_path().ok_or(LockError::LockPathNotSet { name })?,
+    let dir = match lock.options().place() {
+        Place::Dir(dir) => dir.to_path_buf(),
+        Place::Server(_) => return Err(on_server(name)),
+        Place::Configured if config::with_backend_url(|_| ()).is_some() => {
+            return Err(on_server(name));
+        }
+        Place::Configured => config::lock_path().ok_or(LockError::LockPathNotSet { name })?,
     };
     Ok(dir.join(file))
 }

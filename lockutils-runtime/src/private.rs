@@ -2,23 +2,20 @@
 //! names it, through `lockutils::__private`.
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use crate::acquire::{self, Request};
+use crate::acquire::{self, InProcessWait, Request};
 use crate::error::LockError;
-use crate::external::Dir;
 use crate::guard::{AsyncLockGuard, LockGuard};
 use crate::hold::{EntryRef, Hold};
-use crate::local::LocalAsync;
 pub use crate::name::LockName;
 use crate::name::const_panic;
 use crate::order::AsyncHold;
 use crate::registry::{Entry, Handle};
-use crate::spec::{Kind, Mode, Wait};
+use crate::spec::{LockDir, Mode, Options, Wait};
 use crate::trace::{self, Site};
 
 /// A `#[synchronized]` attribute's arguments, checked during constant
@@ -28,12 +25,7 @@ pub struct LockSpec {
     name: &'static str,
     prefix: &'static str,
     function: &'static str,
-    external: bool,
-    lock_path: Option<&'static str>,
-    wait: Wait,
-    mode: Mode,
-    kind: Kind,
-    backend: Option<&'static str>,
+    opts: Options<'static>,
 }
 
 impl LockSpec {
@@ -46,79 +38,70 @@ impl LockSpec {
             name,
             prefix,
             function,
-            external: false,
-            lock_path: None,
-            wait: Wait::Block,
-            mode: Mode::Exclusive,
-            kind: Kind::MUTEX,
-            backend: None,
+            opts: Options::DEFAULT,
         }
     }
 
     /// `backend = "postgres://..."`.
     pub const fn backend(mut self, url: &'static str) -> Self {
-        self.backend = Some(url);
+        self.opts.backend = Some(url);
         self
     }
 
     /// `shared`.
     pub const fn shared(mut self) -> Self {
-        self.mode = Mode::Shared;
+        self.opts.mode = Mode::Shared;
         self
     }
 
     /// `fair`.
     pub const fn fair(mut self) -> Self {
-        self.kind.fair = true;
+        self.opts.kind.fair = true;
         self
     }
 
     /// `permits = n`; `n` is checked (at least 1) during constant evaluation.
     pub const fn permits(mut self, n: u32) -> Self {
         assert!(n >= 1, "lockutils: permits must be at least 1");
-        self.kind.permits = Some(n);
+        self.opts.kind.permits = Some(n);
         self
     }
 
     /// `flock` (the attribute checks it comes with `external`).
     pub const fn flock(mut self) -> Self {
-        self.kind.flock = true;
+        self.opts.kind.flock = true;
         self
     }
 
     /// `external`.
     pub const fn external(mut self) -> Self {
-        self.external = true;
+        self.opts.external = true;
         self
     }
 
     /// `lock_path = "..."`.
     pub const fn lock_path(mut self, path: &'static str) -> Self {
-        self.lock_path = Some(path);
+        self.opts.lock_path = Some(LockDir::Str(path));
         self
     }
 
     /// `blocking = false`.
     pub const fn nonblocking(mut self) -> Self {
-        self.wait = Wait::Try;
+        self.opts.wait = Wait::Try;
         self
     }
 
     /// `timeout = "..."`, in nanoseconds.
     pub const fn timeout_nanos(mut self, nanos: u64) -> Self {
-        self.wait = Wait::Timeout(Duration::from_nanos(nanos));
+        self.opts.wait = Wait::Timeout(Duration::from_nanos(nanos));
         self
     }
 
     #[inline]
     fn request(&self) -> Request<'static> {
-        let dir = Dir::from_options(self.lock_path.map(Path::new), self.backend);
         Request {
-            mode: self.mode,
-            external: self.external,
+            opts: self.opts,
             force_file: false,
-            dir,
-            wait: self.wait,
             site: Site::Function(self.function),
         }
     }
@@ -126,7 +109,7 @@ impl LockSpec {
     fn handle(&self) -> Result<Handle, LockError> {
         // The canonical name, as `Lock::entry` keys it (see there).
         let full = lockutils_name::file_name(self.prefix, self.name);
-        acquire::entry_for(&full, self.kind, self.mode)
+        acquire::entry_for(&full, &self.opts)
     }
 
     // Without a call site: for arguments that name the function's generics
@@ -164,7 +147,40 @@ pub struct CallSite {
     spec: LockSpec,
     /// In-process only and exclusive: a free lock can be taken inline.
     fast: bool,
-    entry: OnceLock<Handle>,
+    entry: Cached,
+}
+
+/// A call site's registry entry, kept for the rest of the process (its
+/// handle is never dropped). A forked child looks its own up again: the
+/// parent's entry belongs to the parent's registry.
+struct Cached(AtomicPtr<Entry>);
+
+impl Cached {
+    const fn new() -> Cached {
+        Cached(AtomicPtr::new(std::ptr::null_mut()))
+    }
+
+    #[inline(always)]
+    fn get(&self) -> Option<&'static Entry> {
+        let p = self.0.load(Ordering::Acquire);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: set by `keep` from a leaked handle: the entry lives as
+        // long as the process.
+        let e = unsafe { &*p };
+        e.born.here().then_some(e)
+    }
+
+    #[cold]
+    fn keep(&self, handle: Handle) -> &'static Entry {
+        // Racing threads leak a handle each to the same entry (the name's
+        // one entry while both hold it), and store the same pointer.
+        let e = handle.leak();
+        self.0
+            .store(std::ptr::from_ref(e).cast_mut(), Ordering::Release);
+        e
+    }
 }
 
 // A call site whose name is in use as another kind gets an error on every
@@ -173,12 +189,13 @@ pub struct CallSite {
 impl CallSite {
     /// A call site for `spec`.
     pub const fn new(spec: LockSpec) -> Self {
-        let fast =
-            !spec.external && matches!(spec.mode, Mode::Exclusive) && spec.kind.permits.is_none();
+        let fast = !spec.opts.external
+            && matches!(spec.opts.mode, Mode::Exclusive)
+            && spec.opts.kind.permits.is_none();
         CallSite {
             spec,
             fast,
-            entry: OnceLock::new(),
+            entry: Cached::new(),
         }
     }
 
@@ -190,10 +207,9 @@ impl CallSite {
         if self.fast
             && !trace::maybe_on()
             && crate::order::is_off()
-            && let Some(h) = self.entry.get()
-            && h.local.try_lock(Mode::Exclusive)
+            && let Some(entry) = self.entry.get()
+            && entry.local.try_lock(Mode::Exclusive)
         {
-            let entry: &'static Entry = h;
             crate::guard::set_owner(entry);
             return Some(SiteGuard(Inner::Fast(entry)));
         }
@@ -210,9 +226,7 @@ impl CallSite {
 
     #[cold]
     fn resolve(&'static self) -> Result<&'static Entry, LockError> {
-        let handle = self.spec.handle()?;
-        // Another thread may have won the race; either handle is the entry.
-        Ok(self.entry.get_or_init(|| handle))
+        Ok(self.entry.keep(self.spec.handle()?))
     }
 
     #[inline]
@@ -303,16 +317,18 @@ pub struct SiteAcquire {
 enum State {
     Start,
     /// Queued on the in-process lock (`wait` as started, for its error).
-    Local(LocalAsync<'static>, Wait),
+    Local(InProcessWait<'static>, Wait),
     Full(BoxedAcquire),
     Done,
 }
 
 impl SiteAcquire {
-    /// The guard for the in-process lock `entry`, just taken exclusively.
+    /// The guard for the in-process lock `entry`, just taken exclusively
+    /// without waiting.
     #[inline(always)]
     fn guard(&self, entry: &'static Entry) -> AsyncLockGuard {
-        // SAFETY: the caller took `entry`'s lock exclusively just now.
+        // SAFETY: the caller took `entry`'s lock exclusively just now,
+        // without waiting.
         let hold = unsafe { Hold::new(EntryRef::Static(entry), Mode::Exclusive) };
         AsyncLockGuard::new(hold, AsyncHold::NONE, self.site.spec.request().site, None)
     }
@@ -321,16 +337,15 @@ impl SiteAcquire {
     fn start_slow(&mut self) {
         let site = self.site;
         let entry = match site.entry.get() {
-            Some(h) if site.inline_ok() && !site.spec.wait.is_try() => h,
+            Some(e) if site.inline_ok() && !site.spec.opts.wait.is_try() => e,
             _ => {
                 self.state = State::Full(site.full_async());
                 return;
             }
         };
-        let entry: &'static Entry = entry;
-        let wait = site.spec.wait.start();
+        let wait = site.spec.opts.wait.start();
         self.state = State::Local(
-            entry.local.lock_async(Mode::Exclusive, wait.deadline()),
+            InProcessWait::new(entry, Mode::Exclusive, wait.deadline()),
             wait,
         );
     }
@@ -345,11 +360,10 @@ impl Future for SiteAcquire {
         if let State::Start = this.state {
             let site = this.site;
             if site.inline_ok()
-                && let Some(h) = site.entry.get()
-                && h.local.try_lock(Mode::Exclusive)
+                && let Some(entry) = site.entry.get()
+                && entry.local.try_lock(Mode::Exclusive)
             {
                 this.state = State::Done;
-                let entry: &'static Entry = h;
                 return Poll::Ready(Ok(this.guard(entry)));
             }
             this.start_slow();
@@ -368,7 +382,11 @@ impl SiteAcquire {
                 // Only `Local` states are built from a cached entry.
                 let entry: &'static Entry = self.site.entry.get().expect("cached");
                 if taken {
-                    Ok(self.guard(entry))
+                    // SAFETY: the wait took `entry`'s lock exclusively.
+                    let hold =
+                        unsafe { Hold::waited(EntryRef::Static(entry), Mode::Exclusive, false) };
+                    let site = self.site.spec.request().site;
+                    Ok(AsyncLockGuard::new(hold, AsyncHold::NONE, site, None))
                 } else {
                     Err(wait.busy(entry.name()))
                 }
@@ -424,8 +442,14 @@ pub fn has_waiters(full_name: &str) -> Option<bool> {
 /// batch. `None` if nobody uses the name. For tests and benchmarks.
 pub fn cohort_stats(full_name: &str) -> Option<(u64, u32)> {
     crate::registry::peek(full_name, |e| {
-        e.external_if_made().map_or((0, 0), |s| s.cohort_stats())
+        e.files_if_made().map_or((0, 0), |s| s.cohort_stats())
     })
+}
+
+/// Threads of this process waiting for a lock file on a caller's behalf
+/// (at most one per lock file). For tests.
+pub fn waiter_threads() -> usize {
+    crate::external::file::waiter_threads()
 }
 
 /// Holders of a lock in this process (a writer counts as one), `None` if

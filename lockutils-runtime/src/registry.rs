@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use hashbrown::HashTable;
 
-use crate::external::{State, Target};
+use crate::external::file::EntryFiles;
+use crate::fork::Born;
 use crate::local::Local;
 use crate::local::sync::{self, Mutex, Ordering};
 use crate::spec::Kind;
@@ -36,8 +37,7 @@ const SHARD_BITS: u32 = 6;
 const SHARD_BITS: u32 = 1;
 const SHARDS: usize = 1 << SHARD_BITS;
 
-/// One named lock: its kind, in-process primitive and the external
-/// backends' per-name state (opaque here).
+/// One named lock: its kind, in-process primitive and its lock-file state.
 pub(crate) struct Entry {
     /// The full name's bytes, which follow the entry in its allocation
     /// (see [`Owned`]): one allocation per created entry, not two.
@@ -49,10 +49,13 @@ pub(crate) struct Entry {
     /// (`guard::me()`), or 0; and that acquisition's sequence number.
     pub(crate) owner: AtomicUsize,
     pub(crate) owner_seq: AtomicU64,
-    /// The external backends' per-name state, made on the first external
-    /// use ([`Entry::external`]): a name locked only in-process does not
-    /// allocate, initialise and free a lock-file pool (about 220 bytes).
-    external: std::sync::OnceLock<Box<State>>,
+    /// The process it was made in: an entry inherited through `fork` is
+    /// the parent's (see [`registry`]).
+    pub(crate) born: Born,
+    /// The lock-file state, made on the first use of lock files
+    /// ([`Entry::files`]): a name locked only in-process, or on a lock
+    /// server, does not allocate one.
+    files: std::sync::OnceLock<Box<EntryFiles>>,
     /// Live [`Handle`]s. Raised only under the shard lock; the entry is
     /// removed (and freed) only under it, when this is 0.
     users: sync::AtomicUsize,
@@ -71,34 +74,25 @@ impl Entry {
         self.kind
     }
 
-    /// The external backends' per-name state (made on first use).
+    /// The lock-file state (made on first use).
     #[inline(always)]
-    pub(crate) fn external(&self) -> &State {
-        match self.external.get() {
+    pub(crate) fn files(&self) -> &EntryFiles {
+        match self.files.get() {
             Some(state) => state,
-            None => self.make_external(),
+            None => self.make_files(),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn make_external(&self) -> &State {
-        self.external.get_or_init(|| Box::new(State::new()))
+    fn make_files(&self) -> &EntryFiles {
+        self.files.get_or_init(|| Box::new(EntryFiles::new()))
     }
 
-    /// The external state if an external use made it.
-    pub(crate) fn external_if_made(&self) -> Option<&State> {
-        self.external.get().map(|b| &**b)
-    }
-
-    /// What an external backend is asked to lock for this entry.
+    /// The lock-file state if a use of lock files made it.
     #[inline]
-    pub(crate) fn target(&self) -> Target<'_> {
-        Target {
-            name: self.name(),
-            kind: self.kind,
-            state: self.external(),
-        }
+    pub(crate) fn files_if_made(&self) -> Option<&EntryFiles> {
+        self.files.get().map(|b| &**b)
     }
 }
 
@@ -203,6 +197,7 @@ type Hasher = foldhash::fast::FixedState;
 pub(crate) struct Registry {
     hasher: Hasher,
     shards: Box<[Shard]>,
+    born: Born,
 }
 
 impl Registry {
@@ -212,17 +207,33 @@ impl Registry {
             shards: (0..SHARDS)
                 .map(|_| Shard(Mutex::new(HashTable::new())))
                 .collect(),
+            born: Born::now(),
         }
     }
 }
 
+/// This process's registry. A forked child starts with an empty one: the
+/// parent's entries are locked and waited for by threads the child does
+/// not have, and its shard locks may be held by them; the child never
+/// touches them again (see `hold`), and their memory is left as it is.
 #[cfg(not(lockutils_loom))]
-static REGISTRY: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::new);
+static REGISTRY: crate::fork::PerProcess<Registry> = crate::fork::PerProcess::new(Registry::new);
+
+#[cfg(not(lockutils_loom))]
+#[inline]
+fn registry() -> &'static Registry {
+    REGISTRY.get()
+}
 
 // A fresh registry for every execution of a model.
 #[cfg(lockutils_loom)]
 loom::lazy_static! {
     static ref REGISTRY: Registry = Registry::new();
+}
+
+#[cfg(lockutils_loom)]
+fn registry() -> &'static Registry {
+    &REGISTRY
 }
 
 impl Registry {
@@ -234,7 +245,7 @@ impl Registry {
 /// Returns the entry for `full_name`, creating it as a `kind` lock if
 /// nobody uses the name. `Err(kind)`: the name is in use as another kind.
 pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
-    let reg = &*REGISTRY;
+    let reg = registry();
     let hash = reg.hasher.hash_one(full_name);
     let mut map = reg.shard(hash).0.lock();
     if let Some(e) = map.find(hash, |e| e.name() == full_name) {
@@ -254,7 +265,8 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
         local: Local::new(kind),
         owner: AtomicUsize::new(0),
         owner_seq: AtomicU64::new(0),
-        external: std::sync::OnceLock::new(),
+        born: reg.born,
+        files: std::sync::OnceLock::new(),
         users: sync::AtomicUsize::new(1),
     });
     let handle = Handle(entry.0);
@@ -264,7 +276,7 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
 
 /// Runs `f` on the entry for `full_name` if it exists, without creating it.
 pub(crate) fn peek<R>(full_name: &str, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-    let reg = &*REGISTRY;
+    let reg = registry();
     let hash = reg.hasher.hash_one(full_name);
     let map = reg.shard(hash).0.lock();
     map.find(hash, |e| e.name() == full_name).map(|e| f(e))
@@ -272,7 +284,7 @@ pub(crate) fn peek<R>(full_name: &str, f: impl FnOnce(&Entry) -> R) -> Option<R>
 
 /// Runs `f` on every live entry (shard by shard).
 pub(crate) fn for_each(mut f: impl FnMut(&Entry)) {
-    for shard in REGISTRY.shards.iter() {
+    for shard in registry().shards.iter() {
         for e in shard.0.lock().iter() {
             f(e);
         }
@@ -281,7 +293,7 @@ pub(crate) fn for_each(mut f: impl FnMut(&Entry)) {
 
 /// Number of live entries (for tests and the memory benchmark).
 pub fn live_entries() -> usize {
-    REGISTRY.shards.iter().map(|s| s.0.lock().len()).sum()
+    registry().shards.iter().map(|s| s.0.lock().len()).sum()
 }
 
 /// External locks named at run time that this thread used last, kept alive
@@ -340,6 +352,18 @@ const _: () = {
     send_sync::<Entry>();
 };
 
+impl Handle {
+    /// Gives up this handle without dropping it: its entry then lives as
+    /// long as the process.
+    pub(crate) fn leak(self) -> &'static Entry {
+        let p = self.0;
+        std::mem::forget(self);
+        // SAFETY: the forgotten handle stays counted in `users`, so the
+        // entry is never removed or freed.
+        unsafe { p.as_ref() }
+    }
+}
+
 impl Clone for Handle {
     fn clone(&self) -> Handle {
         // A live handle keeps `users` above 0, so the entry cannot be
@@ -379,7 +403,9 @@ impl Drop for Handle {
 #[cold]
 #[inline(never)]
 fn last_user_left(entry: NonNull<Entry>, hash: u64) {
-    let mut map = REGISTRY.shard(hash).0.lock();
+    // In a forked child, an inherited handle's entry is not in this
+    // process's registry: it is not found, and stays as it is.
+    let mut map = registry().shard(hash).0.lock();
     if let Ok(slot) = map.find_entry(hash, |e| e.0 == entry)
         // Acquire: every other user's release happens before the free.
         && slot.get().users.load(Ordering::Acquire) == 0
@@ -408,7 +434,7 @@ mod tests {
         let c = get("registry-test-b", Kind::MUTEX).unwrap();
         assert!(!std::ptr::eq(&*a, &*c));
         drop((a, b, c));
-        let reg = &*REGISTRY;
+        let reg = registry();
         for n in ["registry-test-a", "registry-test-b"] {
             let h = reg.hasher.hash_one(n);
             assert!(reg.shard(h).0.lock().find(h, |e| e.name() == n).is_none());
@@ -416,12 +442,12 @@ mod tests {
     }
 
     #[test]
-    fn only_an_external_use_makes_the_external_state() {
+    fn only_a_use_of_lock_files_makes_the_lock_file_state() {
         let h = get("registry-test-lazy", Kind::MUTEX).unwrap();
-        assert!(h.external_if_made().is_none(), "made for an in-process use");
-        let made: *const State = h.target().state;
-        assert!(std::ptr::eq(h.external_if_made().unwrap(), made));
-        assert!(std::ptr::eq(h.external(), made), "made twice");
+        assert!(h.files_if_made().is_none(), "made for an in-process use");
+        let made: *const EntryFiles = h.files();
+        assert!(std::ptr::eq(h.files_if_made().unwrap(), made));
+        assert!(std::ptr::eq(h.files(), made), "made twice");
     }
 
     #[test]
@@ -440,7 +466,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let reg = &*REGISTRY;
+        let reg = registry();
         for i in 0..7 {
             let n = format!("registry-churn-{i}");
             let h = reg.hasher.hash_one(n.as_str());

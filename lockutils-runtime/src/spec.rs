@@ -1,10 +1,12 @@
 //! What an acquisition asks for: the [`Mode`], the [`Kind`] of lock every
-//! user of a name agrees on, and how long to [`Wait`].
+//! user of a name agrees on, how long to [`Wait`], where an external lock
+//! lives ([`Place`]), and all of it together ([`Options`]).
 //!
 //! Every layer speaks these types, from the in-process primitives up to the
 //! builder, so this module imports nothing of the runtime but `error`.
 
 use std::fmt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Exclusive (a writer, or any holder of a semaphore) or shared (a reader).
@@ -122,6 +124,120 @@ impl Wait {
                 name: name.to_owned(),
             },
         }
+    }
+}
+
+/// A lock's own lock directory: a path from the run-time API, or a string
+/// from `#[synchronized(lock_path = "...")]` (a `Path` cannot be made in a
+/// `const`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LockDir<'a> {
+    Path(&'a Path),
+    Str(&'a str),
+}
+
+impl<'a> LockDir<'a> {
+    pub(crate) fn path(self) -> &'a Path {
+        match self {
+            LockDir::Path(p) => p,
+            LockDir::Str(s) => Path::new(s),
+        }
+    }
+}
+
+/// Where an external lock lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Place<'a> {
+    /// Lock files in this directory (the lock's own `lock_path`).
+    Dir(&'a Path),
+    /// The lock server at this URL (the lock's own `backend`).
+    Server(&'a str),
+    /// The process configuration: the configured lock server if any, else
+    /// lock files in the configured lock path.
+    Configured,
+}
+
+/// Everything an acquisition asks for besides the name: the one options
+/// type behind the [`Lock`](crate::Lock) builder and the
+/// `#[synchronized]` call sites (whose setters are `const`, so a call
+/// site's options are built at compile time).
+///
+/// [`Options::check`] is the one place the combinations are checked at run
+/// time (the attribute also rejects them at compile time, with a span).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options<'a> {
+    pub(crate) mode: Mode,
+    pub(crate) kind: Kind,
+    pub(crate) wait: Wait,
+    pub(crate) external: bool,
+    pub(crate) lock_path: Option<LockDir<'a>>,
+    pub(crate) backend: Option<&'a str>,
+}
+
+/// Why a combination of options is refused; each text is written once.
+pub(crate) mod refused {
+    pub(crate) const FLOCK_NEEDS_EXTERNAL: &str = "flock locks the lock file: add external";
+    pub(crate) const FLOCK_WITH_PERMITS: &str =
+        "flock(2) has no counted mode: `flock` cannot be combined with permits";
+    pub(crate) const NO_PERMITS: &str = "permits must be at least 1";
+    pub(crate) const SHARED_SEMAPHORE: &str = "a semaphore (permits) has no shared mode";
+    pub(crate) const PERMITS_ON_SERVER: &str =
+        "semaphores (permits) work with lock files only, not lock servers";
+    pub(crate) const FLOCK_ON_SERVER: &str =
+        "flock locks lock files; this lock is on a lock server";
+}
+
+impl<'a> Options<'a> {
+    /// A blocking, exclusive, in-process plain lock.
+    pub(crate) const DEFAULT: Options<'static> = Options {
+        mode: Mode::Exclusive,
+        kind: Kind::MUTEX,
+        wait: Wait::Block,
+        external: false,
+        lock_path: None,
+        backend: None,
+    };
+
+    /// Where the external lock lives: the lock's own `lock_path` wins
+    /// (lock files), then its own `backend`, else the configuration.
+    pub(crate) fn place(&self) -> Place<'a> {
+        match (self.lock_path, self.backend) {
+            (Some(dir), _) => Place::Dir(dir.path()),
+            (None, Some(url)) => Place::Server(url),
+            (None, None) => Place::Configured,
+        }
+    }
+
+    /// Whether the options agree with each other. `full_name` is named in
+    /// the error.
+    pub(crate) fn check(&self, full_name: &str) -> Result<(), crate::error::LockError> {
+        let reason = match (self.kind.permits, self.mode) {
+            _ if self.kind.flock && !self.external => refused::FLOCK_NEEDS_EXTERNAL,
+            (Some(_), _) if self.kind.flock => refused::FLOCK_WITH_PERMITS,
+            (Some(0), _) => refused::NO_PERMITS,
+            (Some(_), Mode::Shared) => refused::SHARED_SEMAPHORE,
+            _ => return Ok(()),
+        };
+        Err(crate::error::LockError::InvalidOptions {
+            name: full_name.to_owned(),
+            reason,
+        })
+    }
+
+    /// Whether a lock of this kind can live on a lock server (`true`) or
+    /// needs lock files.
+    pub(crate) fn check_server(&self, full_name: &str) -> Result<(), crate::error::LockError> {
+        let reason = if self.kind.permits.is_some() {
+            refused::PERMITS_ON_SERVER
+        } else if self.kind.flock {
+            refused::FLOCK_ON_SERVER
+        } else {
+            return Ok(());
+        };
+        Err(crate::error::LockError::InvalidOptions {
+            name: full_name.to_owned(),
+            reason,
+        })
     }
 }
 

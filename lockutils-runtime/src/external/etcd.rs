@@ -28,7 +28,7 @@
 //! the server. Releasing revokes the lease, which deletes the key. If a
 //! keepalive fails, the lease expires, or the key is deleted while its
 //! lease lives (a watch on it from the moment it is held), the hold is
-//! lost: [`RemoteHold::is_lost`] turns true (it reads a flag and a clock,
+//! lost: [`ServerLock::is_lost`] turns true (it reads a flag and a clock,
 //! asking no one), a `tracing` warning says so and `LockGuard::lost`
 //! completes. The lease's life is counted from just before each request
 //! that extended it was sent (the grant included), so the client never
@@ -52,7 +52,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
 use super::lost::LostFlag;
-use super::{Backend, ExternalHold, RemoteHold, Target, error_chain, outside_runtime};
+use super::server::{Server, ServerLock};
+use super::{error_chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::spec::{Mode, Wait};
@@ -157,21 +158,21 @@ impl Etcd {
     }
 }
 
-impl Backend for Etcd {
+impl Server for Etcd {
     fn lock(
         &self,
-        target: &Target<'_>,
+        name: &str,
         mode: Mode,
         wait: Wait,
-    ) -> Result<Option<ExternalHold>, LockError> {
-        let (name, wait) = (target.name, wait.start());
+    ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+        let wait = wait.start();
         let inner = &self.inner;
         let got = outside_runtime(|| {
             inner
                 .runtime
                 .block_on(inner.clone().acquire(name, mode, wait))
         });
-        Ok(got?.map(ExternalHold::remote))
+        Ok(got?.map(|h| Box::new(h) as Box<dyn ServerLock>))
     }
 }
 
@@ -720,7 +721,7 @@ impl EtcdHold {
     }
 }
 
-impl RemoteHold for EtcdHold {
+impl ServerLock for EtcdHold {
     fn release(self: Box<Self>) {
         // Drop does it.
     }

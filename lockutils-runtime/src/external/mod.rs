@@ -1,4 +1,4 @@
-//! Where `external` locks live, behind one seam: the [`Backend`] trait.
+//! Where `external` locks live: lock files, or a lock server chosen by URL.
 //!
 //! | URL | backend |
 //! |---|---|
@@ -7,232 +7,335 @@
 //! | `etcd://host:2379` | etcd v3 leases (feature `etcd`) |
 //! | `redis://host:6379/0`, `rediss://…` | Redis `SET NX PX` with renewal (feature `redis`) |
 //!
-//! Lock files and lock servers are peers: each implements [`Backend`], and
-//! what they can and cannot do (semaphore permits, waiting until a deadline
-//! on the calling thread, fencing tokens, loss) are trait methods, asked by
-//! the layers above instead of special cases. [`choose`] picks the backend
-//! for a lock and returns a [`Chosen`], an enum that dispatches statically
-//! to lock files (the hot path pays no `dyn` call) and dynamically to a lock
-//! server. Servers are made once per URL and shared, with their
-//! connections, by every lock that uses the URL.
-//!
-//! This module knows nothing of the registry or of guards: it is given a
-//! [`Target`] (the lock's name, kind and per-entry [`State`]) and hands back
-//! an [`ExternalHold`].
+//! Invariants:
+//! * an acquisition chooses its [`Backend`] once, and the held lock is a
+//!   [`Session`] of that backend: a held lock file (statically dispatched:
+//!   the hot path pays no `dyn` call) or a held server lock;
+//! * lock files keep their per-name state in the registry entry
+//!   ([`file::EntryFiles`]); servers keep theirs per URL ([`server`]);
+//! * this module knows nothing of the registry or of guards: it is given
+//!   what to lock ([`Target`]) and hands back a [`Session`], which the
+//!   layer above releases.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use crate::config::{self, redact};
 use crate::error::LockError;
-use crate::spec::{Kind, Mode, Wait};
+use crate::fork::PerProcess;
+use crate::spec::{Kind, Mode, Place, Wait};
 
 #[cfg(feature = "etcd")]
 mod etcd;
 pub(crate) mod file;
 mod lost;
-mod pending;
 #[cfg(feature = "postgres")]
 mod pg_tls;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+mod server;
 
 pub use lost::Lost;
-pub(crate) use lost::LostFlag;
 
-pub(crate) use file::Arrival;
-pub(crate) use pending::Pending;
+pub(crate) use file::Unlock;
+use file::{EntryFiles, FileRequest, FileSession, FileWait, Files};
+pub(crate) use server::ServerLock;
+use server::{Server, ServerWait};
 
-/// The per-entry state every backend may keep with a lock name: the lock
-/// files opened for it (lock servers keep theirs per URL). Opaque to the
-/// registry, which only makes and stores it.
-pub(crate) type State = file::Pool;
-
-/// What a backend is asked to lock.
+/// What an acquisition asks a backend to lock.
 #[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
     /// The full lock name (prefix, separator, name).
     pub(crate) name: &'a str,
     pub(crate) kind: Kind,
-    pub(crate) state: &'a State,
+    pub(crate) mode: Mode,
 }
 
-/// An inter-process lock: lock files or a lock server.
-pub(crate) trait Backend {
-    /// Takes `target` in `mode`. `Wait::Try`: `Ok(None)` if busy.
-    /// `Wait::Block`: waits. `Wait::Until`/`Timeout`: a backend that
-    /// [`waits_until_deadline`](Backend::waits_until_deadline) returns
-    /// `Ok(None)` once the deadline passed; any other waits as for `Block`
-    /// (the caller then waits on a helper thread it can abandon).
-    ///
-    /// The caller holds the in-process lock of `target`'s entry in `mode`
-    /// (a `Hold` of the layer above), and keeps it while this runs; the
-    /// lock-file backend counts on it (its writer's file).
-    fn lock(
-        &self,
-        target: &Target<'_>,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<Option<ExternalHold>, LockError>;
+/// Lock files chosen for one acquisition: where, and the entry's state.
+#[derive(Clone, Copy)]
+pub(crate) struct FileBackend<'a> {
+    files: Files<'a>,
+    state: &'a EntryFiles,
+}
 
-    /// Whether `lock` can itself stop waiting at a deadline.
-    fn waits_until_deadline(&self) -> bool {
-        true
-    }
-
-    /// Whether counted semaphores (`permits = N`) work here.
-    fn supports_permits(&self) -> bool {
-        false
-    }
-
-    /// Whether `lock` with `Wait::Try` is cheap enough for an executor
-    /// thread (a system call, not a network round trip).
-    fn try_is_cheap(&self) -> bool {
-        false
+impl<'a> FileBackend<'a> {
+    fn request(&self, t: &Target<'a>) -> FileRequest<'a> {
+        FileRequest {
+            name: t.name,
+            kind: t.kind,
+            mode: t.mode,
+            files: self.files,
+        }
     }
 }
 
-/// A lock held on a lock server. Dropping it without `release` must also
-/// release it (or let the server do so when the session ends).
-pub(crate) trait RemoteHold: Send {
-    /// Releases the lock on the server.
-    fn release(self: Box<Self>);
-
-    /// Where the lock is, for messages: e.g. `postgres://host/db` + key.
-    fn describe(&self) -> String;
-
-    /// A number that grows with every acquisition of this lock, for fencing
-    /// writes (etcd: the key's create revision).
-    fn fencing_token(&self) -> Option<u64> {
-        None
-    }
-
-    /// Whether the server may have given the lock to someone else since
-    /// (a lost session or lease).
-    fn is_lost(&self) -> bool {
-        false
-    }
-
-    /// The flag the backend's keepalive sets when the lock is lost, for
-    /// [`Lost`] futures; `None` if this hold cannot tell.
-    fn lost_flag(&self) -> Option<Arc<LostFlag>> {
-        None
-    }
+/// The backend chosen for one acquisition.
+pub(crate) enum Backend<'a> {
+    Files(FileBackend<'a>),
+    Server(Arc<dyn Server>),
 }
 
-/// What an external lock holds: a lock file, or a lock on a server.
-pub(crate) enum ExternalHold {
-    File(file::FileHold),
-    // Made only by the lock-server backends, which are optional features.
-    #[cfg_attr(
-        not(any(feature = "postgres", feature = "etcd", feature = "redis")),
-        allow(dead_code)
-    )]
-    Remote(Box<dyn RemoteHold>),
+/// Chooses the backend for `place`, for the lock `name` (named in errors);
+/// `state` gives the entry's lock-file state, made only if lock files are
+/// chosen.
+#[inline]
+pub(crate) fn choose<'a>(
+    place: Place<'a>,
+    name: &str,
+    state: impl FnOnce() -> &'a EntryFiles,
+) -> Result<Backend<'a>, LockError> {
+    let files = |files| {
+        Ok(Backend::Files(FileBackend {
+            files,
+            state: state(),
+        }))
+    };
+    let server = match place {
+        Place::Dir(p) => return files(Files::Explicit(p)),
+        Place::Server(url) => get(url),
+        Place::Configured => match config::with_backend_url(get) {
+            None => return files(Files::Configured),
+            Some(r) => r,
+        },
+    };
+    server.map(Backend::Server).map_err(|e| e.for_lock(name))
 }
 
-impl ExternalHold {
-    /// A server's hold, boxed.
-    #[cfg_attr(
-        not(any(feature = "postgres", feature = "etcd", feature = "redis")),
-        allow(dead_code)
-    )]
-    pub(crate) fn remote(hold: impl RemoteHold + 'static) -> ExternalHold {
-        ExternalHold::Remote(Box::new(hold))
+impl<'a> Backend<'a> {
+    /// Whether this is a lock server.
+    pub(crate) fn is_server(&self) -> bool {
+        matches!(self, Backend::Server(_))
     }
 
-    /// Releases the lock (a lock file goes back to `state`'s pool).
-    pub(crate) fn release(self, state: &State) {
+    /// One attempt without waiting. `Ok(None)`: busy. For a lock server
+    /// this is a network round trip: never on an executor thread.
+    #[inline]
+    pub(crate) fn try_lock(&self, t: &Target<'a>) -> Result<Option<Session>, LockError> {
         match self {
-            ExternalHold::File(f) => f.release(state),
-            ExternalHold::Remote(r) => r.release(),
+            Backend::Files(f) => Ok(f.state.try_lock(&f.request(t))?.map(Session::File)),
+            Backend::Server(s) => Ok(s.lock(t.name, t.mode, Wait::Try)?.map(Session::Server)),
         }
     }
 
-    /// [`ExternalHold::release`] by the lock's writer (see
-    /// `file::Pool::take_as_writer`).
+    /// Whether a lock file handed over with the in-process lock serves an
+    /// acquisition with this backend (it is a lock file in the same place).
+    pub(crate) fn serves(&self, f: &FileSession) -> bool {
+        match self {
+            Backend::Files(b) => f.serves(b.files),
+            Backend::Server(_) => false,
+        }
+    }
+
+    /// Whether [`Backend::try_lock`] is cheap enough for an executor
+    /// thread (a system call, not a round trip).
+    pub(crate) fn try_is_cheap(&self) -> bool {
+        matches!(self, Backend::Files(_))
+    }
+
+    /// Waits on this thread, for a caller that may block: until held, or
+    /// (`Ok(None)`) until `wait`'s deadline.
+    pub(crate) fn lock_blocking(
+        &self,
+        t: &Target<'a>,
+        wait: Wait,
+    ) -> Result<Option<Session>, LockError> {
+        match self {
+            Backend::Files(f) => {
+                let req = f.request(t);
+                match wait.deadline() {
+                    None => Ok(Some(Session::File(f.state.lock_blocking(&req)?))),
+                    Some(deadline) => match f.state.try_lock(&req)? {
+                        Some(s) => Ok(Some(Session::File(s))),
+                        None => wait_on_thread(f.state, &req, deadline),
+                    },
+                }
+            }
+            Backend::Server(s) => Ok(s.lock(t.name, t.mode, wait)?.map(Session::Server)),
+        }
+    }
+
+    /// Starts a wait that can be given up at any moment and never blocks
+    /// the caller (an async caller): see [`Waiting`].
+    pub(crate) fn wait(&self, t: &Target<'a>, wait: Wait) -> Result<Waiting<'a>, LockError> {
+        match self {
+            Backend::Files(f) => Ok(Waiting::File(f.state.wait(&f.request(t))?, *f)),
+            Backend::Server(s) => Ok(Waiting::Server(ServerWait::start(
+                s.clone(),
+                t.name,
+                t.mode,
+                wait,
+            )?)),
+        }
+    }
+}
+
+/// A lock-file wait with a deadline, on a caller's thread that parks in
+/// between (the waiter thread wakes it).
+fn wait_on_thread(
+    state: &EntryFiles,
+    req: &FileRequest<'_>,
+    deadline: Instant,
+) -> Result<Option<Session>, LockError> {
+    let mut w = state.wait(req)?;
+    let waker = crate::local::raw::thread_waker();
+    loop {
+        if let Poll::Ready(r) = w.poll(state, req, &waker) {
+            return r.map(|s| Some(Session::File(s)));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            w.cancel(state, req);
+            return Ok(None);
+        }
+        let until = w.next_try().map_or(deadline, |at| at.min(deadline));
+        std::thread::park_timeout(until.saturating_duration_since(now));
+    }
+}
+
+/// An external lock being waited for without blocking the caller: given
+/// up (dropped, or [`Waiting::cancel`]led) at any moment, it gives back
+/// everything.
+pub(crate) enum Waiting<'a> {
+    File(FileWait, FileBackend<'a>),
+    Server(ServerWait),
+}
+
+impl<'a> Waiting<'a> {
+    /// The held lock once it is ours (`Ok(None)`: a server's deadline
+    /// passed), else `Pending`, having arranged for `waker` to be woken
+    /// when there is news or by [`Waiting::next_try`].
+    pub(crate) fn poll(
+        &mut self,
+        t: &Target<'a>,
+        waker: &Waker,
+    ) -> Poll<Result<Option<Session>, LockError>> {
+        match self {
+            Waiting::File(w, f) => w
+                .poll(f.state, &f.request(t), waker)
+                .map(|r| r.map(|s| Some(Session::File(s)))),
+            Waiting::Server(w) => match w.poll(waker) {
+                Some(r) => Poll::Ready(r.map(|h| h.map(Session::Server))),
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    /// When the wait wants to be polled again even if not woken.
+    pub(crate) fn next_try(&self) -> Option<Instant> {
+        match self {
+            Waiting::File(w, _) => w.next_try(),
+            Waiting::Server(_) => None,
+        }
+    }
+
+    /// Gives up, returning what can be reused to `t`'s entry.
+    pub(crate) fn cancel(self, t: &Target<'a>) {
+        match self {
+            Waiting::File(w, f) => w.cancel(f.state, &f.request(t)),
+            Waiting::Server(w) => drop(w),
+        }
+    }
+}
+
+/// The external part of a held lock: a lock file or a server lock.
+pub(crate) enum Session {
+    File(FileSession),
+    Server(Box<dyn ServerLock>),
+}
+
+impl Session {
+    /// Releases the lock (or hands a lock file over with the in-process
+    /// lock, see [`FileSession::release`]); returns what the in-process
+    /// unlock does next.
+    ///
+    /// `state` is the entry's lock-file state (made if a lock file is
+    /// held); `writer`: held in the writer's mode of a lock.
     ///
     /// # Safety
-    /// The caller holds the entry's in-process lock in exclusive mode, and
-    /// the entry is a lock, not a semaphore (a writer's `Hold`).
-    pub(crate) unsafe fn release_as_writer(self, state: &State) {
+    /// The caller holds the entry's in-process lock in the mode this was
+    /// taken for, and `handoff` hands that lock over (see `Local::handoff`).
+    #[inline]
+    pub(crate) unsafe fn release<'e>(
+        self,
+        state: impl FnOnce() -> Option<&'e EntryFiles>,
+        writer: bool,
+        handoff: impl FnOnce() -> bool,
+    ) -> Unlock {
         match self {
-            // SAFETY: the caller's promise.
-            ExternalHold::File(f) => unsafe { f.release_as_writer(state) },
-            ExternalHold::Remote(r) => r.release(),
+            Session::File(f) => match state() {
+                // SAFETY: forwarded.
+                Some(state) => unsafe { f.release(state, writer, handoff) },
+                None => {
+                    f.close();
+                    Unlock::Plain
+                }
+            },
+            Session::Server(s) => {
+                s.release();
+                Unlock::Plain
+            }
         }
     }
 
-    /// Parks a lock file's lock in `state` for the next holder in this
-    /// process (cohorting; see `file`). `Err`: not parked (a server lock,
-    /// or the batch is used up); release it as usual, or with
-    /// [`end_batch`](ExternalHold::end_batch) when the error carries how
-    /// long the batch that just ended lasted.
-    pub(crate) fn park(self, state: &State) -> Result<(), (ExternalHold, Option<Duration>)> {
+    /// Releases a server lock on a helper thread, for async guards (a
+    /// network round trip must not run on an executor thread); `None`
+    /// when that was done, else the session back (a lock file's release
+    /// is a system call, done in place).
+    pub(crate) fn release_server_elsewhere(self) -> Option<Session> {
         match self {
-            ExternalHold::File(f) => f.park(state).map_err(|(f, e)| (ExternalHold::File(f), e)),
-            remote @ ExternalHold::Remote(_) => Err((remote, None)),
+            Session::Server(s) => {
+                server::release_elsewhere(s);
+                None
+            }
+            file => Some(file),
         }
     }
 
-    /// Releases a lock file at the end of a batch of handoffs that lasted
-    /// `batch`, leaving other processes a turn (see `file`).
-    pub(crate) fn end_batch(self, state: &State, batch: Duration) {
-        match self {
-            ExternalHold::File(f) => f.end_batch(state, batch),
-            ExternalHold::Remote(r) => r.release(),
-        }
-    }
-
-    /// Releases and closes (after the file was removed).
+    /// Releases and closes (after the lock file was removed).
     pub(crate) fn close(self) {
         match self {
-            ExternalHold::File(f) => f.close(),
-            ExternalHold::Remote(r) => r.release(),
+            Session::File(f) => f.close(),
+            Session::Server(s) => s.release(),
         }
     }
 
     /// Where the lock is held. `name` is the full lock name.
     pub(crate) fn location(&self, name: &str) -> Location {
         match self {
-            ExternalHold::File(f) => Location::File(f.path(name)),
-            ExternalHold::Remote(r) => Location::Server(r.describe()),
+            Session::File(f) => Location::File(f.path(name)),
+            Session::Server(s) => Location::Server(s.describe()),
         }
     }
 
-    /// Takes flock(2) on the lock file too (lock files only). `Ok(false)`:
-    /// busy; `name` is the full lock name.
-    pub(crate) fn flock(&mut self, name: &str, mode: Mode, block: bool) -> Result<bool, LockError> {
+    /// The held lock file, for a lock on lock files.
+    pub(crate) fn as_file(&mut self) -> Option<&mut FileSession> {
         match self {
-            ExternalHold::File(f) => f.flock(name, mode, block),
-            ExternalHold::Remote(_) => Err(LockError::InvalidOptions {
-                name: name.to_owned(),
-                reason: "flock locks lock files; this lock is on a lock server",
-            }),
+            Session::File(f) => Some(f),
+            Session::Server(_) => None,
         }
     }
 
     /// The open lock file, for a lock on lock files.
-    #[cfg(unix)]
     pub(crate) fn file(&self) -> Option<&std::fs::File> {
         match self {
-            ExternalHold::File(f) => Some(f.file()),
-            ExternalHold::Remote(_) => None,
+            Session::File(f) => Some(f.file()),
+            Session::Server(_) => None,
         }
     }
 
     /// A token that grows with every acquisition, where the backend has one.
     pub(crate) fn fencing_token(&self) -> Option<u64> {
         match self {
-            ExternalHold::File(_) => None,
-            ExternalHold::Remote(r) => r.fencing_token(),
+            Session::File(_) => None,
+            Session::Server(s) => s.fencing_token(),
         }
     }
 
@@ -240,17 +343,17 @@ impl ExternalHold {
     /// cannot be lost this way.
     pub(crate) fn is_lost(&self) -> bool {
         match self {
-            ExternalHold::File(_) => false,
-            ExternalHold::Remote(r) => r.is_lost(),
+            Session::File(_) => false,
+            Session::Server(s) => s.is_lost(),
         }
     }
 
-    /// The flag a server lock's keepalive sets on loss.
-    pub(crate) fn lost_flag(&self) -> Option<Arc<LostFlag>> {
-        match self {
-            ExternalHold::File(_) => None,
-            ExternalHold::Remote(r) => r.lost_flag(),
-        }
+    /// A future that completes when the lock is lost.
+    pub(crate) fn lost(&self) -> Lost {
+        Lost::new(match self {
+            Session::File(_) => None,
+            Session::Server(s) => s.lost_flag(),
+        })
     }
 }
 
@@ -292,138 +395,6 @@ impl fmt::Display for Location {
     }
 }
 
-/// Where a lock asks to live.
-#[derive(Clone, Copy)]
-pub(crate) enum Dir<'a> {
-    /// Lock files in the lock's own `lock_path`.
-    Explicit(&'a Path),
-    /// The lock server at this URL (the lock's own `backend`).
-    Backend(&'a str),
-    /// The process configuration: the configured lock server if any, else
-    /// lock files in the configured lock path.
-    Configured,
-}
-
-impl<'a> Dir<'a> {
-    /// Where a lock with these options lives: its own `lock_path` wins
-    /// (lock files), then its own `backend`, else the configuration.
-    pub(crate) fn from_options(lock_path: Option<&'a Path>, backend: Option<&'a str>) -> Dir<'a> {
-        match (lock_path, backend) {
-            (Some(p), _) => Dir::Explicit(p),
-            (None, Some(url)) => Dir::Backend(url),
-            (None, None) => Dir::Configured,
-        }
-    }
-}
-
-/// For a holder of the in-process lock that wants an external lock in
-/// `dir`: the lock file a releaser parked (cohorting), if it is one this
-/// acquisition would lock. A parked file it cannot use is released.
-#[inline]
-pub(crate) fn take_parked(state: &State, dir: Dir<'_>, name: &str) -> Option<ExternalHold> {
-    if !state.is_parked() {
-        return None;
-    }
-    take_parked_slow(state, dir, name)
-}
-
-#[cold]
-#[inline(never)]
-fn take_parked_slow(state: &State, dir: Dir<'_>, name: &str) -> Option<ExternalHold> {
-    let files = match choose(dir, name) {
-        Ok(Chosen::File(files)) => Some(files),
-        _ => None,
-    };
-    state.take_parked(files).map(ExternalHold::File)
-}
-
-/// The backend chosen for one acquisition.
-pub(crate) enum Chosen<'a> {
-    File(file::Files<'a>),
-    Server(Arc<dyn Backend + Send + Sync>),
-}
-
-impl Backend for Chosen<'_> {
-    #[inline]
-    fn lock(
-        &self,
-        target: &Target<'_>,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<Option<ExternalHold>, LockError> {
-        match self {
-            Chosen::File(f) => f.lock(target, mode, wait),
-            Chosen::Server(s) => s.lock(target, mode, wait),
-        }
-    }
-
-    fn waits_until_deadline(&self) -> bool {
-        match self {
-            Chosen::File(f) => f.waits_until_deadline(),
-            Chosen::Server(s) => s.waits_until_deadline(),
-        }
-    }
-
-    fn supports_permits(&self) -> bool {
-        match self {
-            Chosen::File(f) => f.supports_permits(),
-            Chosen::Server(s) => s.supports_permits(),
-        }
-    }
-
-    fn try_is_cheap(&self) -> bool {
-        match self {
-            Chosen::File(f) => f.try_is_cheap(),
-            Chosen::Server(s) => s.try_is_cheap(),
-        }
-    }
-}
-
-impl Chosen<'_> {
-    /// Starts waiting for `target` on a helper thread, for a caller that
-    /// must not block or must stop at a deadline: it keeps its in-process
-    /// lock, and dropping the [`Pending`] gives up the wait (see
-    /// `pending`). Lock files stop at once; a lock server waits on until
-    /// its own deadline (`wait`) and then lets go of what it got.
-    pub(crate) fn start_wait(
-        &self,
-        target: &Target<'_>,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<Pending, LockError> {
-        match self {
-            Chosen::File(f) => f.start_wait(target, mode),
-            Chosen::Server(server) => {
-                let (server, name, kind) = (server.clone(), target.name.to_owned(), target.kind);
-                Pending::spawn(target.name, false, move |_| {
-                    // Servers keep no per-entry state.
-                    static NONE: LazyLock<State> = LazyLock::new(State::new);
-                    let target = Target {
-                        name: &name,
-                        kind,
-                        state: &NONE,
-                    };
-                    server.lock(&target, mode, wait)
-                })
-            }
-        }
-    }
-}
-
-/// The backend for `dir`, for the lock `name` (named in errors).
-#[inline]
-pub(crate) fn choose<'a>(dir: Dir<'a>, name: &str) -> Result<Chosen<'a>, LockError> {
-    let server = match dir {
-        Dir::Explicit(p) => return Ok(Chosen::File(file::Files::Explicit(p))),
-        Dir::Backend(url) => get(url),
-        Dir::Configured => match config::with_backend_url(get) {
-            None => return Ok(Chosen::File(file::Files::Configured)),
-            Some(r) => r,
-        },
-    };
-    server.map(Chosen::Server).map_err(|e| e.for_lock(name))
-}
-
 /// Chooses where external locks without their own `lock_path` live:
 /// `file:///dir` (lock files in `dir`, like [`set_lock_path`](crate::set_lock_path)),
 /// `postgres://user:password@host:port/db`, `etcd://host:port` or
@@ -439,14 +410,14 @@ pub fn set_backend(url: &str) -> Result<(), LockError> {
     Ok(())
 }
 
-type Server = Arc<dyn Backend + Send + Sync>;
+/// The lock servers of this process, by URL. A forked child makes its own
+/// (the parent's connections are the parent's).
+static SERVERS: PerProcess<Mutex<HashMap<String, Arc<dyn Server>>>> =
+    PerProcess::new(Default::default);
 
-static BACKENDS: LazyLock<Mutex<HashMap<String, Server>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// The backend for `url`, made on first use and shared afterwards.
-pub(crate) fn get(url: &str) -> Result<Server, LockError> {
-    let mut map = BACKENDS.lock();
+/// The lock server for `url`, made on first use and shared afterwards.
+pub(crate) fn get(url: &str) -> Result<Arc<dyn Server>, LockError> {
+    let mut map = SERVERS.get().lock();
     if let Some(b) = map.get(url) {
         return Ok(b.clone());
     }
@@ -455,7 +426,7 @@ pub(crate) fn get(url: &str) -> Result<Server, LockError> {
     Ok(b)
 }
 
-fn make(url: &str) -> Result<Server, LockError> {
+fn make(url: &str) -> Result<Arc<dyn Server>, LockError> {
     let bad = |reason: String| LockError::Backend {
         name: String::new(),
         backend: redact(url),

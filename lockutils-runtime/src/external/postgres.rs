@@ -76,7 +76,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::lost::LostFlag;
 use super::pg_tls;
-use super::{Backend, ExternalHold, RemoteHold, Target, error_chain as chain, outside_runtime};
+use super::server::{Server, ServerLock};
+use super::{error_chain as chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::spec::{Mode, Wait};
@@ -193,19 +194,19 @@ impl Postgres {
     }
 }
 
-impl Backend for Postgres {
+impl Server for Postgres {
     fn lock(
         &self,
-        target: &Target<'_>,
+        name: &str,
         mode: Mode,
         wait: Wait,
-    ) -> Result<Option<ExternalHold>, LockError> {
-        let (name, wait) = (target.name, wait.start());
+    ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+        let wait = wait.start();
         let key = key(name);
         let got = outside_runtime(|| self.pool.run(name, key, mode, wait))?;
         Ok(got.map(|(client, fence)| {
             let hold = PgHold::new(self.pool.clone(), client, key, mode, fence);
-            ExternalHold::remote(hold)
+            Box::new(hold) as Box<dyn ServerLock>
         }))
     }
 }
@@ -509,7 +510,7 @@ impl Pool {
     }
 }
 
-impl RemoteHold for PgHold {
+impl ServerLock for PgHold {
     fn release(self: Box<Self>) {
         // Drop does it.
     }

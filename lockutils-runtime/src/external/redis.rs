@@ -39,8 +39,9 @@ use std::time::{Duration, Instant, SystemTime};
 use ::redis::{Client, Connection, ConnectionLike, RedisError, TlsCertificates};
 use parking_lot::{Condvar, Mutex};
 
+use super::error_chain;
 use super::lost::LostFlag;
-use super::{Backend, ExternalHold, RemoteHold, Target, error_chain};
+use super::server::{Server, ServerLock};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::spec::{Mode, Wait};
@@ -191,14 +192,14 @@ fn client(
     Client::build_with_tls(url, certs).map_err(parse_err)
 }
 
-impl Backend for Redis {
+impl Server for Redis {
     fn lock(
         &self,
-        target: &Target<'_>,
+        name: &str,
         mode: Mode,
         wait: Wait,
-    ) -> Result<Option<ExternalHold>, LockError> {
-        let (name, wait) = (target.name, wait.start());
+    ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+        let wait = wait.start();
         if mode == Mode::Shared {
             return Err(self.inner.error(
                 name,
@@ -209,7 +210,7 @@ impl Backend for Redis {
             ));
         }
         let got = self.inner.clone().acquire(name, wait)?;
-        Ok(got.map(ExternalHold::remote))
+        Ok(got.map(|h| Box::new(h) as Box<dyn ServerLock>))
     }
 }
 
@@ -467,7 +468,7 @@ struct RedisHold {
     state: Arc<HoldState>,
 }
 
-impl RemoteHold for RedisHold {
+impl ServerLock for RedisHold {
     fn release(self: Box<Self>) {
         // Drop does it.
     }

@@ -57,6 +57,28 @@ impl FileId {
     }
 }
 
+/// The text of `/proc/locks`, read in large pieces; `None` if it cannot
+/// be read. The kernel builds each `read`'s piece (up to a page) under the
+/// lock lists' locks, but between two calls the lists change, so tiny
+/// reads (the 32-byte probe `read_to_string` starts with on an empty
+/// buffer) skip lines while other locks come and go: a blocked waiter went
+/// unseen that way. A table of one page is thus read consistently.
+fn read_proc_locks() -> Option<String> {
+    use std::io::Read;
+    const PIECE: usize = 16 * 1024;
+    let mut f = fs::File::open("/proc/locks").ok()?;
+    let mut text = Vec::new();
+    loop {
+        let at = text.len();
+        text.resize(at + PIECE, 0);
+        let n = f.read(&mut text[at..]).ok()?;
+        text.truncate(at + n);
+        if n == 0 {
+            return String::from_utf8(text).ok();
+        }
+    }
+}
+
 /// One line of `/proc/locks` (or an fdinfo `lock:` line, without the tag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
@@ -123,7 +145,7 @@ fn parse(line: &str) -> Option<Entry> {
 
 /// Answers for `paths` from `/proc`; `None` if `/proc/locks` is unreadable.
 pub(super) fn inspect<P: AsRef<Path>>(paths: &[P]) -> Option<Vec<Result<Holders, LockError>>> {
-    let text = crate::external::file::sys::read_proc_locks()?;
+    let text = read_proc_locks()?;
     // Each path's identity, or its answer when there is nothing to look up.
     let ids: Vec<Result<Option<FileId>, LockError>> = paths
         .iter()

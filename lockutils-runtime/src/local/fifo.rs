@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use super::raw::{WRITER, thread_waker, units};
+use super::raw::{WRITER, spin_until, thread_waker, units};
 use super::sync::thread;
 use super::sync::{Arc, AtomicBool, Mutex, Ordering};
 use super::timer::Sleep;
@@ -76,11 +76,16 @@ impl FifoLock {
     }
 
     /// Waits in line for `mode`, blocking the thread, until `deadline`.
-    pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>) -> bool {
+    /// `spin`: spin a little before parking (see
+    /// [`RawLock::lock_until`](super::raw::RawLock::lock_until)).
+    pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>, spin: bool) -> bool {
         let waker = thread_waker();
         let Some(node) = self.try_or_enqueue(mode, &waker) else {
             return true;
         };
+        if spin {
+            spin_until(&node.granted);
+        }
         loop {
             if node.granted.load(Ordering::Acquire) {
                 return true;
@@ -119,6 +124,24 @@ impl FifoLock {
         let mut st = self.state.lock();
         st.used -= units(self.cap, mode);
         self.grant(&mut st);
+    }
+
+    /// Hands the writer's mode to the first waiter in line if it waits
+    /// for the writer's mode; returns whether it did (else the caller
+    /// still holds the lock). See [`RawLock::handoff`](super::raw::RawLock::handoff).
+    ///
+    /// # Safety
+    /// The caller must hold the writer's mode.
+    pub(crate) unsafe fn handoff(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.queue.front().is_none_or(|n| n.need != WRITER) {
+            return false;
+        }
+        // `used` stays WRITER: the lock passes from the caller to the node.
+        let node = st.queue.pop_front().unwrap_or_else(|| unreachable!());
+        node.granted.store(true, Ordering::Release);
+        node.waker.lock().wake_by_ref();
+        true
     }
 
     fn grant(&self, st: &mut State) {
@@ -204,16 +227,26 @@ impl Future for FifoAsync<'_> {
     }
 }
 
+impl FifoAsync<'_> {
+    /// Leaves the line. Returns `true` if the lock was granted meanwhile:
+    /// the caller holds it and must release it. See
+    /// [`LockAsync::cancel`](super::raw::LockAsync::cancel).
+    pub(crate) fn cancel(&mut self) -> bool {
+        if std::mem::replace(&mut self.done, true) {
+            return false;
+        }
+        match self.node.take() {
+            Some(node) => self.lock.leave(&node),
+            None => false,
+        }
+    }
+}
+
 impl Drop for FifoAsync<'_> {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        if let Some(node) = &self.node
-            && self.lock.leave(node)
-        {
+        if self.cancel() {
             // Granted, but nobody will use it.
-            // SAFETY: `leave` returned true: we hold `mode`.
+            // SAFETY: `cancel` returned true: we hold `mode`.
             unsafe { self.lock.unlock(self.mode) };
         }
     }
@@ -234,7 +267,7 @@ mod tests {
         for i in 0..10 {
             let (l2, order2) = (l.clone(), order.clone());
             threads.push(std::thread::spawn(move || {
-                assert!(l2.lock_until(Mode::Exclusive, None));
+                assert!(l2.lock_until(Mode::Exclusive, None, false));
                 order2.lock().push(i);
                 // SAFETY: this thread holds the lock in that mode (taken just above).
                 unsafe { l2.unlock(Mode::Exclusive) };
@@ -260,6 +293,7 @@ mod tests {
                 l.lock_until(
                     Mode::Exclusive,
                     Some(Instant::now() + Duration::from_millis(50)),
+                    false,
                 )
             });
             while l.queued() < 1 {

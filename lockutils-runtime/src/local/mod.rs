@@ -4,19 +4,23 @@
 //! * [`raw`]: the default, barging lock word and wait queue (reader/writer
 //!   and counted modes);
 //! * [`fifo`]: the fair (first come, first served) variant;
-//! * [`cohort`]: what a releaser leaves for the next holder (lock
-//!   cohorting) and the rule that it is never stranded;
 //! * [`timer`]: deadlines for async waits, with no async runtime required.
 //!
 //! [`Local`] picks one of them for a lock's [`Kind`]. Nothing here knows
 //! about names, files or servers.
+//!
+//! Both primitives can hand the writer's mode directly to a queued waiter
+//! ([`Local::handoff`]), thread or task: the lock is never free in between,
+//! so whatever the releaser passes along with it (a locked file) reaches
+//! that one waiter and nobody else. A task's future dropped after such a
+//! grant holds the lock: [`LocalAsync::cancel`] tells its owner so, who
+//! then releases it like any holder.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-pub(crate) mod cohort;
 pub(crate) mod fifo;
 pub(crate) mod raw;
 pub(crate) mod sync;
@@ -62,10 +66,12 @@ impl Local {
         }
     }
 
-    pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>) -> bool {
+    /// Waits for `mode` until `deadline`; `spin`: spin a little once
+    /// queued, for a lock likely to be handed over soon.
+    pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>, spin: bool) -> bool {
         match self {
-            Local::Barging(l) => l.lock_until(mode, deadline),
-            Local::Fair(l) => l.lock_until(mode, deadline),
+            Local::Barging(l) => l.lock_until(mode, deadline, spin),
+            Local::Fair(l) => l.lock_until(mode, deadline, spin),
         }
     }
 
@@ -97,19 +103,19 @@ impl Local {
         }
     }
 
-    /// Releases the writer's mode, handing it straight to a thread queued
-    /// for it if one is first in line, so that no newcomer barges in
-    /// (fair locks hand over in order anyway).
+    /// Hands the writer's mode to the waiter first in line if it waits
+    /// for the writer's mode (thread or task). Returns whether it did; if
+    /// not, the caller still holds the lock.
     ///
     /// # Safety
     /// The caller must hold the writer's mode of a reader/writer lock.
     #[cold]
-    pub(crate) unsafe fn unlock_fair(&self) {
+    pub(crate) unsafe fn handoff(&self) -> bool {
         // SAFETY: forwarded.
         unsafe {
             match self {
-                Local::Barging(l) => l.unlock_handoff(),
-                Local::Fair(l) => l.unlock(Mode::Exclusive),
+                Local::Barging(l) => l.handoff(),
+                Local::Fair(l) => l.handoff(),
             }
         }
     }
@@ -135,6 +141,17 @@ impl Local {
 pub(crate) enum LocalAsync<'a> {
     Barging(LockAsync<'a>),
     Fair(FifoAsync<'a>),
+}
+
+impl LocalAsync<'_> {
+    /// Gives up waiting; `true` if the lock was handed over meanwhile (the
+    /// caller holds it then, and must release it).
+    pub(crate) fn cancel(&mut self) -> bool {
+        match self {
+            LocalAsync::Barging(f) => f.cancel(),
+            LocalAsync::Fair(f) => f.cancel(),
+        }
+    }
 }
 
 impl Future for LocalAsync<'_> {

@@ -74,25 +74,32 @@ pub(crate) struct RawLock {
 struct Waiter {
     woken: AtomicBool,
     /// Set (before `woken`) when a release handed this waiter the lock
-    /// itself ([`RawLock::unlock_handoff`]): it holds the lock, no retry.
+    /// itself ([`RawLock::handoff`]): it holds the lock, no retry.
     granted: AtomicBool,
-    /// A thread waiting for the writer's mode: the only kind of waiter a
-    /// lock is handed to, since it cannot give up once granted (a task's
-    /// future can be dropped at any time).
-    takes_handoff: bool,
+    /// It waits for the writer's mode: the only kind of waiter a lock is
+    /// handed to. A task's future may be dropped after the grant; it then
+    /// holds the lock and must release it (see [`LockAsync::cancel`]).
+    writer: bool,
     waker: Mutex<Waker>,
 }
 
 impl Waiter {
-    fn new(waker: Waker, takes_handoff: bool) -> Arc<Waiter> {
+    fn new(waker: Waker, writer: bool) -> Arc<Waiter> {
         Arc::new(Waiter {
             woken: AtomicBool::new(false),
             granted: AtomicBool::new(false),
-            takes_handoff,
+            writer,
             waker: Mutex::new(waker),
         })
     }
 }
+
+/// How long a queued thread that may be handed the lock spins before it
+/// parks (see [`RawLock::lock_until`]): a few short critical sections of
+/// another thread, so that a handoff between two running threads costs
+/// no futex wake and no context switch.
+#[cfg(not(lockutils_loom))]
+const QUEUED_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 
 /// A waker that unparks the current thread: lets threads and tasks share
 /// one wait queue.
@@ -313,8 +320,13 @@ impl RawLock {
     }
 
     /// Waits for `mode`, blocking this thread, until `deadline` if one is
-    /// given. Returns whether it was taken.
-    pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>) -> bool {
+    /// given. Returns whether it was taken (perhaps handed over by its
+    /// holder, see [`RawLock::handoff`]).
+    ///
+    /// `spin`: once queued, spin a little before parking, for a lock whose
+    /// holder is likely to hand it over soon (a lock file passed from one
+    /// thread to the next). Otherwise a queued thread parks at once.
+    pub(crate) fn lock_until(&self, mode: Mode, deadline: Option<Instant>, spin: bool) -> bool {
         if self.spin_take(mode) {
             return true;
         }
@@ -323,6 +335,9 @@ impl RawLock {
         loop {
             if self.take_or_queue(mode, &waiter, &mut counted) {
                 return true;
+            }
+            if spin {
+                spin_until(&waiter.woken);
             }
             while !waiter.woken.load(Ordering::Acquire) {
                 match deadline {
@@ -349,7 +364,8 @@ impl RawLock {
         }
     }
 
-    /// A future that takes `mode`, or gives up at `deadline`.
+    /// A future that takes `mode`, or gives up at `deadline`. It may be
+    /// handed the lock while queued (see [`RawLock::handoff`]).
     pub(crate) fn lock_async(&self, mode: Mode, deadline: Option<Instant>) -> LockAsync<'_> {
         LockAsync {
             lock: self,
@@ -378,24 +394,23 @@ impl RawLock {
         self.unlock_slow(mode);
     }
 
-    /// Releases the writer's mode by handing it to the first queued waiter
-    /// if that is a thread waiting for the writer's mode: the lock never
-    /// becomes free, so nobody barges in, and the waiter wakes holding it
-    /// (the "fair unlock" a barging lock needs now and then, or one thread
-    /// can keep a lock from another indefinitely). Otherwise releases as
-    /// [`unlock`](RawLock::unlock) does.
+    /// Hands the writer's mode to the first queued waiter if that one
+    /// waits for the writer's mode, a thread or a task: the lock never
+    /// becomes free, so nobody barges in, and the waiter wakes holding it.
+    /// Returns whether it did; if not, the caller still holds the lock.
+    ///
+    /// Used where a holder passes something on with the lock (a locked
+    /// file), and as the "fair unlock" a barging lock needs now and then,
+    /// or one thread can keep a lock from another indefinitely.
     ///
     /// # Safety
     /// The caller must hold the writer's mode.
     #[cold]
-    pub(crate) unsafe fn unlock_handoff(&self) {
+    pub(crate) unsafe fn handoff(&self) -> bool {
         debug_assert_eq!(self.cap, WRITER);
         let mut q = self.queue.lock();
-        if !q.front().is_some_and(|w| w.takes_handoff) {
-            drop(q);
-            // SAFETY: forwarded: the caller holds the writer's mode.
-            unsafe { self.unlock(Mode::Exclusive) };
-            return;
+        if !q.front().is_some_and(|w| w.writer) {
+            return false;
         }
         let w = q.pop_front().unwrap_or_else(|| unreachable!());
         // `granted` before `woken` (release): a waiter that sees itself
@@ -407,6 +422,7 @@ impl RawLock {
         }
         drop(q);
         w.waker.lock().wake_by_ref();
+        true
     }
 
     #[cold]
@@ -457,10 +473,12 @@ impl Future for LockAsync<'_> {
                         this.done = true;
                         return Poll::Ready(true);
                     }
-                    &*this.waiter.insert(Waiter::new(cx.waker().clone(), false))
+                    &*this
+                        .waiter
+                        .insert(Waiter::new(cx.waker().clone(), lock.is_writer(this.mode)))
                 }
                 Some(w) if w.woken.load(Ordering::Acquire) => {
-                    if lock.try_take(this.mode) {
+                    if w.granted.load(Ordering::Relaxed) || lock.try_take(this.mode) {
                         lock.uncount(&mut this.counted);
                         this.done = true;
                         return Poll::Ready(true);
@@ -482,10 +500,10 @@ impl Future for LockAsync<'_> {
                         && sleep.poll_expired(cx)
                     {
                         let w = w.clone();
-                        // A task is never handed the lock (`takes_handoff`).
-                        let _ = lock.leave(&w, &mut this.counted);
+                        // Handed the lock meanwhile: it is ours after all.
+                        let got = lock.leave(&w, &mut this.counted);
                         this.done = true;
-                        return Poll::Ready(false);
+                        return Poll::Ready(got);
                     }
                     return Poll::Pending;
                 }
@@ -500,16 +518,57 @@ impl Future for LockAsync<'_> {
     }
 }
 
-impl Drop for LockAsync<'_> {
-    fn drop(&mut self) {
-        if !self.done
-            && let Some(w) = &self.waiter
-        {
-            let w = w.clone();
-            let _ = self.lock.leave(&w, &mut self.counted);
+impl LockAsync<'_> {
+    /// Gives up waiting. Returns `true` if the lock was handed to this
+    /// waiter meanwhile: the caller holds it and must release it (with
+    /// whatever came with it). A finished or never-polled future holds
+    /// nothing here.
+    pub(crate) fn cancel(&mut self) -> bool {
+        if std::mem::replace(&mut self.done, true) {
+            return false;
+        }
+        match self.waiter.take() {
+            Some(w) => self.lock.leave(&w, &mut self.counted),
+            None => false,
         }
     }
 }
+
+impl Drop for LockAsync<'_> {
+    /// Gives up as [`LockAsync::cancel`] does; a lock handed over meanwhile
+    /// is released. Callers that hand things over with the lock cancel
+    /// first, to release those too.
+    fn drop(&mut self) {
+        if self.cancel() {
+            // SAFETY: `cancel` returned true: the lock is held in `mode`.
+            unsafe { self.lock.unlock(self.mode) };
+        }
+    }
+}
+
+/// Spins until `flag` is set (a queued waiter woken or granted), at most
+/// [`QUEUED_SPIN`]; yields the CPU now and then, since the holder may need
+/// it on a machine with fewer cores than threads.
+#[cfg(not(lockutils_loom))]
+pub(super) fn spin_until(flag: &AtomicBool) {
+    let until = Instant::now() + QUEUED_SPIN;
+    let mut round = 0u32;
+    while !flag.load(Ordering::Acquire) {
+        round += 1;
+        if round.is_multiple_of(64) {
+            if Instant::now() >= until {
+                return;
+            }
+            thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Models do not spin: it changes no state they check.
+#[cfg(lockutils_loom)]
+pub(super) fn spin_until(_: &AtomicBool) {}
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -536,7 +595,7 @@ pub(crate) mod tests {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for _ in 0..20_000 {
-                        assert!(s.m.lock_until(Mode::Exclusive, None));
+                        assert!(s.m.lock_until(Mode::Exclusive, None, false));
                         assert_eq!(s.inside.fetch_add(1, Ordering::SeqCst), 0);
                         // SAFETY: `m` is held, so no other thread touches `n`.
                         unsafe { *s.n.get() += 1 };
@@ -586,7 +645,7 @@ pub(crate) mod tests {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (l2, done) = (l.clone(), std::sync::mpsc::channel::<()>());
         let waiter = std::thread::spawn(move || {
-            assert!(l2.lock_until(Mode::Exclusive, None));
+            assert!(l2.lock_until(Mode::Exclusive, None, false));
             // Holds until the newcomer below has tried.
             rx.recv().unwrap();
             // SAFETY: taken just above.
@@ -597,7 +656,8 @@ pub(crate) mod tests {
             std::thread::yield_now();
         }
         // SAFETY: taken at the start.
-        unsafe { l.unlock_handoff() };
+        let handed = unsafe { l.handoff() };
+        assert!(handed, "a queued writer was not handed the lock");
         assert!(
             !l.try_lock(Mode::Exclusive),
             "a newcomer took a lock that was handed to a queued thread"
@@ -607,8 +667,46 @@ pub(crate) mod tests {
         waiter.join().unwrap();
         assert!(l.try_lock(Mode::Exclusive));
         // SAFETY: taken just above.
-        unsafe { l.unlock_handoff() }; // nobody queued: a plain release
+        assert!(!unsafe { l.handoff() }, "handed to nobody");
+        // SAFETY: still ours (nobody was queued).
+        unsafe { l.unlock(Mode::Exclusive) };
         assert_eq!(l.state.load(Ordering::SeqCst), 0);
+    }
+
+    /// A task queued for the writer's mode is handed the lock like a
+    /// thread; dropped before it polls again, it gives the lock back.
+    #[test]
+    fn a_task_handed_the_lock_holds_it_until_polled_or_dropped() {
+        let l = RawLock::new(WRITER);
+        assert!(l.try_lock(Mode::Exclusive));
+        let mut fut = Box::pin(l.lock_async(Mode::Exclusive, None));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        // SAFETY: taken at the start.
+        assert!(unsafe { l.handoff() }, "the queued task was passed over");
+        assert!(
+            !l.try_lock(Mode::Exclusive),
+            "free while handed to the task"
+        );
+        assert_eq!(l.holders(), 1);
+        assert!(
+            fut.as_mut().cancel(),
+            "the task did not learn it holds the lock"
+        );
+        // SAFETY: `cancel` said the lock is held.
+        unsafe { l.unlock(Mode::Exclusive) };
+        drop(fut);
+        assert!(l.try_lock(Mode::Exclusive));
+        // SAFETY: taken just above.
+        unsafe { l.unlock(Mode::Exclusive) };
+        // Dropped without `cancel`: the drop releases what was handed over.
+        assert!(l.try_lock(Mode::Exclusive));
+        let mut fut = Box::pin(l.lock_async(Mode::Exclusive, None));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        // SAFETY: taken just above.
+        assert!(unsafe { l.handoff() });
+        drop(fut);
+        assert_eq!(l.state.load(Ordering::SeqCst), 0, "left taken or parked");
     }
 
     #[test]
@@ -621,7 +719,7 @@ pub(crate) mod tests {
         assert_eq!(l.holders(), 3);
         // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { l.unlock(Mode::Exclusive) };
-        assert!(l.lock_until(Mode::Exclusive, Some(Instant::now())));
+        assert!(l.lock_until(Mode::Exclusive, Some(Instant::now()), false));
     }
 
     #[test]
@@ -633,6 +731,7 @@ pub(crate) mod tests {
             l2.lock_until(
                 Mode::Exclusive,
                 Some(Instant::now() + Duration::from_millis(100)),
+                false,
             )
         });
         while l.writers_waiting.load(Ordering::SeqCst) == 0 {
@@ -640,7 +739,11 @@ pub(crate) mod tests {
         }
         assert!(!l.try_lock(Mode::Shared), "a reader passed a queued writer");
         // A reader that waits is let in when the writer gives up.
-        assert!(l.lock_until(Mode::Shared, Some(Instant::now() + Duration::from_secs(10))));
+        assert!(l.lock_until(
+            Mode::Shared,
+            Some(Instant::now() + Duration::from_secs(10)),
+            false
+        ));
         assert!(!w.join().unwrap());
         assert_eq!(l.holders(), 2);
         // SAFETY: this thread holds the lock in that mode (taken just above).
@@ -660,7 +763,7 @@ pub(crate) mod tests {
             hs.push(std::thread::spawn(move || {
                 for _ in 0..2_000 {
                     if t % 2 == 0 {
-                        assert!(l.lock_until(Mode::Exclusive, None));
+                        assert!(l.lock_until(Mode::Exclusive, None, false));
                     } else {
                         assert!(block_on(l.lock_async(Mode::Exclusive, None)));
                     }
@@ -691,7 +794,7 @@ pub(crate) mod tests {
             std::thread::spawn(move || {
                 for i in 0..3_000u64 {
                     let d = Instant::now() + Duration::from_micros((i * 7 + t * 13) % 50);
-                    if l.lock_until(Mode::Exclusive, Some(d)) {
+                    if l.lock_until(Mode::Exclusive, Some(d), false) {
                         let until = Instant::now() + Duration::from_micros(20);
                         while Instant::now() < until {
                             std::hint::spin_loop();
@@ -702,7 +805,7 @@ pub(crate) mod tests {
                         timeouts.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                assert!(l.lock_until(Mode::Exclusive, None));
+                assert!(l.lock_until(Mode::Exclusive, None, false));
                 // SAFETY: this thread holds the lock in that mode (taken just above).
                 unsafe { l.unlock(Mode::Exclusive) };
                 done_tx.send(()).unwrap();
@@ -725,11 +828,11 @@ pub(crate) mod tests {
         let m = RawLock::new(WRITER);
         assert!(m.try_lock(Mode::Exclusive));
         let t0 = Instant::now();
-        assert!(!m.lock_until(Mode::Exclusive, Some(t0 + Duration::from_millis(30))));
+        assert!(!m.lock_until(Mode::Exclusive, Some(t0 + Duration::from_millis(30)), false));
         assert!(t0.elapsed() >= Duration::from_millis(30));
         // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { m.unlock(Mode::Exclusive) };
-        assert!(m.lock_until(Mode::Exclusive, Some(Instant::now())));
+        assert!(m.lock_until(Mode::Exclusive, Some(Instant::now()), false));
         // SAFETY: this thread holds the lock in that mode (taken just above).
         unsafe { m.unlock(Mode::Exclusive) };
     }

@@ -9,12 +9,12 @@ pub(crate) use parking_lot::Mutex;
 #[cfg(not(lockutils_loom))]
 pub(crate) use std::sync::Arc;
 #[cfg(not(lockutils_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[cfg(lockutils_loom)]
 pub(crate) use loom::sync::Arc;
 #[cfg(lockutils_loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Thread parking (what a blocked thread waits in).
 pub(crate) mod thread {

@@ -28,7 +28,7 @@ use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::sys::Range;
+use super::sys::{How, Range};
 use crate::fork;
 use crate::spec::Mode;
 
@@ -56,15 +56,6 @@ struct Held {
     /// for in the kernel (nobody else of this process may use those).
     slots: Vec<u64>,
     watched: Vec<u64>,
-}
-
-/// How long a lock call may wait.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum How {
-    Try,
-    Block,
-    /// One kernel wait, ended early by a signal (`ErrorKind::Interrupted`).
-    Once,
 }
 
 /// Files open in classic mode, by (device, inode), in this process (the
@@ -193,13 +184,9 @@ impl Inode {
             }
             // Another holder of this process took it since the slot was
             // chosen: a kernel wait would be granted at once (the process
-            // owns the lock). Wait for it here, briefly; a `Once` wait
-            // reports an interruption so that its stop is checked.
+            // owns the lock). Wait for it here, briefly.
             drop(held);
             std::thread::sleep(std::time::Duration::from_millis(1));
-            if how == How::Once {
-                return Err(io::Error::from(io::ErrorKind::Interrupted));
-            }
             held = self.held();
         }
         if how == How::Try {
@@ -216,13 +203,9 @@ impl Inode {
                 // Classic locks detect "deadlocks" between processes: two
                 // processes each holding a slot and waiting for the
                 // other's is one to the kernel, not to a semaphore (either
-                // may get another slot). Try again shortly; a `Once` wait
-                // reports it as an interruption, so its stop is checked.
+                // may get another slot). Try again shortly.
                 Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
-                    if how == How::Once {
-                        break Err(io::Error::from(io::ErrorKind::Interrupted));
-                    }
                 }
                 r => break r,
             }
@@ -233,12 +216,6 @@ impl Inode {
             held.slots.push(slot);
         }
         r
-    }
-
-    /// Whether a thread of this process holds or waits for `slot`.
-    pub(crate) fn ours(&self, slot: u64) -> bool {
-        let held = self.held();
-        held.slots.contains(&slot) || held.watched.contains(&slot)
     }
 
     /// Releases one holder's `range`; the kernel lock goes when no holder

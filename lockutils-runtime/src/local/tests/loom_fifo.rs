@@ -28,7 +28,7 @@ fn loom_fifo_granted_then_dropped_gives_the_lock_back() {
         });
         let l = lock.clone();
         let waiter = thread::spawn(move || {
-            assert!(l.lock_until(Mode::Exclusive, None));
+            assert!(l.lock_until(Mode::Exclusive, None, false));
             // SAFETY: taken just above.
             unsafe { l.unlock(Mode::Exclusive) };
         });

@@ -20,7 +20,7 @@ unsafe impl Sync for Guarded {}
 
 impl Guarded {
     fn bump(&self) {
-        assert!(self.lock.lock_until(Mode::Exclusive, None));
+        assert!(self.lock.lock_until(Mode::Exclusive, None, false));
         // SAFETY: the lock is held exclusively.
         self.data.with_mut(|n| unsafe { *n += 1 });
         // SAFETY: taken just above.
@@ -72,7 +72,7 @@ impl Inside {
 }
 
 fn use_lock(lock: &RawLock, inside: &Inside, mode: Mode) {
-    assert!(lock.lock_until(mode, None));
+    assert!(lock.lock_until(mode, None, false));
     inside.enter(mode);
     inside.leave(mode);
     // SAFETY: taken just above.
@@ -113,7 +113,7 @@ fn loom_counted_never_more_than_n() {
             .map(|_| {
                 let (l, i) = (lock.clone(), inside.clone());
                 thread::spawn(move || {
-                    assert!(l.lock_until(Mode::Exclusive, None));
+                    assert!(l.lock_until(Mode::Exclusive, None, false));
                     assert!(i.fetch_add(1, Ordering::SeqCst) < 2, "a third holder");
                     i.fetch_sub(1, Ordering::SeqCst);
                     // SAFETY: taken just above.
@@ -144,13 +144,13 @@ fn loom_writer_queued_behind_reader_is_woken() {
         assert!(lock.try_lock(Mode::Exclusive));
         let l = lock.clone();
         let reader = thread::spawn(move || {
-            assert!(l.lock_until(Mode::Shared, None));
+            assert!(l.lock_until(Mode::Shared, None, false));
             // SAFETY: taken just above.
             unsafe { l.unlock(Mode::Shared) };
         });
         let l = lock.clone();
         let writer = thread::spawn(move || {
-            assert!(l.lock_until(Mode::Exclusive, None));
+            assert!(l.lock_until(Mode::Exclusive, None, false));
             // SAFETY: taken just above.
             unsafe { l.unlock(Mode::Exclusive) };
         });
@@ -182,7 +182,7 @@ fn loom_async_waiter_polled_once_then_dropped() {
         });
         let l = lock.clone();
         let waiter = thread::spawn(move || {
-            assert!(l.lock_until(Mode::Exclusive, None));
+            assert!(l.lock_until(Mode::Exclusive, None, false));
             // SAFETY: taken just above.
             unsafe { l.unlock(Mode::Exclusive) };
         });
@@ -221,7 +221,7 @@ fn loom_async_waiter_cancelled_right_after_being_woken() {
         });
         let l = lock.clone();
         let waiter = thread::spawn(move || {
-            assert!(l.lock_until(Mode::Exclusive, None));
+            assert!(l.lock_until(Mode::Exclusive, None, false));
             // SAFETY: taken just above.
             unsafe { l.unlock(Mode::Exclusive) };
         });
@@ -259,7 +259,11 @@ fn loom_handoff_excludes_a_newcomer_and_wakes_the_waiter() {
         // SAFETY: the lock is held exclusively.
         g.data.with_mut(|n| unsafe { *n += 1 });
         // SAFETY: taken before the threads started.
-        unsafe { g.lock.unlock_handoff() };
+        if !unsafe { g.lock.handoff() } {
+            // The waiter was not queued yet: a plain release.
+            // SAFETY: still held (not handed over).
+            unsafe { g.lock.unlock(Mode::Exclusive) };
+        }
         waiter.join().unwrap();
         newcomer.join().unwrap();
         assert!(g.lock.try_lock(Mode::Exclusive), "lock left taken");

@@ -8,8 +8,8 @@ use std::task::{Context, Wake, Waker};
 
 use super::sync::{Arc, AtomicBool, Ordering};
 
-mod loom_cohort;
 mod loom_fifo;
+mod loom_handoff;
 mod loom_raw;
 
 /// Runs `f` under `loom`, by default with at most three preemptions per

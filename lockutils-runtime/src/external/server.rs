@@ -1,0 +1,170 @@
+//! What a lock server is to the rest of the runtime: [`Server`] takes a
+//! lock, [`ServerLock`] is one held; and [`ServerWait`], an acquisition
+//! waiting on a helper thread for an async caller.
+//!
+//! Invariants:
+//! * a server's calls are network round trips and may block: they never
+//!   run on an async executor's thread (async acquisitions wait on a
+//!   helper thread, async guards release on one);
+//! * a server keeps its own state (connections, sessions, keepalive
+//!   threads) per URL, made once and shared by every lock that uses it;
+//!   it keeps nothing per registry entry;
+//! * a [`ServerWait`] that is given up holds nothing anyone needs: its
+//!   helper finishes the server's wait (which ends at the acquisition's
+//!   deadline, if it has one) and releases whatever it gets.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use super::lost::LostFlag;
+use crate::error::LockError;
+use crate::spec::{Mode, Wait};
+
+/// A lock server (PostgreSQL, etcd, Redis).
+pub(crate) trait Server: Send + Sync {
+    /// Takes the lock `name` (a full lock name) in `mode`. `Wait::Try`:
+    /// `Ok(None)` if busy; `Wait::Block`: waits; `Wait::Until`/`Timeout`:
+    /// `Ok(None)` once the deadline passed. Waits happen in the server
+    /// where it can (no client-side polling), on the calling thread.
+    fn lock(
+        &self,
+        name: &str,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<Option<Box<dyn ServerLock>>, LockError>;
+}
+
+/// A lock held on a lock server. Dropping it without `release` must also
+/// release it (or let the server do so when the session ends).
+pub(crate) trait ServerLock: Send {
+    /// Releases the lock on the server.
+    fn release(self: Box<Self>);
+
+    /// Where the lock is, for messages: e.g. `postgres://host/db` + key.
+    fn describe(&self) -> String;
+
+    /// A number that grows with every acquisition of this lock, for fencing
+    /// writes.
+    fn fencing_token(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether the server may have given the lock to someone else since
+    /// (a lost session or lease).
+    fn is_lost(&self) -> bool {
+        false
+    }
+
+    /// The flag the backend's keepalive sets when the lock is lost, for
+    /// [`Lost`](super::Lost) futures; `None` if this lock cannot tell.
+    fn lost_flag(&self) -> Option<Arc<LostFlag>> {
+        None
+    }
+}
+
+/// What a server acquisition ends with.
+type Outcome = Result<Option<Box<dyn ServerLock>>, LockError>;
+
+/// A server acquisition on a helper thread, for an async caller; see the
+/// module's invariants for what dropping it does.
+pub(crate) struct ServerWait {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    outcome: Option<Outcome>,
+    waker: Option<Waker>,
+    /// The caller gave up: the helper releases what it gets.
+    abandoned: bool,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ServerWait {
+    /// Starts `server.lock(name, mode, wait)` on a helper thread.
+    pub(crate) fn start(
+        server: Arc<dyn Server>,
+        name: &str,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<ServerWait, LockError> {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let theirs = shared.clone();
+        let owned = name.to_owned();
+        std::thread::Builder::new()
+            .name("lockutils-server".into())
+            .spawn(move || {
+                let outcome = server.lock(&owned, mode, wait);
+                let mut s = lock(&theirs);
+                if s.abandoned {
+                    drop(s);
+                    if let Ok(Some(held)) = outcome {
+                        held.release();
+                    }
+                    return;
+                }
+                s.outcome = Some(outcome);
+                let waker = s.waker.take();
+                drop(s);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            })
+            .map_err(|source| LockError::Io {
+                name: name.to_owned(),
+                path: Default::default(),
+                op: "start a thread to wait for",
+                source,
+            })?;
+        Ok(ServerWait { shared })
+    }
+
+    /// The outcome if the helper finished, else remembers `waker`.
+    pub(crate) fn poll(&self, waker: &Waker) -> Option<Outcome> {
+        let mut s = lock(&self.shared);
+        if let Some(o) = s.outcome.take() {
+            return Some(o);
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => s.waker = Some(waker.clone()),
+        }
+        None
+    }
+}
+
+impl Drop for ServerWait {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        s.abandoned = true;
+        let late = s.outcome.take();
+        drop(s);
+        if let Some(Ok(Some(held))) = late {
+            // Got just before the caller left; the release is a round trip,
+            // which must not run on the caller's (an executor's) thread.
+            release_elsewhere(held);
+        }
+    }
+}
+
+/// Releases a server lock on a helper thread (or here, if no thread can be
+/// had: late rather than never).
+pub(crate) fn release_elsewhere(held: Box<dyn ServerLock>) {
+    let slot = Arc::new(parking_lot::Mutex::new(Some(held)));
+    let theirs = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lockutils-release".into())
+        .spawn(move || {
+            if let Some(h) = theirs.lock().take() {
+                h.release();
+            }
+        });
+    if spawned.is_err()
+        && let Some(h) = slot.lock().take()
+    {
+        h.release();
+    }
+}
