@@ -87,13 +87,14 @@ fn an_unpolled_waiter_handed_the_lock_holds_it_visibly() {
     assert!(poll_once(task.as_mut()).is_pending());
     await_local_waiter(name);
     drop(first);
+    // Another process first: it sees the file as this process keeps it.
+    let elsewhere = try_in_child(dir.path(), "", name);
+    let in_process = holders(name);
     let here = std::thread::scope(|s| {
         s.spawn(|| support::outcome(&external(name, dir.path()).blocking(false).acquire()))
             .join()
             .unwrap()
     });
-    let elsewhere = try_in_child(dir.path(), "", name);
-    let in_process = holders(name);
     let who = lockutils::holders(&lock).unwrap();
     if support::cohorting() {
         assert_eq!(

@@ -52,8 +52,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
 use super::lost::LostFlag;
-use super::server::{Server, ServerLock};
-use super::{error_chain, outside_runtime};
+use super::server::{Server, ServerLock, error_chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::spec::{Mode, Wait};
@@ -183,7 +182,7 @@ fn query_options(query: &str) -> Result<(u64, TlsFiles), String> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("ttl", v)) => {
-                ttl = super::ttl_seconds(v)?;
+                ttl = super::server::ttl_seconds(v)?;
             }
             Some(("cacert", v)) => files.ca = Some(v.to_owned()),
             Some(("cert", v)) => files.cert = Some(v.to_owned()),

@@ -76,8 +76,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::lost::LostFlag;
 use super::pg_tls;
-use super::server::{Server, ServerLock};
-use super::{error_chain as chain, outside_runtime};
+use super::server::{Server, ServerLock, error_chain as chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::spec::{Mode, Wait};

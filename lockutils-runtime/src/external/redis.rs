@@ -39,9 +39,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ::redis::{Client, Connection, ConnectionLike, RedisError, TlsCertificates};
 use parking_lot::{Condvar, Mutex};
 
-use super::error_chain;
 use super::lost::LostFlag;
-use super::server::{Server, ServerLock};
+use super::server::{Server, ServerLock, error_chain};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::spec::{Mode, Wait};
@@ -126,7 +125,7 @@ impl Redis {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("ttl", v)) => {
-                    ttl = super::ttl_seconds(v).map_err(bad)?;
+                    ttl = super::server::ttl_seconds(v).map_err(bad)?;
                 }
                 Some(("cacert", v)) => ca = Some(v.to_owned()),
                 Some(("cert", v)) => cert = Some(v.to_owned()),

@@ -168,3 +168,43 @@ pub(crate) fn release_elsewhere(held: Box<dyn ServerLock>) {
         h.release();
     }
 }
+
+/// A `ttl=` URL parameter (etcd, Redis): whole seconds from 1 to a day.
+#[cfg(any(feature = "etcd", feature = "redis"))]
+pub(crate) fn ttl_seconds(v: &str) -> Result<u64, String> {
+    v.parse()
+        .ok()
+        .filter(|t| (1..=86_400).contains(t))
+        .ok_or_else(|| format!("ttl={v:?}: expected a number of seconds from 1 to 86400"))
+}
+
+/// An error and its causes, each once: `a: b: c`.
+#[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Runs `f`, which blocks on a client's own tokio runtime: on this thread
+/// normally, on a scoped thread when called from inside an async runtime
+/// (a synchronous lock taken or dropped in async code), where blocking on
+/// another runtime would panic.
+#[cfg(any(feature = "postgres", feature = "etcd"))]
+pub(crate) fn outside_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
