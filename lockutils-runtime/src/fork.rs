@@ -16,7 +16,8 @@
 //! be); the rest is decided lazily, by the code that finds a stamp of
 //! another generation. Checking costs one relaxed load and no system call.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 static FORKS: AtomicU32 = AtomicU32::new(0);
 
@@ -71,4 +72,142 @@ mod imp {
 mod imp {
     // No fork outside Unix.
     pub(super) fn on_fork_in_child() {}
+}
+
+/// A value each process makes for itself: after a fork, the child's first
+/// [`get`](PerProcess::get) makes a new one (from the inherited one, which
+/// it may read but must not use), and the inherited one is left alone for
+/// good: never used, never dropped. It may hold sockets the parent still
+/// talks through, mutexes that threads absent in the child held at the
+/// fork, a runtime whose threads the child lacks; dropping any of those
+/// could write to the parent's connections or wait forever.
+///
+/// Invariant: `current` always points to a live `Made` from
+/// `Box::into_raw`; a `Made` is freed only by `Drop`, and only if it was
+/// made in the dropping process. Values replaced after a fork are leaked,
+/// one per fork generation that used it.
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "etcd")),
+    allow(dead_code) // only lock servers keep connections
+)]
+pub(crate) struct PerProcess<T> {
+    current: AtomicPtr<Made<T>>,
+    /// Shares `T` between threads and moves it across them, as `RwLock<T>`
+    /// does: `Send` if `T: Send`, `Sync` if `T: Send + Sync`.
+    _owns: PhantomData<std::sync::RwLock<T>>,
+}
+
+struct Made<T> {
+    born: Born,
+    value: T,
+}
+
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "etcd")),
+    allow(dead_code)
+)]
+impl<T> PerProcess<T> {
+    /// `value`, made in this process.
+    pub(crate) fn new(value: T) -> PerProcess<T> {
+        let made = Box::new(Made {
+            born: Born::now(),
+            value,
+        });
+        PerProcess {
+            current: AtomicPtr::new(Box::into_raw(made)),
+            _owns: PhantomData,
+        }
+    }
+
+    /// This process's value; in a forked child, the first call makes it
+    /// with `fresh`, given the inherited value.
+    #[inline]
+    pub(crate) fn get(&self, fresh: impl FnOnce(&T) -> T) -> &T {
+        let made = self.current.load(Ordering::Acquire);
+        // SAFETY: `current` points to a live `Made` (the invariant); it is
+        // freed only by `drop(&mut self)`, which cannot run while `&self`
+        // is borrowed.
+        let m = unsafe { &*made };
+        if m.born.here() {
+            return &m.value;
+        }
+        self.renew(made, fresh)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn renew(&self, inherited: *mut Made<T>, fresh: impl FnOnce(&T) -> T) -> &T {
+        // SAFETY: as in `get`; an inherited `Made` is never freed here.
+        let value = fresh(unsafe { &(*inherited).value });
+        let made = Box::into_raw(Box::new(Made {
+            born: Born::now(),
+            value,
+        }));
+        match self
+            .current
+            .compare_exchange(inherited, made, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // The inherited one is leaked on purpose (see the type's docs).
+            // SAFETY: `made` is live and now `current`.
+            Ok(_) => unsafe { &(*made).value },
+            Err(theirs) => {
+                // Another thread of this process renewed it first: use
+                // theirs, free ours (never shared).
+                // SAFETY: `made` came from Box::into_raw just above and
+                // was never published.
+                drop(unsafe { Box::from_raw(made) });
+                // SAFETY: `theirs` is `current`, live by the invariant.
+                unsafe { &(*theirs).value }
+            }
+        }
+    }
+}
+
+impl<T> Drop for PerProcess<T> {
+    fn drop(&mut self) {
+        let made = *self.current.get_mut();
+        // SAFETY: `current` is live and owned by `self`, dropped only here.
+        let made = unsafe { Box::from_raw(made) };
+        if !made.born.here() {
+            // Inherited through fork: left alone, like the ones replaced.
+            std::mem::forget(made);
+        }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_makes_its_own_value_and_leaves_the_inherited_one() {
+        use std::sync::atomic::AtomicUsize;
+        static DROPPED: AtomicUsize = AtomicUsize::new(0);
+        struct Counted(u32);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                DROPPED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let per = PerProcess::new(Counted(1));
+        assert_eq!(per.get(|_| unreachable!("made here")).0, 1);
+        // SAFETY: the child only calls into `per`, then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let fresh = per.get(|old| Counted(old.0 + 1)).0;
+            let again = per.get(|_| Counted(99)).0;
+            drop(per); // frees the child's value only
+            let ok = fresh == 2 && again == 2 && DROPPED.load(Ordering::SeqCst) == 1;
+            // SAFETY: ends the child without the parent's atexit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(per.get(|_| unreachable!("still this process's")).0, 1);
+        drop(per);
+        assert_eq!(DROPPED.load(Ordering::SeqCst), 1);
+    }
 }

@@ -36,6 +36,11 @@
 //! dies stops renewing its lease, so waiters proceed at most `ttl` seconds
 //! later.
 //!
+//! After `fork` without `exec`, a child's first lock starts its own
+//! runtime and connection (the parent's runtime threads are not in the
+//! child); a guard it inherited is the parent's lease: `is_lost()` is
+//! `true` there, and dropping it revokes nothing.
+//!
 //! Names are escaped (`%` → `%25`, `/` → `%2F`) so that no name's keys can
 //! fall under another name's prefix.
 
@@ -55,6 +60,7 @@ use super::lost::LostFlag;
 use super::{Backend, ExternalHold, RemoteHold, Target, error_chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
+use crate::fork::PerProcess;
 use crate::spec::{Mode, Wait};
 
 /// The lease time-to-live when the URL does not give `?ttl=`, in seconds.
@@ -68,7 +74,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An etcd cluster used as a lock server.
 pub(crate) struct Etcd {
-    inner: Arc<Inner>,
+    /// The URL without its password, for messages.
+    url: String,
+    /// Each process's own runtime and connections: a forked child has
+    /// none of the parent's runtime threads, and its connections are the
+    /// parent's. `Err`: a child could not start its runtime.
+    inner: PerProcess<Result<Arc<Inner>, String>>,
 }
 
 struct Inner {
@@ -135,12 +146,7 @@ impl Etcd {
         if let Some((user, password)) = userinfo.and_then(|u| u.split_once(':')) {
             options = options.with_user(user, password);
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("lockutils-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| bad(format!("cannot start its runtime: {e}")))?;
+        let runtime = start_runtime().map_err(bad)?;
         let inner = Inner {
             url: redact(url),
             endpoints,
@@ -152,7 +158,45 @@ impl Etcd {
             client: Mutex::new(None),
         };
         Ok(Etcd {
-            inner: Arc::new(inner),
+            url: redact(url),
+            inner: PerProcess::new(Ok(Arc::new(inner))),
+        })
+    }
+
+    /// This process's runtime and connections (made anew in a forked child).
+    fn inner(&self) -> Result<&Arc<Inner>, &str> {
+        let fresh = |inherited: &Result<Arc<Inner>, String>| match inherited {
+            Ok(inner) => inner.fresh().map(Arc::new),
+            Err(e) => Err(e.clone()),
+        };
+        self.inner.get(fresh).as_ref().map_err(String::as_str)
+    }
+}
+
+/// The private runtime the client and the keepalive tasks run on.
+fn start_runtime() -> Result<Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("lockutils-etcd")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start its runtime: {e}"))
+}
+
+impl Inner {
+    /// A forked child's: the same settings, its own runtime, no client
+    /// (reading `self` only: its mutexes may have been held by threads the
+    /// child lacks, and its runtime's threads are not in the child).
+    fn fresh(&self) -> Result<Inner, String> {
+        Ok(Inner {
+            url: self.url.clone(),
+            endpoints: self.endpoints.clone(),
+            options: self.options.clone(),
+            prefix: self.prefix.clone(),
+            ttl: self.ttl,
+            tls: self.tls,
+            runtime: start_runtime()?,
+            client: Mutex::new(None),
         })
     }
 }
@@ -165,7 +209,12 @@ impl Backend for Etcd {
         wait: Wait,
     ) -> Result<Option<ExternalHold>, LockError> {
         let (name, wait) = (target.name, wait.start());
-        let inner = &self.inner;
+        let inner = self.inner().map_err(|cause| LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op: "connect",
+            cause: cause.to_owned(),
+        })?;
         let got = outside_runtime(|| {
             inner
                 .runtime
@@ -370,7 +419,7 @@ impl Inner {
             key: String::new(),
             revision: 0,
             state,
-            keeper,
+            keeper: Some(keeper),
             key_watch: None,
             revoked: false,
         };
@@ -511,7 +560,8 @@ struct EtcdHold {
     /// Its create revision: our place in the queue, and the fencing token.
     revision: i64,
     state: Arc<LeaseState>,
-    keeper: tokio::task::JoinHandle<()>,
+    /// Keeps the lease alive; `None` once stopped.
+    keeper: Option<tokio::task::JoinHandle<()>>,
     /// Watches our key while held: its deletion means the lock is lost.
     key_watch: Option<tokio::task::JoinHandle<()>>,
     revoked: bool,
@@ -524,7 +574,9 @@ impl EtcdHold {
         self.revoked = true;
         self.state.released.store(true, Ordering::Release);
         self.state.flag.released();
-        self.keeper.abort();
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
         if let Some(w) = self.key_watch.take() {
             w.abort();
         }
@@ -737,6 +789,9 @@ impl RemoteHold for EtcdHold {
     }
 
     fn is_lost(&self) -> bool {
+        if self.state.flag.inherited() {
+            return true; // see `LostFlag`
+        }
         let lost = self.state.is_lost();
         if lost {
             self.state
@@ -753,6 +808,15 @@ impl RemoteHold for EtcdHold {
 impl Drop for EtcdHold {
     /// Releases: the next in the queue goes.
     fn drop(&mut self) {
+        if self.state.flag.inherited() {
+            // A forked child's copy: the lease is the parent's, whose
+            // runtime keeps it alive; revoking it would free the parent's
+            // lock. The tasks belong to a runtime without threads here:
+            // left alone, as the runtime is.
+            std::mem::forget(self.keeper.take());
+            std::mem::forget(self.key_watch.take());
+            return;
+        }
         if self.revoked {
             return;
         }
@@ -814,13 +878,19 @@ mod tests {
     #[test]
     fn urls_give_endpoints_prefix_and_ttl() {
         let e = Etcd::new("etcd://u:pw@h1:2379,h2:2379/my/locks?ttl=5").unwrap();
-        assert_eq!(e.inner.endpoints, ["http://h1:2379", "http://h2:2379"]);
-        assert_eq!(e.inner.prefix, "my/locks/");
-        assert_eq!(e.inner.ttl, 5);
-        assert_eq!(e.inner.url, "etcd://u:***@h1:2379,h2:2379/my/locks?ttl=5");
+        assert_eq!(
+            e.inner().unwrap().endpoints,
+            ["http://h1:2379", "http://h2:2379"]
+        );
+        assert_eq!(e.inner().unwrap().prefix, "my/locks/");
+        assert_eq!(e.inner().unwrap().ttl, 5);
+        assert_eq!(
+            e.inner().unwrap().url,
+            "etcd://u:***@h1:2379,h2:2379/my/locks?ttl=5"
+        );
         let d = Etcd::new("etcd://h:2379").unwrap();
         assert_eq!(
-            (d.inner.prefix.as_str(), d.inner.ttl),
+            (d.inner().unwrap().prefix.as_str(), d.inner().unwrap().ttl),
             (DEFAULT_PREFIX, DEFAULT_TTL as i64)
         );
         for bad in [

@@ -57,6 +57,12 @@
 //! Any of the client settings may be overridden in the URL
 //! (`?keepalives_idle=30&connect_timeout=10`, as libpq names them).
 //!
+//! * **fork without exec**: a child never uses the parent's sessions (their
+//!   sockets are shared with the parent); its first lock makes its own
+//!   pool and checking thread. A guard it inherited is the parent's lock:
+//!   `is_lost()` is `true` there, and dropping it neither unlocks nor ends
+//!   the parent's session (the client is kept, unused).
+//!
 //! * **TLS**: `?sslmode=verify-full&sslrootcert=/ca.pem` (also `require`,
 //!   `verify-ca`, and `sslcert`/`sslkey` for a client certificate), with
 //!   libpq's meanings; see [`pg_tls`](super::pg_tls). Never a fallback to
@@ -64,7 +70,7 @@
 //! * **Password**: in the URL, else from `PGPASSWORD`; neither is ever
 //!   shown (messages carry the URL with the password as `***`).
 
-use std::sync::{Arc, Once, Weak};
+use std::sync::{Arc, Once, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ::postgres::config::SslMode as PgSslMode;
@@ -79,6 +85,7 @@ use super::pg_tls;
 use super::{Backend, ExternalHold, RemoteHold, Target, error_chain as chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
+use crate::fork::PerProcess;
 use crate::spec::{Mode, Wait};
 
 /// Idle sessions kept for reuse; more are closed when released.
@@ -111,7 +118,9 @@ pub(crate) fn key(name: &str) -> i64 {
 
 /// A PostgreSQL server used as a lock server.
 pub(crate) struct Postgres {
-    pool: Arc<Pool>,
+    /// Each process's own sessions: a forked child never uses the
+    /// parent's (their sockets are the parent's too).
+    pool: PerProcess<Arc<Pool>>,
 }
 
 /// The connection settings and the idle sessions.
@@ -123,10 +132,10 @@ struct Pool {
     url: String,
     idle: Mutex<Vec<Client>>,
     /// Whether [`FENCE_SEQUENCE`] exists (decided on the first connect).
-    fencing: std::sync::OnceLock<bool>,
+    fencing: OnceLock<bool>,
     /// Whether sessions are real (not pooled per transaction), found by
     /// the first connect: `Err` says why not.
-    sessions: std::sync::OnceLock<Result<(), String>>,
+    sessions: OnceLock<Result<(), String>>,
     /// The held sessions, for the checking thread.
     held: Mutex<Vec<Weak<Held>>>,
     checking: Once,
@@ -182,13 +191,13 @@ impl Postgres {
             tls,
             url: redact(url),
             idle: Mutex::new(Vec::new()),
-            fencing: std::sync::OnceLock::new(),
-            sessions: std::sync::OnceLock::new(),
+            fencing: OnceLock::new(),
+            sessions: OnceLock::new(),
             held: Mutex::new(Vec::new()),
             checking: Once::new(),
         };
         Ok(Postgres {
-            pool: Arc::new(pool),
+            pool: PerProcess::new(Arc::new(pool)),
         })
     }
 }
@@ -202,9 +211,10 @@ impl Backend for Postgres {
     ) -> Result<Option<ExternalHold>, LockError> {
         let (name, wait) = (target.name, wait.start());
         let key = key(name);
-        let got = outside_runtime(|| self.pool.run(name, key, mode, wait))?;
+        let pool = self.pool.get(|inherited| Arc::new(inherited.fresh()));
+        let got = outside_runtime(|| pool.run(name, key, mode, wait))?;
         Ok(got.map(|(client, fence)| {
-            let hold = PgHold::new(self.pool.clone(), client, key, mode, fence);
+            let hold = PgHold::new(pool.clone(), client, key, mode, fence);
             ExternalHold::remote(hold)
         }))
     }
@@ -241,6 +251,30 @@ fn lock_sql(key: i64, mode: Mode, wait: Wait, fence: bool) -> String {
 }
 
 impl Pool {
+    /// The pool of a forked child: the same settings and what the parent
+    /// learnt of the server, no sessions (reading `self` only: its mutexes
+    /// may have been held by threads the child lacks).
+    fn fresh(&self) -> Pool {
+        Pool {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            url: self.url.clone(),
+            idle: Mutex::new(Vec::new()),
+            fencing: self
+                .fencing
+                .get()
+                .copied()
+                .map_or_else(OnceLock::new, OnceLock::from),
+            sessions: self
+                .sessions
+                .get()
+                .cloned()
+                .map_or_else(OnceLock::new, OnceLock::from),
+            held: Mutex::new(Vec::new()),
+            checking: Once::new(),
+        }
+    }
+
     /// Takes `key` on an idle or new session. `Some`: the session, now
     /// holding the lock, and the fencing token; `None`: busy, the session
     /// went back.
@@ -534,6 +568,14 @@ impl RemoteHold for PgHold {
 
 impl Drop for PgHold {
     fn drop(&mut self) {
+        if self.held.lost.inherited() {
+            // A forked child's copy: the session is the parent's. Unlocking
+            // would unlock the parent's lock, and even dropping the client
+            // would end the parent's session (it says Terminate on the
+            // shared socket): it is kept, unused, for good.
+            std::mem::forget(self.held.clone());
+            return;
+        }
         self.held.lost.released();
         let Some(mut client) = self.held.client.lock().take() else {
             return;

@@ -20,6 +20,10 @@
 //!   `PTTL`, at most one second later as a bounded re-check): no hot poll.
 //!   A deadline or `blocking(false)` gives up without leaving anything on
 //!   the server.
+//! * **fork without exec**: a child never uses the parent's connections;
+//!   its first lock makes its own, and its own renewal thread. A guard it
+//!   inherited is the parent's key: `is_lost()` is `true` there, and
+//!   dropping it deletes nothing.
 //! * **Shared** (reader) mode is refused with `LockError::Backend`: a plain
 //!   key has one owner, and a reader count would need its own expiry
 //!   scheme; use PostgreSQL or etcd for reader/writer locks.
@@ -43,6 +47,7 @@ use super::lost::LostFlag;
 use super::{Backend, ExternalHold, RemoteHold, Target, error_chain};
 use crate::config::redact;
 use crate::error::LockError;
+use crate::fork::PerProcess;
 use crate::spec::{Mode, Wait};
 
 /// The key time-to-live when the URL does not give `?ttl=`, in seconds.
@@ -72,7 +77,9 @@ const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 
 /// A Redis server used as a lock server.
 pub(crate) struct Redis {
-    inner: Arc<Inner>,
+    /// Each process's own connections and renewal thread: a forked child
+    /// never uses the parent's.
+    inner: PerProcess<Arc<Inner>>,
 }
 
 struct Inner {
@@ -151,8 +158,13 @@ impl Redis {
             renewing: std::sync::Once::new(),
         };
         Ok(Redis {
-            inner: Arc::new(inner),
+            inner: PerProcess::new(Arc::new(inner)),
         })
+    }
+
+    /// This process's connections.
+    fn inner(&self) -> &Arc<Inner> {
+        self.inner.get(|inherited| Arc::new(inherited.fresh()))
     }
 }
 
@@ -200,7 +212,7 @@ impl Backend for Redis {
     ) -> Result<Option<ExternalHold>, LockError> {
         let (name, wait) = (target.name, wait.start());
         if mode == Mode::Shared {
-            return Err(self.inner.error(
+            return Err(self.inner().error(
                 name,
                 "lock",
                 "Redis locks have no shared (reader) mode: take it exclusive, or use \
@@ -208,7 +220,7 @@ impl Backend for Redis {
                     .into(),
             ));
         }
-        let got = self.inner.clone().acquire(name, wait)?;
+        let got = self.inner().clone().acquire(name, wait)?;
         Ok(got.map(ExternalHold::remote))
     }
 }
@@ -225,6 +237,22 @@ fn new_token() -> String {
 }
 
 impl Inner {
+    /// A forked child's: the same server and settings, no connections, no
+    /// held keys (reading `self` only: its mutexes may have been held by
+    /// threads the child lacks).
+    fn fresh(&self) -> Inner {
+        Inner {
+            url: self.url.clone(),
+            client: self.client.clone(),
+            tls: self.tls,
+            ttl: self.ttl,
+            idle: Mutex::new(Vec::new()),
+            held: Mutex::new(HashMap::new()),
+            added: Condvar::new(),
+            renewing: std::sync::Once::new(),
+        }
+    }
+
     fn error(&self, name: &str, op: &'static str, cause: String) -> LockError {
         LockError::Backend {
             name: name.to_owned(),
@@ -500,6 +528,12 @@ impl Drop for RedisHold {
     /// Stops renewing and deletes the key if it is still ours. If Redis
     /// cannot be reached, the key expires after its time-to-live.
     fn drop(&mut self) {
+        if self.state.lost.inherited() {
+            // A forked child's copy: the key and its token are the
+            // parent's, who still renews it; deleting it would free the
+            // parent's lock.
+            return;
+        }
         self.state.lost.released();
         self.inner.held.lock().remove(&self.id);
         let released = self.inner.with_connection(|c| {
@@ -528,8 +562,8 @@ mod tests {
     #[test]
     fn urls_give_ttl_and_tls_files() {
         let r = Redis::new("redis://u:pw@h:6379/0?ttl=3").unwrap();
-        assert_eq!(r.inner.ttl, Duration::from_secs(3));
-        assert_eq!(r.inner.url, "redis://u:***@h:6379/0?ttl=3");
+        assert_eq!(r.inner().ttl, Duration::from_secs(3));
+        assert_eq!(r.inner().url, "redis://u:***@h:6379/0?ttl=3");
         for bad in [
             "redis://h?ttl=0",
             "redis://h?cacert=/ca.pem",
