@@ -332,3 +332,112 @@ fn every_tls_and_cluster_url_in_lockutils_backend_gives_an_exact_counter() {
         println!("{what}: {want} increments across {ENV_PROCESSES} processes in {took:?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// PostgreSQL's manual's self-signed certificate, trusted as its own root;
+// the system's roots.
+
+/// A URL of the TLS-only cluster whose certificate is the manual's
+/// self-signed one, on `host`, with the password and `query`.
+fn self_signed_url(host: &str, query: &str) -> String {
+    let pg = servers::postgres_tls_self_signed();
+    format!(
+        "postgres://postgres:{TLS_PG_PASSWORD}@{host}:{}/postgres?{query}",
+        pg.port
+    )
+}
+
+/// Whether psql (libpq) connects with the URL `url`: its error if not.
+fn psql_connects(url: &str) -> Result<(), String> {
+    let out = std::process::Command::new(servers::pg_bin().join("psql"))
+        .args(["-X", "-A", "-t", "-q", "-d", url, "-c", "SELECT 1"])
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Before: every case that psql accepts failed here with
+/// `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`, and
+/// the certificate's name (a common name, no alternative names) matched
+/// nothing.
+#[test]
+fn pg_the_manuals_self_signed_certificate_is_accepted_where_psql_accepts_it() {
+    let cert = &servers::self_signed().cert;
+    // What the case is about: a CA certificate, named only by its CN.
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert)
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CA:TRUE"), "{text}");
+    assert!(!text.contains("Subject Alternative Name"), "{text}");
+    assert!(text.contains("CN = localhost"), "{text}");
+
+    let own = cert.display().to_string();
+    let other = certs().other_ca.display().to_string();
+    for (host, mode, root, accepted) in [
+        ("localhost", "verify-full", &own, true),
+        ("localhost", "verify-ca", &own, true),
+        ("localhost", "require", &own, true),
+        // The name is the certificate's common name only.
+        ("127.0.0.2", "verify-full", &own, false),
+        ("127.0.0.2", "verify-ca", &own, true),
+        // Another root: nothing vouches for this certificate.
+        ("localhost", "verify-full", &other, false),
+        ("localhost", "verify-ca", &other, false),
+    ] {
+        let url = self_signed_url(host, &format!("sslmode={mode}&sslrootcert={root}"));
+        let case = format!("sslmode={mode} to {host} trusting {root}");
+        let psql = psql_connects(&url);
+        assert_eq!(psql.is_ok(), accepted, "psql, {case}: {psql:?}");
+        let ours = try_lock(&url, "tls-pg-self-signed");
+        assert_eq!(ours.is_ok(), accepted, "lockutils, {case}: {ours:?}");
+        if let Err(e) = ours {
+            println!("{case}: {e}");
+        }
+    }
+}
+
+/// `sslrootcert=system` in a child whose system roots (`SSL_CERT_FILE`,
+/// which OpenSSL and rustls-native-certs read) are the file `roots`: what
+/// locking `url` came to.
+fn with_system_roots(url: &str, roots: &Path) -> String {
+    let mut c = support::child("child_tls_pg_lock")
+        .param("URL", url)
+        .env("SSL_CERT_FILE", roots)
+        .env_remove("SSL_CERT_DIR")
+        .spawn();
+    let got = c.next_report();
+    c.finish();
+    got
+}
+
+/// Before: `sslrootcert=system` was read as a file named `system`.
+#[test]
+fn pg_sslrootcert_system_trusts_the_systems_roots_and_means_verify_full() {
+    let c = certs();
+    let own = &servers::self_signed().cert;
+    let system = "sslrootcert=system";
+    assert_eq!(
+        with_system_roots(&self_signed_url("localhost", system), own),
+        "ok"
+    );
+    assert_eq!(
+        with_system_roots(&pg_url("localhost", true, system), &c.ca),
+        "ok"
+    );
+    // verify-full, as libpq makes it: the name is checked.
+    let wrong_host = with_system_roots(&pg_url("127.0.0.2", true, system), &c.ca);
+    assert!(wrong_host.contains("not valid for"), "{wrong_host}");
+    let unknown = with_system_roots(&pg_url("localhost", true, system), &c.other_ca);
+    assert!(unknown.contains("UnknownIssuer"), "{unknown}");
+    let weaker = pg_url("localhost", true, "sslrootcert=system&sslmode=verify-ca");
+    let (op, cause) = failure(&weaker, "tls-pg-system-weaker");
+    assert_eq!(op, "configure");
+    assert!(cause.contains("verify-full"), "{cause}");
+}

@@ -81,6 +81,44 @@ fn make_certs() -> Certs {
     certs
 }
 
+/// A self-signed server certificate and its key.
+pub struct SelfSigned {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A server certificate made as PostgreSQL's manual makes one ("Creating
+/// Certificates"): `openssl req -new -x509 -days 365 -nodes -text -out
+/// server.crt -keyout server.key -subj "/CN=dbhost.yourdomain.com"`, with
+/// `localhost` as the name. OpenSSL gives it an RSA key, its default
+/// `v3_ca` extensions (`CA:TRUE`) and no subject alternative name; the
+/// client is to trust this very file as its root. Made on first use.
+pub fn self_signed() -> &'static SelfSigned {
+    static CERT: OnceLock<SelfSigned> = OnceLock::new();
+    CERT.get_or_init(|| {
+        let dir = server_dir("selfsigned", &RunAs(None));
+        let c = SelfSigned {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        };
+        let out = Command::new(which("openssl", "apt-get install openssl"))
+            .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-text"])
+            .arg("-out")
+            .arg(&c.cert)
+            .arg("-keyout")
+            .arg(&c.key)
+            .args(["-subj", "/CN=localhost"])
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl req -new -x509 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c
+    })
+}
+
 /// Makes a P-256 key and a certificate for `cn`: self-signed, or signed by
 /// `signer` (certificate, key).
 fn openssl(cert: &Path, key: &Path, cn: &str, extra: &[&str], signer: Option<(&Path, &Path)>) {

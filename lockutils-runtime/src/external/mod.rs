@@ -43,6 +43,8 @@ mod pg_tls;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "postgres")]
+mod tls;
 
 pub use lost::Lost;
 pub(crate) use lost::LostFlag;
