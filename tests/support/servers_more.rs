@@ -338,10 +338,21 @@ pub fn pgbouncer(mode: &str) -> &'static str {
         "transaction" => &TRANSACTION,
         other => panic!("pool mode {other:?}"),
     };
-    cell.get_or_init(|| start_pgbouncer(mode))
+    cell.get_or_init(|| start_pgbouncer(mode, ""))
 }
 
-fn start_pgbouncer(mode: &str) -> String {
+/// A pgbouncer in transaction mode that hands out its idle server
+/// connections in turn (`server_round_robin = 1`, FIFO); `postgres` may
+/// use its admin console (the database `pgbouncer`). Started once.
+pub fn pgbouncer_round_robin() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let extra = "server_round_robin = 1\nadmin_users = postgres\n";
+        start_pgbouncer("transaction", extra)
+    })
+}
+
+fn start_pgbouncer(mode: &str, extra: &str) -> String {
     let server = postgres();
     let pg_port = server
         .rsplit_once(':')
@@ -352,7 +363,8 @@ fn start_pgbouncer(mode: &str) -> String {
         .unwrap();
     // pgbouncer refuses to run as root.
     let user = RunAs::pick();
-    let dir = server_dir(&format!("pgbouncer-{mode}"), &user);
+    let kind = if extra.is_empty() { mode } else { "custom" };
+    let dir = server_dir(&format!("pgbouncer-{kind}"), &user);
     let port = free_port();
     let users = dir.join("users.txt");
     std::fs::write(&users, "\"postgres\" \"\"\n").expect("write the auth file");
@@ -360,7 +372,7 @@ fn start_pgbouncer(mode: &str) -> String {
         "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n\
          listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
          auth_type = trust\nauth_file = {}\npool_mode = {mode}\n\
-         max_client_conn = 400\ndefault_pool_size = 100\nlogfile =\npidfile =\n",
+         max_client_conn = 400\ndefault_pool_size = 100\nlogfile =\npidfile =\n{extra}",
         users.display()
     );
     let ini = dir.join("pgbouncer.ini");

@@ -50,8 +50,10 @@
 //!   statement pooling would run a lock and its unlock on different server
 //!   sessions, so the first connection checks: a second session's first
 //!   statement must not run on the first session's server backend, and the
-//!   first session's next statement must run on the same backend as its
-//!   first (`pg_backend_pid()`). Otherwise every lock fails with a
+//!   first session's next two statements must run on the same backend as
+//!   its first (`pg_backend_pid()`; two, because a pooler handing out idle
+//!   server connections in turn, as PgBouncer's `server_round_robin` does,
+//!   can bring one statement back to it). Otherwise every lock fails with a
 //!   `LockError::Backend` that says so.
 //!
 //! Any of the client settings may be overridden in the URL
@@ -365,11 +367,15 @@ impl Pool {
         let mine = pid(first)?;
         let mut second = self.session()?;
         let theirs = pid(&mut second)?;
-        let again = pid(first)?;
-        let verdict = if mine == theirs || mine != again {
+        // Twice: a pooler that hands out its idle server connections in
+        // turn (PgBouncer's server_round_robin) may bring the first session
+        // back to its backend once, never twice in a row unless it has one.
+        let again = [pid(first)?, pid(first)?];
+        let verdict = if mine == theirs || again.iter().any(|p| *p != mine) {
+            let [a, b] = again;
             Err(format!(
                 "the server is behind a pooler in transaction or statement mode: statements \
-                 ran on server backends {mine}, {theirs} (another session), {again}; session \
+                 ran on server backends {mine}, {theirs} (another session), {a}, {b}; session \
                  advisory locks need whole sessions: pool_mode = session, or connect directly"
             ))
         } else {
