@@ -527,3 +527,36 @@ fn a_forked_child_leaves_the_parents_lock_alone_and_renews_its_own() {
         drop(redis_lock(free, &url).blocking(false).acquire().unwrap());
     }
 }
+
+// ---------------------------------------------------------------------------
+// A key without a time-to-live.
+
+/// How many scripts (`EVAL`: each attempt is one) the server at `url` ran.
+fn evals(url: &str) -> u64 {
+    let stats = redis_cli(url, &["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_eval:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// Before: a waiter tried again every ~2 ms while the lock's key had no
+/// time-to-live (`PTTL` -1), about 500 attempts a second.
+#[test]
+fn a_waiter_does_not_poll_a_key_without_a_ttl() {
+    let server = servers::start_redis();
+    let name = "redis-no-ttl";
+    // Someone else's key, set without an expiry.
+    redis_cli(
+        &server.url,
+        &["SET", &format!("lockutils:{name}"), "foreign"],
+    );
+    let before = evals(&server.url);
+    let wait = Duration::from_secs(2);
+    let r = redis_lock(name, &server.url).timeout(wait).acquire();
+    assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+    let attempts = evals(&server.url) - before;
+    println!("redis: {attempts} attempts in a {wait:?} wait for a key without a ttl");
+    // One at the start, one once subscribed, then one a second at most.
+    assert!(attempts <= 2 + wait.as_secs() + 1, "{attempts} attempts");
+}

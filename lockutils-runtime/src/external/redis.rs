@@ -17,7 +17,9 @@
 //!   holds our token), which also `PUBLISH`es on `<key>:released`.
 //! * **Waiting**: subscribed to `<key>:released`, a waiter tries again when
 //!   a release is published, or when the holder's key would expire (its
-//!   `PTTL`, at most one second later as a bounded re-check): no hot poll.
+//!   `PTTL`, at most one second later as a bounded re-check): no hot poll,
+//!   also for a key without a time-to-live (not one lockutils set), which
+//!   is looked at once a second.
 //!   A deadline or `blocking(false)` gives up without leaving anything on
 //!   the server.
 //! * **fork without exec**: a child never uses the parent's connections;
@@ -308,8 +310,14 @@ impl Inner {
         if fence > 0 {
             return Ok(Ok(fence));
         }
-        // -1 (no expiry: not ours) or -2 (just gone): look again soon.
-        Ok(Err(Duration::from_millis(pttl.max(1) as u64)))
+        Ok(Err(match pttl {
+            // No expiry (a key not set by lockutils): it goes only when
+            // deleted; the bounded re-check sees that.
+            -1 => RECHECK,
+            // Gone since the script looked: try again at once.
+            ..=0 => Duration::from_millis(1),
+            ms => Duration::from_millis(ms as u64),
+        }))
     }
 
     fn acquire(self: Arc<Self>, name: &str, wait: Wait) -> Result<Option<RedisHold>, LockError> {
