@@ -1,9 +1,13 @@
-//! TLS to the lock servers (features `postgres`, `etcd`), against a
-//! TLS-only PostgreSQL (pg_hba `hostssl`, SCRAM password) and an etcd that
+//! TLS to the lock servers (features `postgres`, `etcd`, `redis`), against
+//! a TLS-only PostgreSQL (pg_hba `hostssl`, SCRAM password) and an etcd that
 //! demands client certificates, both started for this test binary with
 //! certificates made at test time (`tests/support/servers_more.rs`). The
 //! server certificate names `localhost` and `127.0.0.1`; both servers also
-//! listen on `127.0.0.2`, a name the certificate does not carry.
+//! listen on `127.0.0.2`, a name the certificate does not carry. More
+//! servers (PostgreSQL, etcd, Redis) present a self-signed certificate made
+//! as PostgreSQL's manual makes one, which the clients trust as its own
+//! root; the engines' own clients (psql, etcdctl, redis-cli) are asked the
+//! same questions beside lockutils.
 #![cfg(all(unix, feature = "postgres", feature = "etcd"))]
 
 #[path = "support/servers.rs"]
@@ -165,8 +169,8 @@ fn pg_bad_tls_settings_are_configuration_errors() {
     }
 }
 
-/// Child: takes a lock on `URL` (no password in it: `PGPASSWORD` has it);
-/// reports the outcome.
+/// Child: takes a lock on `URL` (for PostgreSQL, the password may be in
+/// `PGPASSWORD` instead); reports the outcome.
 #[test]
 fn child_tls_pg_lock() {
     if !running_as("child_tls_pg_lock") {
@@ -440,4 +444,109 @@ fn pg_sslrootcert_system_trusts_the_systems_roots_and_means_verify_full() {
     let (op, cause) = failure(&weaker, "tls-pg-system-weaker");
     assert_eq!(op, "configure");
     assert!(cause.contains("verify-full"), "{cause}");
+}
+
+// ---------------------------------------------------------------------------
+// etcd and Redis with a self-signed server certificate trusted as its own
+// root (made as PostgreSQL's manual makes one, with the alternative names
+// Go requires).
+
+/// Whether etcdctl (Go) reads from the etcd at `host:port` trusting
+/// `cacert`: its error if not.
+fn etcdctl_connects(host: &str, port: u16, cacert: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{host}:{port}"))
+        .arg(format!("--cacert={}", cacert.display()))
+        .args(["--dial-timeout=3s", "get", "x"])
+        .output()
+        .expect("run etcdctl (apt-get install etcd-client)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Whether redis-cli (OpenSSL) pings the Redis at `host:port` trusting
+/// `cacert`: its error if not.
+fn redis_cli_connects(host: &str, port: u16, cacert: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(cacert)
+        .args(["-h", host, "-p", &port.to_string(), "PING"])
+        .output()
+        .expect("run redis-cli (apt-get install redis-tools)");
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && said == "PONG" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Before: refused with `CaUsedAsEndEntity` where etcdctl connects.
+#[test]
+fn etcd_a_self_signed_certificate_trusted_as_its_own_root_is_accepted() {
+    let port = servers::etcd_tls_self_signed();
+    let own = servers::self_signed_san().cert.clone();
+    let other = certs().other_ca.clone();
+    for (host, root, accepted) in [
+        ("localhost", &own, true),
+        ("127.0.0.1", &own, true),
+        ("127.0.0.2", &own, false),
+        ("localhost", &other, false),
+    ] {
+        let case = format!("{host} trusting {}", root.display());
+        let theirs = etcdctl_connects(host, port, root);
+        assert_eq!(theirs.is_ok(), accepted, "etcdctl, {case}: {theirs:?}");
+        let url = format!("etcd://{host}:{port}/self?cacert={}", root.display());
+        let ours = try_lock(&url, "tls-etcd-self-signed");
+        assert_eq!(ours.is_ok(), accepted, "lockutils, {case}: {ours:?}");
+    }
+}
+
+/// Before: refused with `CaUsedAsEndEntity` where redis-cli connects.
+#[test]
+fn redis_a_self_signed_certificate_trusted_as_its_own_root_is_accepted() {
+    if !cfg!(feature = "redis") {
+        panic!("run the TLS tests with --all-features (the Redis backend is a feature)");
+    }
+    let port = servers::redis_tls_self_signed();
+    let own = servers::self_signed_san().cert.clone();
+    let other = certs().other_ca.clone();
+    for (host, root, accepted) in [
+        ("localhost", &own, true),
+        ("127.0.0.1", &own, true),
+        ("localhost", &other, false),
+    ] {
+        let case = format!("{host} trusting {}", root.display());
+        let theirs = redis_cli_connects(host, port, root);
+        assert_eq!(theirs.is_ok(), accepted, "redis-cli, {case}: {theirs:?}");
+        let url = format!("rediss://{host}:{port}/0?cacert={}", root.display());
+        let ours = try_lock(&url, "tls-redis-self-signed");
+        assert_eq!(ours.is_ok(), accepted, "lockutils, {case}: {ours:?}");
+    }
+    // A name the certificate lacks: refused (redis-cli does not check
+    // names at all).
+    let url = format!("rediss://127.0.0.2:{port}/0?cacert={}", own.display());
+    let (_, cause) = failure(&url, "tls-redis-self-signed-name");
+    assert!(cause.contains("not valid for"), "{cause}");
+}
+
+/// `rediss://` without `cacert` trusts the system's roots (here
+/// `SSL_CERT_FILE`, in a child). Before: the self-signed server, in the
+/// system's roots, was refused (`CaUsedAsEndEntity`).
+#[test]
+fn redis_without_cacert_trusts_the_systems_roots() {
+    let own = &servers::self_signed_san().cert;
+    let url = format!("rediss://localhost:{}/0", servers::redis_tls_self_signed());
+    assert_eq!(with_system_roots(&url, own), "ok");
+    let unknown = with_system_roots(&url, &certs().other_ca);
+    assert!(unknown.contains("UnknownIssuer"), "{unknown}");
+    let ca_signed = format!("rediss://localhost:{}/0", servers::redis_tls());
+    assert_eq!(with_system_roots(&ca_signed, &certs().ca), "ok");
 }

@@ -95,28 +95,42 @@ pub struct SelfSigned {
 /// client is to trust this very file as its root. Made on first use.
 pub fn self_signed() -> &'static SelfSigned {
     static CERT: OnceLock<SelfSigned> = OnceLock::new();
+    CERT.get_or_init(|| make_self_signed("selfsigned", &[]))
+}
+
+/// [`self_signed`] with subject alternative names too (`localhost`,
+/// `127.0.0.1`), which Go's clients (etcdctl) require: the same command
+/// with `-addext subjectAltName=DNS:localhost,IP:127.0.0.1`.
+pub fn self_signed_san() -> &'static SelfSigned {
+    static CERT: OnceLock<SelfSigned> = OnceLock::new();
     CERT.get_or_init(|| {
-        let dir = server_dir("selfsigned", &RunAs(None));
-        let c = SelfSigned {
-            cert: dir.join("server.crt"),
-            key: dir.join("server.key"),
-        };
-        let out = Command::new(which("openssl", "apt-get install openssl"))
-            .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-text"])
-            .arg("-out")
-            .arg(&c.cert)
-            .arg("-keyout")
-            .arg(&c.key)
-            .args(["-subj", "/CN=localhost"])
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl req -new -x509 failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        c
+        let san = ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"];
+        make_self_signed("selfsigned-san", &san)
     })
+}
+
+fn make_self_signed(kind: &str, extra: &[&str]) -> SelfSigned {
+    let dir = server_dir(kind, &RunAs(None));
+    let c = SelfSigned {
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    let out = Command::new(which("openssl", "apt-get install openssl"))
+        .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-text"])
+        .arg("-out")
+        .arg(&c.cert)
+        .arg("-keyout")
+        .arg(&c.key)
+        .args(["-subj", "/CN=localhost"])
+        .args(extra)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl req -new -x509 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c
 }
 
 /// Makes a P-256 key and a certificate for `cn`: self-signed, or signed by
@@ -181,6 +195,30 @@ pub fn etcd_tls() -> u16 {
             .arg("--client-cert-auth");
         let ready = "ready to serve client requests";
         start(cmd, "etcd (TLS)", ready, libc::SIGTERM, dir);
+        port
+    })
+}
+
+/// The port of an etcd that speaks only TLS, with [`self_signed_san`]'s
+/// certificate, on 127.0.0.1 and 127.0.0.2 (no client certificates);
+/// started on first use.
+pub fn etcd_tls_self_signed() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let c = self_signed_san();
+        let dir = server_dir("etcdtls-self", &RunAs(None));
+        let (port, peer) = (free_port(), free_port());
+        let listen = format!("https://127.0.0.1:{port},https://127.0.0.2:{port}");
+        let advertise = format!("https://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let mut cmd = etcd_member("tlsself", &dir, &listen, &advertise, &peer);
+        cmd.arg(format!("--initial-cluster=tlsself={peer}"))
+            .arg("--cert-file")
+            .arg(&c.cert)
+            .arg("--key-file")
+            .arg(&c.key);
+        let ready = "ready to serve client requests";
+        start(cmd, "etcd (TLS, self-signed)", ready, libc::SIGTERM, dir);
         port
     })
 }
@@ -295,6 +333,38 @@ pub fn redis_tls() -> u16 {
             .arg(&dir);
         let ready = "Ready to accept connections";
         start(cmd, "redis-server (TLS)", ready, libc::SIGTERM, dir);
+        port
+    })
+}
+
+/// The port of a redis-server that speaks only TLS with
+/// [`self_signed_san`]'s certificate, on 127.0.0.1 and 127.0.0.2 (no
+/// client certificates); started on first use.
+pub fn redis_tls_self_signed() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let c = self_signed_san();
+        let dir = server_dir("redistls-self", &RunAs(None));
+        let port = free_port();
+        let mut cmd = Command::new(which("redis-server", "apt-get install redis-server"));
+        cmd.args(["--bind", "127.0.0.1 127.0.0.2", "--port", "0"])
+            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(&c.cert)
+            .arg("--tls-key-file")
+            .arg(&c.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&c.cert)
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir);
+        let ready = "Ready to accept connections";
+        start(
+            cmd,
+            "redis-server (TLS, self-signed)",
+            ready,
+            libc::SIGTERM,
+            dir,
+        );
         port
     })
 }

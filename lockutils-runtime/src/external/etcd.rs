@@ -2,9 +2,10 @@
 //!
 //! TLS: `?cacert=/ca.pem` turns it on (`https://` to every endpoint, the
 //! server's certificate checked against that CA and the endpoint's host
-//! name); `&cert=/client.pem&key=/client.key` adds a client certificate
-//! (etcd's `--client-cert-auth`). The stack is rustls (ring) in tonic.
-//! Without `cacert` the connection is plaintext; with it, never.
+//! name, as etcdctl checks it: see [`etcd_tls`](super::etcd_tls));
+//! `&cert=/client.pem&key=/client.key` adds a client certificate (etcd's
+//! `--client-cert-auth`). The stack is rustls (ring) in tonic. Without
+//! `cacert` the connection is plaintext; with it, never.
 //!
 //! Each acquisition is a key-per-waiter queue, the recipe of etcd's own
 //! `concurrency.Mutex` and `RWMutex`, with one lease per acquisition:
@@ -49,13 +50,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use parking_lot::Mutex;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+use super::etcd_tls::{self, Tls, TlsFiles};
 use super::lost::LostFlag;
 use super::{Backend, ExternalHold, RemoteHold, Target, error_chain, outside_runtime};
 use crate::config::redact;
@@ -92,6 +94,8 @@ struct Inner {
     /// Whether the URL asks for TLS, and whether it gives a client
     /// certificate: what [`tls_hint`] adds to a failure's cause.
     tls: Option<ClientCert>,
+    /// The client certificate and the server certificate check, with TLS.
+    channel_tls: Option<Tls>,
     /// Runs the client and the keepalive tasks; never dropped (backends
     /// live as long as the process).
     runtime: Runtime,
@@ -116,7 +120,7 @@ impl Etcd {
             None => (None, authority),
         };
         let (ttl, files) = query_options(query).map_err(bad)?;
-        let tls = files.options().map_err(bad)?;
+        let tls = files.tls().map_err(bad)?;
         let tls_kind = tls.as_ref().map(|_| match files.cert {
             Some(_) => ClientCert::Given,
             None => ClientCert::None,
@@ -140,9 +144,6 @@ impl Etcd {
             // only a watch or the keepalive stream is open.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_tcp_keepalive(Duration::from_secs(5));
-        if let Some(tls) = tls {
-            options = options.with_tls(tls);
-        }
         if let Some((user, password)) = userinfo.and_then(|u| u.split_once(':')) {
             options = options.with_user(user, password);
         }
@@ -154,6 +155,7 @@ impl Etcd {
             prefix,
             ttl: ttl as i64,
             tls: tls_kind,
+            channel_tls: tls,
             runtime,
             client: Mutex::new(None),
         };
@@ -195,6 +197,7 @@ impl Inner {
             prefix: self.prefix.clone(),
             ttl: self.ttl,
             tls: self.tls,
+            channel_tls: self.channel_tls.clone(),
             runtime: start_runtime()?,
             client: Mutex::new(None),
         })
@@ -245,42 +248,6 @@ fn query_options(query: &str) -> Result<(u64, TlsFiles), String> {
         }
     }
     Ok((ttl, files))
-}
-
-/// The TLS files named in the URL.
-#[derive(Default)]
-struct TlsFiles {
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-}
-
-impl TlsFiles {
-    /// tonic's TLS settings: `None` without `cacert`.
-    fn options(&self) -> Result<Option<TlsOptions>, String> {
-        let read = |what: &str, path: &str| {
-            std::fs::read(path).map_err(|e| format!("{what}={path}: cannot read it: {e}"))
-        };
-        let Some(ca) = &self.ca else {
-            if self.cert.is_some() || self.key.is_some() {
-                return Err("cert and key need cacert=PATH (TLS is on only with cacert)".into());
-            }
-            return Ok(None);
-        };
-        let ca_pem = read("cacert", ca)?;
-        if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(format!("cacert={ca}: not a PEM certificate"));
-        }
-        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
-        match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
-            }
-            (None, None) => {}
-            _ => return Err("cert and key go together".into()),
-        }
-        Ok(Some(tls))
-    }
 }
 
 /// Why an acquisition failed: what was being done, and the cause.
@@ -374,7 +341,8 @@ impl Inner {
         if let Some(c) = self.client.lock().clone() {
             return Ok(c);
         }
-        let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+        let tls = self.channel_tls.as_ref();
+        let connect = etcd_tls::connect(&self.endpoints, self.options.clone(), tls);
         let c = request("connect", connect).await?;
         *self.client.lock() = Some(c.clone());
         Ok(c)

@@ -34,6 +34,8 @@ use crate::spec::{Kind, Mode, Wait};
 
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_tls;
 pub(crate) mod file;
 mod lost;
 mod pending;
@@ -43,7 +45,9 @@ mod pg_tls;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
-#[cfg(feature = "postgres")]
+#[cfg(feature = "redis")]
+mod redis_link;
+#[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
 mod tls;
 
 pub use lost::Lost;

@@ -20,7 +20,7 @@
 //! as in libpq it makes `verify-full` the default and refuses weaker modes,
 //! since any public CA can vouch for any name.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -29,7 +29,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use super::tls::{Names, ServerVerifier, system_roots};
+use super::tls::{Names, ServerVerifier, read_certs, system_roots};
 
 /// How much the connection's certificate is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,21 +162,6 @@ fn percent_decoded(s: &str) -> String {
 /// The ring provider: the one crypto stack built in.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Reads every certificate in the PEM file `path`.
-pub(crate) fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{what}={}: {e}", path.display()))?
-        .collect();
-    let certs = certs.map_err(|e| format!("{what}={}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{what}={}: no certificate in the file",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }
 
 impl PgTls {

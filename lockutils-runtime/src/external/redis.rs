@@ -42,10 +42,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use ::redis::{Client, Connection, ConnectionLike, RedisError, TlsCertificates};
+use ::redis::RedisError;
 use parking_lot::{Condvar, Mutex};
 
 use super::lost::LostFlag;
+use super::redis_link::{Link, Server};
 use super::{Backend, ExternalHold, RemoteHold, Target, error_chain};
 use crate::config::redact;
 use crate::error::LockError;
@@ -87,12 +88,12 @@ pub(crate) struct Redis {
 struct Inner {
     /// The URL without its password, for messages.
     url: String,
-    client: Client,
+    server: Server,
     /// `rediss://`: a server that does not speak TLS leaves the handshake
     /// unanswered, which the client reports only as a timeout.
     tls: bool,
     ttl: Duration,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Link>>,
     /// The held keys the renewal thread keeps alive, by hold id.
     held: Mutex<HashMap<u64, Renewal>>,
     /// Wakes the renewal thread when a key is added.
@@ -148,10 +149,10 @@ impl Redis {
             format!("{base}?{}", kept.join("&"))
         };
         let tls = base.starts_with("rediss://");
-        let client = client(&plain, tls, ca, cert, key).map_err(bad)?;
+        let server = Server::new(&plain, tls, ca, cert, key).map_err(bad)?;
         let inner = Inner {
             url: redact(url),
-            client,
+            server,
             tls,
             ttl: Duration::from_secs(ttl),
             idle: Mutex::new(Vec::new()),
@@ -168,41 +169,6 @@ impl Redis {
     fn inner(&self) -> &Arc<Inner> {
         self.inner.get(|inherited| Arc::new(inherited.fresh()))
     }
-}
-
-/// The client for `url`: for `rediss://` with `cacert`, trusting only that
-/// CA (and presenting `cert`/`key` if given); otherwise the system's roots.
-fn client(
-    url: &str,
-    tls: bool,
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-) -> Result<Client, String> {
-    let read = |what: &str, path: &str| {
-        std::fs::read(path).map_err(|e| format!("{what}={path}: cannot read it: {e}"))
-    };
-    let parse_err = |e: RedisError| format!("not a Redis URL: {}", error_chain(&e));
-    if ca.is_none() && cert.is_none() && key.is_none() {
-        return Client::open(url).map_err(parse_err);
-    }
-    if !tls {
-        return Err("cacert, cert and key need rediss:// (TLS)".into());
-    }
-    let client_tls = match (cert, key) {
-        (Some(c), Some(k)) => Some(::redis::ClientTlsConfig {
-            client_cert: read("cert", &c)?,
-            client_key: read("key", &k)?,
-        }),
-        (None, None) => None,
-        _ => return Err("cert and key go together".into()),
-    };
-    let root_cert = ca.map(|c| read("cacert", &c)).transpose()?;
-    let certs = TlsCertificates {
-        client_tls,
-        root_cert,
-    };
-    Client::build_with_tls(url, certs).map_err(parse_err)
 }
 
 impl Backend for Redis {
@@ -245,7 +211,7 @@ impl Inner {
     fn fresh(&self) -> Inner {
         Inner {
             url: self.url.clone(),
-            client: self.client.clone(),
+            server: self.server.clone(),
             tls: self.tls,
             ttl: self.ttl,
             idle: Mutex::new(Vec::new()),
@@ -264,18 +230,15 @@ impl Inner {
         }
     }
 
-    fn connect(&self) -> Result<Connection, RedisError> {
-        let c = self.client.get_connection_with_timeout(REQUEST_TIMEOUT)?;
-        c.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        c.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-        Ok(c)
+    fn connect(&self) -> Result<Link, RedisError> {
+        self.server.connect(REQUEST_TIMEOUT)
     }
 
     /// Runs `f` on an idle or new connection; keeps the connection for
     /// reuse unless it failed.
     fn with_connection<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+        f: impl FnOnce(&mut Link) -> Result<T, RedisError>,
     ) -> Result<T, (&'static str, RedisError)> {
         let pooled = self.idle.lock().pop();
         let mut con = match pooled {
@@ -341,7 +304,6 @@ impl Inner {
             Wait::Until { deadline, .. } => Some(deadline),
         };
         let mut sub = self.connect().map_err(|e| fail(("connect", e)))?;
-        let mut sub = sub.as_pubsub();
         let channel = format!("{key}:released");
         sub.subscribe(&channel).map_err(|e| fail(("wait", e)))?;
         loop {
@@ -361,7 +323,7 @@ impl Inner {
             }
             sub.set_read_timeout(Some(nap))
                 .map_err(|e| fail(("wait", e)))?;
-            match sub.get_message() {
+            match sub.next_message() {
                 Ok(_) => {}
                 Err(e) if e.is_timeout() => {}
                 Err(e) => return Err(fail(("wait", e))),
@@ -408,7 +370,7 @@ impl Inner {
 
     /// The renewal thread: renews each held key when it is due.
     fn renew_forever(self: Arc<Self>) {
-        let mut con: Option<Connection> = None;
+        let mut con: Option<Link> = None;
         loop {
             let due = {
                 let mut held = self.held.lock();
@@ -449,13 +411,13 @@ impl Inner {
     /// Renews one key: when it is next due, or `None` once it is lost.
     fn renew_one(
         &self,
-        con: &mut Option<Connection>,
+        con: &mut Option<Link>,
         key: &str,
         token: &str,
         state: &HoldState,
     ) -> Option<Instant> {
         let sent = Instant::now();
-        let r = match con.take().filter(Connection::is_open) {
+        let r = match con.take().filter(Link::is_open) {
             Some(c) => Ok(c),
             None => self.connect(),
         }

@@ -30,11 +30,13 @@
 //!   `sslrootcert=system` and redis-cli's defaults use.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
 use x509_cert::Certificate;
@@ -44,9 +46,15 @@ use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage};
 
 /// Which names are checked against the host the client connected to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(all(feature = "postgres", any(feature = "etcd", feature = "redis"))),
+    allow(dead_code) // PostgreSQL uses two, etcd and Redis the third
+)]
 pub(crate) enum Names {
     /// None: the chain only (libpq's `verify-ca` and `require`).
     Unchecked,
+    /// The subject alternative names (Go, and WebPKI itself).
+    San,
     /// The subject alternative names, or the common name of a certificate
     /// without them (libpq's `verify-full`).
     SanOrCommonName,
@@ -111,16 +119,25 @@ impl ServerVerifier {
     ) -> Result<(), rustls::Error> {
         let by_san = webpki::EndEntityCert::try_from(cert)
             .map_err(|_| rustls::Error::from(CertificateError::BadEncoding))?
-            .verify_is_valid_for_subject_name(server_name)
-            .is_ok();
+            .verify_is_valid_for_subject_name(server_name);
+        let Err(refused) = by_san else {
+            return Ok(());
+        };
         let by_cn = self.names == Names::SanOrCommonName
             && !has_extension(parsed, SUBJECT_ALT_NAME)
             && common_name(parsed).is_some_and(|cn| cn_matches(cn, server_name));
-        if by_san || by_cn {
-            Ok(())
-        } else {
-            Err(CertificateError::NotValidForName.into())
+        if by_cn {
+            return Ok(());
         }
+        // Worded as rustls words WebPKI's refusal, names included.
+        Err(match refused {
+            webpki::Error::CertNotValidForName(names) => CertificateError::NotValidForNameContext {
+                expected: names.expected,
+                presented: names.presented,
+            },
+            _ => CertificateError::NotValidForName,
+        }
+        .into())
     }
 }
 
@@ -147,6 +164,7 @@ impl ServerCertVerifier for ServerVerifier {
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             ) => match self.names {
                 Names::Unchecked => ok(),
+                Names::San => Err(e),
                 Names::SanOrCommonName => match parse(end_entity) {
                     Ok(parsed) => self
                         .name_matches(end_entity, &parsed, server_name)
@@ -158,10 +176,20 @@ impl ServerCertVerifier for ServerVerifier {
                 if matches!(
                     inner.downcast_ref::<webpki::Error>(),
                     Some(webpki::Error::CaUsedAsEndEntity)
-                ) && self.roots.iter().any(|r| r.as_ref() == end_entity.as_ref()) =>
+                ) =>
             {
-                self.root_as_server(end_entity, server_name)?;
-                ok()
+                if self.roots.iter().any(|r| r.as_ref() == end_entity.as_ref()) {
+                    self.root_as_server(end_entity, server_name)?;
+                    return ok();
+                }
+                // A self-signed certificate no root vouches for: said so,
+                // rather than as WebPKI's complaint about its CA flag.
+                match parse(end_entity) {
+                    Ok(c) if c.tbs_certificate.subject == c.tbs_certificate.issuer => {
+                        Err(CertificateError::UnknownIssuer.into())
+                    }
+                    _ => Err(e),
+                }
             }
             _ => Err(e),
         }
@@ -190,8 +218,25 @@ impl ServerCertVerifier for ServerVerifier {
     }
 }
 
+/// Reads every certificate in the PEM file `path`; `what` names the
+/// setting in errors (`sslrootcert`, `cacert`).
+pub(crate) fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{what}={}: {e}", path.display()))?
+        .collect();
+    let certs = certs.map_err(|e| format!("{what}={}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{what}={}: no certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
 /// The operating system's trusted roots (see the module docs). `Err`:
 /// none could be read, and why.
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
 pub(crate) fn system_roots() -> Result<Vec<CertificateDer<'static>>, String> {
     let found = rustls_native_certs::load_native_certs();
     if found.certs.is_empty() {
