@@ -10,6 +10,8 @@
 #   openssl         test certificates (a CA, server and client certificates)
 #   protobuf-compiler, libprotobuf-dev   protoc, for building the etcd client
 #   util-linux      flock(1): the flock(2) interop tests hold locks with it
+#   btrfs-progs     mkfs.btrfs, btrfs: the holders tests mount a btrfs image
+#                   (and overlayfs, from the kernel) to lock files on it
 # Needs root or sudo only when something is missing.
 set -euo pipefail
 
@@ -21,6 +23,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler libprotobuf-dev)
 command -v flock >/dev/null || need+=(util-linux)
+command -v mkfs.btrfs >/dev/null || [ -x /usr/sbin/mkfs.btrfs ] || [ -x /sbin/mkfs.btrfs ] || need+=(btrfs-progs)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v pgbouncer >/dev/null || need+=(pgbouncer)

@@ -475,3 +475,95 @@ fn a_timed_out_wait_leaves_nothing_queued() {
     );
     support::release(holder).finish();
 }
+
+// ---------------------------------------------------------------------------
+// fork without exec.
+
+/// Whether `lost` has completed, polled once.
+fn completed(lost: lockutils::Lost) -> bool {
+    futures_lite::future::block_on(futures_lite::future::poll_once(lost)).is_some()
+}
+
+/// Child: holds `NAME` on `URL`, then forks (no exec). The forked child
+/// drops its copy of the guard, tries `NAME`, holds `NAME-child` for three
+/// time-to-lives and until ordered to `release-child`; this process then
+/// keeps its lock until `release`.
+#[test]
+fn child_etcd_fork() {
+    if !running_as("child_etcd_fork") {
+        return;
+    }
+    let (name, url) = (param("NAME"), param("URL"));
+    let ttl = Duration::from_secs(param_as("TTL"));
+    let lock = |name: &str| etcd_lock(name, &url, "exclusive").acquire();
+    let mut guard = Some(lock(&name).unwrap());
+    report("held");
+    let code = support::forked::in_forked_child(|| {
+        // Ended by SIGALRM if stuck (before, dropping the inherited guard
+        // blocked on the parent's runtime, whose threads it lacks).
+        // SAFETY: alarm(2) has no memory-safety preconditions.
+        unsafe { libc::alarm(30) };
+        let inherited = guard.take().unwrap();
+        report(format!(
+            "inherited: is_lost {}, lost() {}",
+            inherited.is_lost(),
+            completed(inherited.lost())
+        ));
+        drop(inherited);
+        let tried = etcd_lock(&name, &url, "exclusive")
+            .blocking(false)
+            .acquire();
+        report(format!("try: {}", support::outcome(&tried)));
+        drop(tried);
+        let mine = lock(&format!("{name}-child")).unwrap();
+        // Time passing is the point: the lease must be kept alive meanwhile.
+        std::thread::sleep(3 * ttl);
+        report(format!("child holds: is_lost {}", mine.is_lost()));
+        await_order("release-child");
+        drop(mine);
+        report("child released");
+        0
+    });
+    report(format!("forked child exited {code}"));
+    await_order("check-parent");
+    let guard = guard.unwrap();
+    report(format!("parent: is_lost {}", guard.is_lost()));
+    await_order("release");
+    drop(guard);
+    report("released");
+}
+
+/// Before: the forked child's copy of the guard said `is_lost() == false`
+/// (a guess: nothing keeps the lease alive there), and dropping it
+/// revoked the parent's lease on the parent's runtime, whose threads the
+/// child lacks: it never returned.
+#[test]
+fn a_forked_child_leaves_the_parents_lock_alone_and_keeps_its_own_alive() {
+    let ttl = SHORT_TTL;
+    let url = short_ttl_url();
+    let name = "etcd-fork";
+    let mut p = etcd_child("child_etcd_fork")
+        .param("NAME", name)
+        .param("URL", &url)
+        .param("TTL", ttl.to_string())
+        .spawn();
+    p.expect("held");
+    assert_eq!(p.next_report(), "inherited: is_lost true, lost() true");
+    assert_eq!(p.next_report(), "try: wouldblock");
+    assert_eq!(p.next_report(), "child holds: is_lost false");
+    // Three time-to-lives on, the child's lease still holds its key.
+    let child_lock = format!("{name}-child");
+    assert_eq!(try_in_child(&child_lock, "exclusive"), "wouldblock");
+    p.send("release-child");
+    p.expect("child released");
+    assert_eq!(p.next_report(), "forked child exited 0");
+    // The parent's lock is still the parent's.
+    assert_eq!(try_in_child(name, "exclusive"), "wouldblock");
+    p.send("check-parent");
+    assert_eq!(p.next_report(), "parent: is_lost false");
+    p.send("release");
+    p.expect("released");
+    p.finish();
+    assert_eq!(try_in_child(name, "exclusive"), "ok");
+    assert_eq!(queued(name) + queued(&child_lock), 0, "keys left");
+}

@@ -1,7 +1,13 @@
 //! `lockutils::holders()`: who holds a lock file and who waits for it,
 //! against real holders: this process, another lockutils process, a
-//! classic POSIX `lockf` holder (Python), util-linux `flock(1)`.
+//! classic POSIX `lockf` holder (Python), util-linux `flock(1)`; on file
+//! systems whose `stat` device is not the one `/proc/locks` prints
+//! (btrfs and its subvolumes, overlayfs over two file systems), mounted by
+//! the tests themselves (as root).
 
+#[cfg(target_os = "linux")]
+#[path = "support/mounts.rs"]
+mod mounts;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -272,4 +278,84 @@ fn server_locks_and_bad_names_are_errors() {
         lockutils::holders(&bad),
         Err(LockError::InvalidName { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------
+// File systems whose `stat` device is not the one `/proc/locks` prints.
+
+/// Whether `/proc/locks` names the file at `path` by the device `stat`
+/// gives it (which holders() matched before it read the mount's device).
+#[cfg(target_os = "linux")]
+fn proc_locks_uses_stat_device(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let id = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    locks.lines().any(|l| l.split_whitespace().any(|t| t == id))
+}
+
+/// Holds `name` in `dir` here, then has another process wait for it: this
+/// process shows as the holder, the other as the waiter and then as the
+/// holder; free at the end.
+#[cfg(target_os = "linux")]
+fn shows_holder_and_waiter(dir: &Path, name: &str) {
+    let lock = lockutils::lock(name).external().lock_path(dir);
+    let path = dir.join(name);
+    let guard = lock.acquire().unwrap();
+    assert!(
+        !proc_locks_uses_stat_device(&path),
+        "{}: /proc/locks names this file by stat's device; the test needs a file system \
+         where the two differ",
+        path.display()
+    );
+    let found = lockutils::holders(&lock).unwrap();
+    assert!(found.is_held(), "{}: {found:#?}", path.display());
+    let pids: Vec<Option<u32>> = found.holders.iter().map(|h| h.pid).collect();
+    assert_eq!(pids, [Some(std::process::id())], "{found:#?}");
+
+    let mut waiter = lock_child("support::child_wait", dir, "", name).spawn();
+    waiter.expect("busy");
+    let found = wait_for("a waiter shows", &path, |f| {
+        f.waiters.as_ref().is_some_and(|w| !w.is_empty())
+    });
+    let waiters: Vec<Option<u32>> = found.waiters.unwrap().iter().map(|w| w.pid).collect();
+    assert_eq!(waiters, [Some(waiter.pid())]);
+    drop(guard);
+    waiter.expect("acquired");
+    let found = lockutils::holders_of_file(&path).unwrap();
+    let pids: Vec<Option<u32>> = found.holders.iter().map(|h| h.pid).collect();
+    assert_eq!(pids, [Some(waiter.pid())], "{found:#?}");
+    waiter.send("release");
+    waiter.expect("released");
+    waiter.finish();
+    assert!(!lockutils::holders(&lock).unwrap().is_held());
+}
+
+/// btrfs gives each subvolume, the top level included, a device of its
+/// own in `stat` (00:2a) while `/proc/locks` prints the file system's
+/// (00:28): a held lock was reported free, with no holders.
+#[cfg(target_os = "linux")]
+#[test]
+fn holders_on_btrfs_and_in_a_subvolume() {
+    let base = tempfile::tempdir().unwrap();
+    let mut mounts = mounts::Mounts::default();
+    let fs = mounts.btrfs(base.path(), "btrfs");
+    let sub = mounts.subvolume(&fs, "subvolume");
+    shows_holder_and_waiter(&fs, "on-btrfs");
+    shows_holder_and_waiter(&sub, "on-btrfs-subvolume");
+}
+
+/// overlayfs whose layers are on two file systems (a tmpfs below, the
+/// temporary directory's file system above) and without `xino`: `stat`
+/// gives a regular file the upper layer's device, `/proc/locks` the
+/// overlay's.
+#[cfg(target_os = "linux")]
+#[test]
+fn holders_on_overlayfs_over_two_file_systems() {
+    let base = tempfile::tempdir().unwrap();
+    let mut mounts = mounts::Mounts::default();
+    let lower = mounts.tmpfs(base.path(), "lower");
+    let overlay = mounts.overlay(base.path(), "overlay", &lower, "xino=off");
+    shows_holder_and_waiter(&overlay, "on-overlay");
 }

@@ -124,6 +124,92 @@ fn transaction_pooling_is_detected_at_connect_and_refused() {
     assert!(got.contains("pool_mode = session"), "{got}");
 }
 
+/// Runs `sql` with psql against `url`; its unaligned output (header first).
+fn psql_at(url: &str, sql: &str) -> String {
+    let out = Command::new(servers::pg_bin().join("psql"))
+        .args(["-X", "-A", "-q", "-d", url, "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql -d {url} -c {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The idle server connections of pgbouncer's pool for the database
+/// `postgres`, from its admin console (`SHOW POOLS`).
+fn idle_servers(url: &str) -> usize {
+    let admin = format!("{}/pgbouncer", url.rsplit_once('/').unwrap().0);
+    let pools = psql_at(&admin, "SHOW POOLS");
+    let mut lines = pools.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+    let idle = header
+        .iter()
+        .position(|h| *h == "sv_idle")
+        .expect("sv_idle");
+    lines
+        .map(|l| l.split('|').collect::<Vec<_>>())
+        .find(|row| row.first() == Some(&"postgres"))
+        .map_or(0, |row| row[idle].parse().unwrap())
+}
+
+/// Makes pgbouncer at `url` open `n` server connections: `n` psql
+/// clients inside a transaction at once (each answers with its backend's
+/// pid once in it), then all commit; waits until the `n` are idle.
+fn open_servers(url: &str, n: usize) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut pids = std::collections::BTreeSet::new();
+    let mut clients: Vec<std::process::Child> = (0..n)
+        .map(|_| {
+            let mut c = Command::new(servers::pg_bin().join("psql"))
+                .args(["-X", "-A", "-t", "-q", "-d", url])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("run psql");
+            let stdin = c.stdin.as_mut().unwrap();
+            writeln!(stdin, "BEGIN;\nSELECT pg_backend_pid();").unwrap();
+            stdin.flush().unwrap();
+            let mut pid = String::new();
+            BufReader::new(c.stdout.as_mut().unwrap())
+                .read_line(&mut pid)
+                .unwrap();
+            pids.insert(pid.trim().to_owned());
+            c
+        })
+        .collect();
+    assert_eq!(pids.len(), n, "the transactions shared a server: {pids:?}");
+    for c in &mut clients {
+        let mut stdin = c.stdin.take().unwrap();
+        writeln!(stdin, "COMMIT;").unwrap();
+        drop(stdin);
+        assert!(c.wait().unwrap().success());
+    }
+    support::wait_for("the server connections to be idle", PATIENCE, || {
+        idle_servers(url) >= n
+    });
+}
+
+/// Before: with idle server connections handed out in turn, a session's
+/// two statements around another session's ran on backends X, Y, X and
+/// the check passed; the lock "held" nothing (the body ran).
+#[test]
+fn transaction_pooling_that_hands_out_servers_in_turn_is_detected_too() {
+    let url = servers::pgbouncer_round_robin();
+    open_servers(url, 3);
+    let mut c = support::child("child_pgbouncer_transaction")
+        .param("URL", url)
+        .spawn();
+    let got = c.next_report();
+    c.finish();
+    println!("pgbouncer (transaction, round robin): {got}");
+    assert!(got.starts_with("connect: "), "{got}");
+    assert!(got.contains("transaction or statement mode"), "{got}");
+}
+
 // ---------------------------------------------------------------------------
 // A 3-member etcd cluster losing a member.
 

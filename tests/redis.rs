@@ -429,3 +429,134 @@ fn rediss_verifies_the_server_and_never_falls_back() {
     let cause = cause_of(&format!("{plain}?cacert={}", certs.ca.display()));
     assert!(cause.contains("TLS handshake"), "{cause}");
 }
+
+// ---------------------------------------------------------------------------
+// fork without exec.
+
+/// Whether `lost` has completed, polled once.
+fn completed(lost: lockutils::Lost) -> bool {
+    futures_lite::future::block_on(futures_lite::future::poll_once(lost)).is_some()
+}
+
+/// Child: holds `NAME` on `URL`, then forks (no exec). The forked child
+/// drops its copy of the guard, tries `NAME`, holds `NAME-child` for three
+/// time-to-lives and until ordered to `release-child`; this process then
+/// keeps its lock until `release`.
+#[test]
+fn child_redis_fork() {
+    if !running_as("child_redis_fork") {
+        return;
+    }
+    let (name, url) = (param("NAME"), param("URL"));
+    let ttl = Duration::from_secs(param_as("TTL"));
+    let mut guard = Some(redis_lock(&name, &url).acquire().unwrap());
+    // An idle connection in the pool, for the forked child to leave alone.
+    drop(redis_lock(&format!("{name}-warm"), &url).acquire().unwrap());
+    report("held");
+    let code = support::forked::in_forked_child(|| {
+        let inherited = guard.take().unwrap();
+        report(format!(
+            "inherited: is_lost {}, lost() {}",
+            inherited.is_lost(),
+            completed(inherited.lost())
+        ));
+        drop(inherited);
+        let tried = redis_lock(&name, &url).blocking(false).acquire();
+        report(format!("try: {}", support::outcome(&tried)));
+        drop(tried);
+        let mine = redis_lock(&format!("{name}-child"), &url)
+            .acquire()
+            .unwrap();
+        // Time passing is the point: the key must be renewed meanwhile.
+        std::thread::sleep(3 * ttl);
+        report(format!("child holds: is_lost {}", mine.is_lost()));
+        await_order("release-child");
+        drop(mine);
+        report("child released");
+        0
+    });
+    report(format!("forked child exited {code}"));
+    await_order("check-parent");
+    let guard = guard.unwrap();
+    report(format!("parent: is_lost {}", guard.is_lost()));
+    await_order("release");
+    drop(guard);
+    report("released");
+}
+
+/// Before: the forked child's drop of its copy of the guard deleted the
+/// parent's key (same token), its copy said `is_lost() == false` (a guess:
+/// nothing renews it there), and a lock it took itself was never renewed
+/// (the renewal thread is the parent's) and expired under it.
+#[test]
+fn a_forked_child_leaves_the_parents_lock_alone_and_renews_its_own() {
+    let ttl = 1;
+    let url = format!("{}?ttl={ttl}", servers::redis());
+    let name = "redis-fork";
+    let mut p = redis_child("child_redis_fork")
+        .param("NAME", name)
+        .param("URL", &url)
+        .param("TTL", ttl.to_string())
+        .spawn();
+    p.expect("held");
+    assert_eq!(p.next_report(), "inherited: is_lost true, lost() true");
+    assert_eq!(p.next_report(), "try: wouldblock");
+    assert_eq!(p.next_report(), "child holds: is_lost false");
+    // Three time-to-lives on, the child's key is still there: renewed.
+    let child_lock = format!("{name}-child");
+    let busy = redis_lock(&child_lock, &url).blocking(false).acquire();
+    assert!(
+        matches!(busy, Err(LockError::WouldBlock { .. })),
+        "{busy:?}"
+    );
+    p.send("release-child");
+    p.expect("child released");
+    assert_eq!(p.next_report(), "forked child exited 0");
+    // The parent's lock is still the parent's.
+    let busy = redis_lock(name, &url).blocking(false).acquire();
+    assert!(
+        matches!(busy, Err(LockError::WouldBlock { .. })),
+        "{busy:?}"
+    );
+    p.send("check-parent");
+    assert_eq!(p.next_report(), "parent: is_lost false");
+    p.send("release");
+    p.expect("released");
+    p.finish();
+    for free in [name, child_lock.as_str()] {
+        drop(redis_lock(free, &url).blocking(false).acquire().unwrap());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A key without a time-to-live.
+
+/// How many scripts (`EVAL`: each attempt is one) the server at `url` ran.
+fn evals(url: &str) -> u64 {
+    let stats = redis_cli(url, &["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_eval:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// Before: a waiter tried again every ~2 ms while the lock's key had no
+/// time-to-live (`PTTL` -1), about 500 attempts a second.
+#[test]
+fn a_waiter_does_not_poll_a_key_without_a_ttl() {
+    let server = servers::start_redis();
+    let name = "redis-no-ttl";
+    // Someone else's key, set without an expiry.
+    redis_cli(
+        &server.url,
+        &["SET", &format!("lockutils:{name}"), "foreign"],
+    );
+    let before = evals(&server.url);
+    let wait = Duration::from_secs(2);
+    let r = redis_lock(name, &server.url).timeout(wait).acquire();
+    assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+    let attempts = evals(&server.url) - before;
+    println!("redis: {attempts} attempts in a {wait:?} wait for a key without a ttl");
+    // One at the start, one once subscribed, then one a second at most.
+    assert!(attempts <= 2 + wait.as_secs() + 1, "{attempts} attempts");
+}

@@ -1,9 +1,13 @@
-//! TLS to the lock servers (features `postgres`, `etcd`), against a
-//! TLS-only PostgreSQL (pg_hba `hostssl`, SCRAM password) and an etcd that
+//! TLS to the lock servers (features `postgres`, `etcd`, `redis`), against
+//! a TLS-only PostgreSQL (pg_hba `hostssl`, SCRAM password) and an etcd that
 //! demands client certificates, both started for this test binary with
 //! certificates made at test time (`tests/support/servers_more.rs`). The
 //! server certificate names `localhost` and `127.0.0.1`; both servers also
-//! listen on `127.0.0.2`, a name the certificate does not carry.
+//! listen on `127.0.0.2`, a name the certificate does not carry. More
+//! servers (PostgreSQL, etcd, Redis) present a self-signed certificate made
+//! as PostgreSQL's manual makes one, which the clients trust as its own
+//! root; the engines' own clients (psql, etcdctl, redis-cli) are asked the
+//! same questions beside lockutils.
 #![cfg(all(unix, feature = "postgres", feature = "etcd"))]
 
 #[path = "support/servers.rs"]
@@ -165,8 +169,8 @@ fn pg_bad_tls_settings_are_configuration_errors() {
     }
 }
 
-/// Child: takes a lock on `URL` (no password in it: `PGPASSWORD` has it);
-/// reports the outcome.
+/// Child: takes a lock on `URL` (for PostgreSQL, the password may be in
+/// `PGPASSWORD` instead); reports the outcome.
 #[test]
 fn child_tls_pg_lock() {
     if !running_as("child_tls_pg_lock") {
@@ -331,4 +335,218 @@ fn every_tls_and_cluster_url_in_lockutils_backend_gives_an_exact_counter() {
         );
         println!("{what}: {want} increments across {ENV_PROCESSES} processes in {took:?}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL's manual's self-signed certificate, trusted as its own root;
+// the system's roots.
+
+/// A URL of the TLS-only cluster whose certificate is the manual's
+/// self-signed one, on `host`, with the password and `query`.
+fn self_signed_url(host: &str, query: &str) -> String {
+    let pg = servers::postgres_tls_self_signed();
+    format!(
+        "postgres://postgres:{TLS_PG_PASSWORD}@{host}:{}/postgres?{query}",
+        pg.port
+    )
+}
+
+/// Whether psql (libpq) connects with the URL `url`: its error if not.
+fn psql_connects(url: &str) -> Result<(), String> {
+    let out = std::process::Command::new(servers::pg_bin().join("psql"))
+        .args(["-X", "-A", "-t", "-q", "-d", url, "-c", "SELECT 1"])
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Before: every case that psql accepts failed here with
+/// `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`, and
+/// the certificate's name (a common name, no alternative names) matched
+/// nothing.
+#[test]
+fn pg_the_manuals_self_signed_certificate_is_accepted_where_psql_accepts_it() {
+    let cert = &servers::self_signed().cert;
+    // What the case is about: a CA certificate, named only by its CN.
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert)
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CA:TRUE"), "{text}");
+    assert!(!text.contains("Subject Alternative Name"), "{text}");
+    assert!(text.contains("CN = localhost"), "{text}");
+
+    let own = cert.display().to_string();
+    let other = certs().other_ca.display().to_string();
+    for (host, mode, root, accepted) in [
+        ("localhost", "verify-full", &own, true),
+        ("localhost", "verify-ca", &own, true),
+        ("localhost", "require", &own, true),
+        // The name is the certificate's common name only.
+        ("127.0.0.2", "verify-full", &own, false),
+        ("127.0.0.2", "verify-ca", &own, true),
+        // Another root: nothing vouches for this certificate.
+        ("localhost", "verify-full", &other, false),
+        ("localhost", "verify-ca", &other, false),
+    ] {
+        let url = self_signed_url(host, &format!("sslmode={mode}&sslrootcert={root}"));
+        let case = format!("sslmode={mode} to {host} trusting {root}");
+        let psql = psql_connects(&url);
+        assert_eq!(psql.is_ok(), accepted, "psql, {case}: {psql:?}");
+        let ours = try_lock(&url, "tls-pg-self-signed");
+        assert_eq!(ours.is_ok(), accepted, "lockutils, {case}: {ours:?}");
+        if let Err(e) = ours {
+            println!("{case}: {e}");
+        }
+    }
+}
+
+/// `sslrootcert=system` in a child whose system roots (`SSL_CERT_FILE`,
+/// which OpenSSL and rustls-native-certs read) are the file `roots`: what
+/// locking `url` came to.
+fn with_system_roots(url: &str, roots: &Path) -> String {
+    let mut c = support::child("child_tls_pg_lock")
+        .param("URL", url)
+        .env("SSL_CERT_FILE", roots)
+        .env_remove("SSL_CERT_DIR")
+        .spawn();
+    let got = c.next_report();
+    c.finish();
+    got
+}
+
+/// Before: `sslrootcert=system` was read as a file named `system`.
+#[test]
+fn pg_sslrootcert_system_trusts_the_systems_roots_and_means_verify_full() {
+    let c = certs();
+    let own = &servers::self_signed().cert;
+    let system = "sslrootcert=system";
+    assert_eq!(
+        with_system_roots(&self_signed_url("localhost", system), own),
+        "ok"
+    );
+    assert_eq!(
+        with_system_roots(&pg_url("localhost", true, system), &c.ca),
+        "ok"
+    );
+    // verify-full, as libpq makes it: the name is checked.
+    let wrong_host = with_system_roots(&pg_url("127.0.0.2", true, system), &c.ca);
+    assert!(wrong_host.contains("not valid for"), "{wrong_host}");
+    let unknown = with_system_roots(&pg_url("localhost", true, system), &c.other_ca);
+    assert!(unknown.contains("UnknownIssuer"), "{unknown}");
+    let weaker = pg_url("localhost", true, "sslrootcert=system&sslmode=verify-ca");
+    let (op, cause) = failure(&weaker, "tls-pg-system-weaker");
+    assert_eq!(op, "configure");
+    assert!(cause.contains("verify-full"), "{cause}");
+}
+
+// ---------------------------------------------------------------------------
+// etcd and Redis with a self-signed server certificate trusted as its own
+// root (made as PostgreSQL's manual makes one, with the alternative names
+// Go requires).
+
+/// Whether etcdctl (Go) reads from the etcd at `host:port` trusting
+/// `cacert`: its error if not.
+fn etcdctl_connects(host: &str, port: u16, cacert: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{host}:{port}"))
+        .arg(format!("--cacert={}", cacert.display()))
+        .args(["--dial-timeout=3s", "get", "x"])
+        .output()
+        .expect("run etcdctl (apt-get install etcd-client)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Whether redis-cli (OpenSSL) pings the Redis at `host:port` trusting
+/// `cacert`: its error if not.
+fn redis_cli_connects(host: &str, port: u16, cacert: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(cacert)
+        .args(["-h", host, "-p", &port.to_string(), "PING"])
+        .output()
+        .expect("run redis-cli (apt-get install redis-tools)");
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && said == "PONG" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Before: refused with `CaUsedAsEndEntity` where etcdctl connects.
+#[test]
+fn etcd_a_self_signed_certificate_trusted_as_its_own_root_is_accepted() {
+    let port = servers::etcd_tls_self_signed();
+    let own = servers::self_signed_san().cert.clone();
+    let other = certs().other_ca.clone();
+    for (host, root, accepted) in [
+        ("localhost", &own, true),
+        ("127.0.0.1", &own, true),
+        ("127.0.0.2", &own, false),
+        ("localhost", &other, false),
+    ] {
+        let case = format!("{host} trusting {}", root.display());
+        let theirs = etcdctl_connects(host, port, root);
+        assert_eq!(theirs.is_ok(), accepted, "etcdctl, {case}: {theirs:?}");
+        let url = format!("etcd://{host}:{port}/self?cacert={}", root.display());
+        let ours = try_lock(&url, "tls-etcd-self-signed");
+        assert_eq!(ours.is_ok(), accepted, "lockutils, {case}: {ours:?}");
+    }
+}
+
+/// Before: refused with `CaUsedAsEndEntity` where redis-cli connects.
+#[test]
+fn redis_a_self_signed_certificate_trusted_as_its_own_root_is_accepted() {
+    if !cfg!(feature = "redis") {
+        panic!("run the TLS tests with --all-features (the Redis backend is a feature)");
+    }
+    let port = servers::redis_tls_self_signed();
+    let own = servers::self_signed_san().cert.clone();
+    let other = certs().other_ca.clone();
+    for (host, root, accepted) in [
+        ("localhost", &own, true),
+        ("127.0.0.1", &own, true),
+        ("localhost", &other, false),
+    ] {
+        let case = format!("{host} trusting {}", root.display());
+        let theirs = redis_cli_connects(host, port, root);
+        assert_eq!(theirs.is_ok(), accepted, "redis-cli, {case}: {theirs:?}");
+        let url = format!("rediss://{host}:{port}/0?cacert={}", root.display());
+        let ours = try_lock(&url, "tls-redis-self-signed");
+        assert_eq!(ours.is_ok(), accepted, "lockutils, {case}: {ours:?}");
+    }
+    // A name the certificate lacks: refused (redis-cli does not check
+    // names at all).
+    let url = format!("rediss://127.0.0.2:{port}/0?cacert={}", own.display());
+    let (_, cause) = failure(&url, "tls-redis-self-signed-name");
+    assert!(cause.contains("not valid for"), "{cause}");
+}
+
+/// `rediss://` without `cacert` trusts the system's roots (here
+/// `SSL_CERT_FILE`, in a child). Before: the self-signed server, in the
+/// system's roots, was refused (`CaUsedAsEndEntity`).
+#[test]
+fn redis_without_cacert_trusts_the_systems_roots() {
+    let own = &servers::self_signed_san().cert;
+    let url = format!("rediss://localhost:{}/0", servers::redis_tls_self_signed());
+    assert_eq!(with_system_roots(&url, own), "ok");
+    let unknown = with_system_roots(&url, &certs().other_ca);
+    assert!(unknown.contains("UnknownIssuer"), "{unknown}");
+    let ca_signed = format!("rediss://localhost:{}/0", servers::redis_tls());
+    assert_eq!(with_system_roots(&ca_signed, &certs().ca), "ok");
 }

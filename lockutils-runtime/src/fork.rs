@@ -16,6 +16,7 @@
 //! be); the rest is decided lazily, by the code that finds a stamp of
 //! another generation. Checking costs one relaxed load and no system call.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 static FORKS: AtomicU32 = AtomicU32::new(0);
@@ -58,58 +59,6 @@ impl Born {
     }
 }
 
-/// A process-wide value made afresh in every process: the first use in a
-/// forked child makes a new one, and the parent's copy is left alone
-/// (leaked), since threads that no longer exist may have held its locks.
-/// Each value lives as long as its process.
-pub(crate) struct PerProcess<T> {
-    current: AtomicPtr<(Born, T)>,
-    make: fn() -> T,
-}
-
-impl<T: Send + Sync> PerProcess<T> {
-    pub(crate) const fn new(make: fn() -> T) -> PerProcess<T> {
-        PerProcess {
-            current: AtomicPtr::new(std::ptr::null_mut()),
-            make,
-        }
-    }
-
-    /// This process's value, made on first use.
-    #[inline]
-    pub(crate) fn get(&self) -> &T {
-        let p = self.current.load(Ordering::Acquire);
-        if !p.is_null() {
-            // SAFETY: published by `make_here` from a leaked box, never
-            // freed (see the type's docs).
-            let (born, value) = unsafe { &*p };
-            if born.here() {
-                return value;
-            }
-        }
-        self.make_here(p)
-    }
-
-    #[cold]
-    fn make_here(&self, seen: *mut (Born, T)) -> &T {
-        let new = Box::into_raw(Box::new((Born::now(), (self.make)())));
-        match self
-            .current
-            .compare_exchange(seen, new, Ordering::AcqRel, Ordering::Acquire)
-        {
-            // The value `seen` (a parent's, if any) is leaked on purpose.
-            // SAFETY: just published; boxes published here are never freed.
-            Ok(_) => unsafe { &(*new).1 },
-            Err(_) => {
-                // Another thread of this process made one first.
-                // SAFETY: `new` was never shared.
-                drop(unsafe { Box::from_raw(new) });
-                self.get()
-            }
-        }
-    }
-}
-
 #[cfg(unix)]
 mod imp {
     pub(super) fn on_fork_in_child() {
@@ -123,4 +72,171 @@ mod imp {
 mod imp {
     // No fork outside Unix.
     pub(super) fn on_fork_in_child() {}
+}
+
+/// A value each process makes for itself. In a forked child the first
+/// use makes a new one, and the inherited one is left alone for good:
+/// never used, never dropped. It may hold sockets the parent still talks
+/// through, mutexes that threads absent in the child held at the fork, a
+/// runtime whose threads the child lacks; dropping any of those could write
+/// to the parent's connections or wait forever.
+///
+/// Two ways to make one: [`PerProcess::lazy`] for a `static` made on first
+/// use in each process ([`PerProcess::get`]), and [`PerProcess::new`] for a
+/// value made now, which a child renews from the inherited one
+/// ([`PerProcess::renewed`]).
+///
+/// Invariant: `current` is null (a lazy one not made yet) or points to a
+/// live `Made` from `Box::into_raw`; a `Made` is freed only by `Drop`, and
+/// only if it was made in the dropping process. Values replaced after a
+/// fork are leaked, one per fork generation that used them.
+pub(crate) struct PerProcess<T> {
+    current: AtomicPtr<Made<T>>,
+    /// Makes a lazy one's value.
+    make: Option<fn() -> T>,
+    /// Shares `T` between threads and moves it across them, as `RwLock<T>`
+    /// does: `Send` if `T: Send`, `Sync` if `T: Send + Sync`.
+    _owns: PhantomData<std::sync::RwLock<T>>,
+}
+
+struct Made<T> {
+    born: Born,
+    value: T,
+}
+
+impl<T> PerProcess<T> {
+    /// A value `make` makes on first use in each process.
+    pub(crate) const fn lazy(make: fn() -> T) -> PerProcess<T> {
+        PerProcess {
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            make: Some(make),
+            _owns: PhantomData,
+        }
+    }
+
+    /// `value`, made in this process.
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "postgres", feature = "etcd")),
+        allow(dead_code) // only lock servers keep connections
+    )]
+    pub(crate) fn new(value: T) -> PerProcess<T> {
+        let made = Box::new(Made {
+            born: Born::now(),
+            value,
+        });
+        PerProcess {
+            current: AtomicPtr::new(Box::into_raw(made)),
+            make: None,
+            _owns: PhantomData,
+        }
+    }
+
+    /// This process's value, made on first use (for one made by
+    /// [`PerProcess::lazy`]).
+    #[inline]
+    pub(crate) fn get(&self) -> &T {
+        self.renewed(|_| match self.make {
+            Some(make) => make(),
+            None => unreachable!("PerProcess::get on a value made by new(): use renewed()"),
+        })
+    }
+
+    /// This process's value; in a forked child, the first call makes it
+    /// with `fresh`, given the inherited value (`None` for a lazy one not
+    /// made before).
+    #[inline]
+    pub(crate) fn renewed(&self, fresh: impl FnOnce(Option<&T>) -> T) -> &T {
+        let made = self.current.load(Ordering::Acquire);
+        if !made.is_null() {
+            // SAFETY: a non-null `current` points to a live `Made` (the
+            // invariant); it is freed only by `drop(&mut self)`, which
+            // cannot run while `&self` is borrowed.
+            let m = unsafe { &*made };
+            if m.born.here() {
+                return &m.value;
+            }
+        }
+        self.renew(made, fresh)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn renew(&self, seen: *mut Made<T>, fresh: impl FnOnce(Option<&T>) -> T) -> &T {
+        // SAFETY: as in `renewed`; an inherited `Made` is never freed here.
+        let value = fresh(unsafe { seen.as_ref() }.map(|m| &m.value));
+        let made = Box::into_raw(Box::new(Made {
+            born: Born::now(),
+            value,
+        }));
+        match self
+            .current
+            .compare_exchange(seen, made, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // An inherited one is leaked on purpose (see the type's docs).
+            // SAFETY: `made` is live and now `current`.
+            Ok(_) => unsafe { &(*made).value },
+            Err(theirs) => {
+                // Another thread of this process made it first: use
+                // theirs, free ours (never shared).
+                // SAFETY: `made` came from Box::into_raw just above and
+                // was never published.
+                drop(unsafe { Box::from_raw(made) });
+                // SAFETY: `theirs` is `current`, not null (someone stored
+                // it) and live by the invariant.
+                unsafe { &(*theirs).value }
+            }
+        }
+    }
+}
+
+impl<T> Drop for PerProcess<T> {
+    fn drop(&mut self) {
+        let made = *self.current.get_mut();
+        if made.is_null() {
+            return;
+        }
+        // SAFETY: `current` is live and owned by `self`, dropped only here.
+        let made = unsafe { Box::from_raw(made) };
+        if !made.born.here() {
+            // Inherited through fork: left alone, like the ones replaced.
+            std::mem::forget(made);
+        }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_makes_its_own_value_and_leaves_the_inherited_one() {
+        use std::sync::atomic::AtomicUsize;
+        static DROPPED: AtomicUsize = AtomicUsize::new(0);
+        struct Counted(u32);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                DROPPED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let per = PerProcess::new(Counted(1));
+        assert_eq!(per.renewed(|_| unreachable!("made here")).0, 1);
+        // SAFETY: the child only calls into `per`, then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let fresh = per.renewed(|old| Counted(old.unwrap().0 + 1)).0;
+            let again = per.renewed(|_| Counted(99)).0;
+            drop(per); // frees the child's value only
+            let ok = fresh == 2 && again == 2 && DROPPED.load(Ordering::SeqCst) == 1;
+            // SAFETY: ends the child without the parent's atexit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(per.renewed(|_| unreachable!("still this process's")).0, 1);
+        drop(per);
+        assert_eq!(DROPPED.load(Ordering::SeqCst), 1);
+    }
 }

@@ -8,7 +8,7 @@
 
 // Layers, top first; each names only those below it (tests/layout.rs):
 // private > builder > acquire > guard > trace > hold > order > registry >
-// external > local > fork > config > name > spec > error.
+// external > local > mounts > fork > config > name > spec > error.
 mod acquire;
 mod builder;
 mod config;
@@ -19,6 +19,8 @@ mod guard;
 mod hold;
 mod holders;
 mod local;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod mounts;
 mod name;
 mod order;
 mod registry;

@@ -217,7 +217,7 @@ impl Registry {
 /// not have, and its shard locks may be held by them; the child never
 /// touches them again (see `hold`), and their memory is left as it is.
 #[cfg(not(lockutils_loom))]
-static REGISTRY: crate::fork::PerProcess<Registry> = crate::fork::PerProcess::new(Registry::new);
+static REGISTRY: crate::fork::PerProcess<Registry> = crate::fork::PerProcess::lazy(Registry::new);
 
 #[cfg(not(lockutils_loom))]
 #[inline]

@@ -20,6 +20,8 @@
 #![allow(dead_code)] // every test binary uses a different part
 
 pub mod capture;
+#[cfg(unix)]
+pub mod forked;
 pub mod planted;
 pub mod pyenv;
 pub mod python;

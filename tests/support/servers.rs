@@ -154,9 +154,9 @@ pub struct PgCluster {
 
 /// Starts a PostgreSQL cluster on 127.0.0.1 (and 127.0.0.2). With `tls`:
 /// TLS only (pg_hba `hostssl`, SCRAM password [`TLS_PG_PASSWORD`] for the
-/// user `postgres`), with the server certificate of `tls`; the unix socket
-/// trusts local users either way (for `psql`).
-fn start_cluster(kind: &str, tls: Option<&Certs>) -> PgCluster {
+/// user `postgres`), with the server certificate and key `tls`; the unix
+/// socket trusts local users either way (for `psql`).
+fn start_cluster(kind: &str, tls: Option<(&Path, &Path)>) -> PgCluster {
     let bin = pg_bin();
     let user = RunAs::pick();
     let dir = server_dir(kind, &user);
@@ -197,8 +197,8 @@ fn start_cluster(kind: &str, tls: Option<&Certs>) -> PgCluster {
             "full_page_writes=off",
         ])
         .args(["-c", "max_connections=300"]);
-    if let Some(certs) = tls {
-        tls_only(&data, certs, &user);
+    if let Some((cert, key)) = tls {
+        tls_only(&data, cert, key, &user);
         server.args(["-c", "ssl=on", "-c", "password_encryption=scram-sha-256"]);
     }
     // SIGINT: a fast shutdown (SIGTERM would wait for our pooled sessions).
@@ -221,12 +221,9 @@ pub const TLS_PG_PASSWORD: &str = "tls-s3cret";
 /// Makes the cluster in `data` TLS-only: its certificate and key (owned by
 /// the server's user, mode 0600 as PostgreSQL demands), and a pg_hba.conf
 /// that accepts TCP only as `hostssl` with a password.
-fn tls_only(data: &Path, certs: &Certs, user: &RunAs) {
+fn tls_only(data: &Path, cert: &Path, key: &Path, user: &RunAs) {
     use std::os::unix::fs::PermissionsExt;
-    for (from, to) in [
-        (&certs.server_cert, "server.crt"),
-        (&certs.server_key, "server.key"),
-    ] {
+    for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
         let dest = data.join(to);
         std::fs::copy(from, &dest).expect("copy the server certificate");
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -242,7 +239,21 @@ fn tls_only(data: &Path, certs: &Certs, user: &RunAs) {
 /// first use.
 pub fn postgres_tls() -> &'static PgCluster {
     static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| start_cluster("pgtls", Some(certs())))
+    CLUSTER.get_or_init(|| {
+        let c = certs();
+        start_cluster("pgtls", Some((&c.server_cert, &c.server_key)))
+    })
+}
+
+/// A TLS-only PostgreSQL cluster like [`postgres_tls`], whose certificate
+/// is [`self_signed`]'s (made the way PostgreSQL's manual makes one);
+/// started on first use.
+pub fn postgres_tls_self_signed() -> &'static PgCluster {
+    static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let c = self_signed();
+        start_cluster("pgtls-self", Some((&c.cert, &c.key)))
+    })
 }
 
 /// Runs `sql` with `psql` over the unix socket in `dir`; its output.

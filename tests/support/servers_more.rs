@@ -81,6 +81,58 @@ fn make_certs() -> Certs {
     certs
 }
 
+/// A self-signed server certificate and its key.
+pub struct SelfSigned {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A server certificate made as PostgreSQL's manual makes one ("Creating
+/// Certificates"): `openssl req -new -x509 -days 365 -nodes -text -out
+/// server.crt -keyout server.key -subj "/CN=dbhost.yourdomain.com"`, with
+/// `localhost` as the name. OpenSSL gives it an RSA key, its default
+/// `v3_ca` extensions (`CA:TRUE`) and no subject alternative name; the
+/// client is to trust this very file as its root. Made on first use.
+pub fn self_signed() -> &'static SelfSigned {
+    static CERT: OnceLock<SelfSigned> = OnceLock::new();
+    CERT.get_or_init(|| make_self_signed("selfsigned", &[]))
+}
+
+/// [`self_signed`] with subject alternative names too (`localhost`,
+/// `127.0.0.1`), which Go's clients (etcdctl) require: the same command
+/// with `-addext subjectAltName=DNS:localhost,IP:127.0.0.1`.
+pub fn self_signed_san() -> &'static SelfSigned {
+    static CERT: OnceLock<SelfSigned> = OnceLock::new();
+    CERT.get_or_init(|| {
+        let san = ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"];
+        make_self_signed("selfsigned-san", &san)
+    })
+}
+
+fn make_self_signed(kind: &str, extra: &[&str]) -> SelfSigned {
+    let dir = server_dir(kind, &RunAs(None));
+    let c = SelfSigned {
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    let out = Command::new(which("openssl", "apt-get install openssl"))
+        .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-text"])
+        .arg("-out")
+        .arg(&c.cert)
+        .arg("-keyout")
+        .arg(&c.key)
+        .args(["-subj", "/CN=localhost"])
+        .args(extra)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl req -new -x509 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c
+}
+
 /// Makes a P-256 key and a certificate for `cn`: self-signed, or signed by
 /// `signer` (certificate, key).
 fn openssl(cert: &Path, key: &Path, cn: &str, extra: &[&str], signer: Option<(&Path, &Path)>) {
@@ -143,6 +195,30 @@ pub fn etcd_tls() -> u16 {
             .arg("--client-cert-auth");
         let ready = "ready to serve client requests";
         start(cmd, "etcd (TLS)", ready, libc::SIGTERM, dir);
+        port
+    })
+}
+
+/// The port of an etcd that speaks only TLS, with [`self_signed_san`]'s
+/// certificate, on 127.0.0.1 and 127.0.0.2 (no client certificates);
+/// started on first use.
+pub fn etcd_tls_self_signed() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let c = self_signed_san();
+        let dir = server_dir("etcdtls-self", &RunAs(None));
+        let (port, peer) = (free_port(), free_port());
+        let listen = format!("https://127.0.0.1:{port},https://127.0.0.2:{port}");
+        let advertise = format!("https://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let mut cmd = etcd_member("tlsself", &dir, &listen, &advertise, &peer);
+        cmd.arg(format!("--initial-cluster=tlsself={peer}"))
+            .arg("--cert-file")
+            .arg(&c.cert)
+            .arg("--key-file")
+            .arg(&c.key);
+        let ready = "ready to serve client requests";
+        start(cmd, "etcd (TLS, self-signed)", ready, libc::SIGTERM, dir);
         port
     })
 }
@@ -261,6 +337,38 @@ pub fn redis_tls() -> u16 {
     })
 }
 
+/// The port of a redis-server that speaks only TLS with
+/// [`self_signed_san`]'s certificate, on 127.0.0.1 and 127.0.0.2 (no
+/// client certificates); started on first use.
+pub fn redis_tls_self_signed() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let c = self_signed_san();
+        let dir = server_dir("redistls-self", &RunAs(None));
+        let port = free_port();
+        let mut cmd = Command::new(which("redis-server", "apt-get install redis-server"));
+        cmd.args(["--bind", "127.0.0.1 127.0.0.2", "--port", "0"])
+            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(&c.cert)
+            .arg("--tls-key-file")
+            .arg(&c.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&c.cert)
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir);
+        let ready = "Ready to accept connections";
+        start(
+            cmd,
+            "redis-server (TLS, self-signed)",
+            ready,
+            libc::SIGTERM,
+            dir,
+        );
+        port
+    })
+}
+
 /// The shared redis-server's URL (`redis://127.0.0.1:PORT/0`), started on
 /// first use; [`REDIS_ENV`](super::REDIS_ENV) names one started elsewhere.
 pub fn redis() -> &'static str {
@@ -300,10 +408,21 @@ pub fn pgbouncer(mode: &str) -> &'static str {
         "transaction" => &TRANSACTION,
         other => panic!("pool mode {other:?}"),
     };
-    cell.get_or_init(|| start_pgbouncer(mode))
+    cell.get_or_init(|| start_pgbouncer(mode, ""))
 }
 
-fn start_pgbouncer(mode: &str) -> String {
+/// A pgbouncer in transaction mode that hands out its idle server
+/// connections in turn (`server_round_robin = 1`, FIFO); `postgres` may
+/// use its admin console (the database `pgbouncer`). Started once.
+pub fn pgbouncer_round_robin() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let extra = "server_round_robin = 1\nadmin_users = postgres\n";
+        start_pgbouncer("transaction", extra)
+    })
+}
+
+fn start_pgbouncer(mode: &str, extra: &str) -> String {
     let server = postgres();
     let pg_port = server
         .rsplit_once(':')
@@ -314,7 +433,8 @@ fn start_pgbouncer(mode: &str) -> String {
         .unwrap();
     // pgbouncer refuses to run as root.
     let user = RunAs::pick();
-    let dir = server_dir(&format!("pgbouncer-{mode}"), &user);
+    let kind = if extra.is_empty() { mode } else { "custom" };
+    let dir = server_dir(&format!("pgbouncer-{kind}"), &user);
     let port = free_port();
     let users = dir.join("users.txt");
     std::fs::write(&users, "\"postgres\" \"\"\n").expect("write the auth file");
@@ -322,7 +442,7 @@ fn start_pgbouncer(mode: &str) -> String {
         "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n\
          listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
          auth_type = trust\nauth_file = {}\npool_mode = {mode}\n\
-         max_client_conn = 400\ndefault_pool_size = 100\nlogfile =\npidfile =\n",
+         max_client_conn = 400\ndefault_pool_size = 100\nlogfile =\npidfile =\n{extra}",
         users.display()
     );
     let ini = dir.join("pgbouncer.ini");

@@ -2,9 +2,10 @@
 //!
 //! TLS: `?cacert=/ca.pem` turns it on (`https://` to every endpoint, the
 //! server's certificate checked against that CA and the endpoint's host
-//! name); `&cert=/client.pem&key=/client.key` adds a client certificate
-//! (etcd's `--client-cert-auth`). The stack is rustls (ring) in tonic.
-//! Without `cacert` the connection is plaintext; with it, never.
+//! name, as etcdctl checks it: see `etcd_tls`);
+//! `&cert=/client.pem&key=/client.key` adds a client certificate (etcd's
+//! `--client-cert-auth`). The stack is rustls (ring) in tonic. Without
+//! `cacert` the connection is plaintext; with it, never.
 //!
 //! Each acquisition is a key-per-waiter queue, the recipe of etcd's own
 //! `concurrency.Mutex` and `RWMutex`, with one lease per acquisition:
@@ -36,6 +37,11 @@
 //! dies stops renewing its lease, so waiters proceed at most `ttl` seconds
 //! later.
 //!
+//! After `fork` without `exec`, a child's first lock starts its own
+//! runtime and connection (the parent's runtime threads are not in the
+//! child); a guard it inherited is the parent's lease: `is_lost()` is
+//! `true` there, and dropping it revokes nothing.
+//!
 //! Names are escaped (`%` → `%25`, `/` → `%2F`) so that no name's keys can
 //! fall under another name's prefix.
 
@@ -44,17 +50,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use parking_lot::Mutex;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+use super::etcd_tls::{self, Tls, TlsFiles};
 use super::lost::LostFlag;
 use super::server::{Server, ServerLock, error_chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
+use crate::fork::PerProcess;
 use crate::spec::{Mode, Wait};
 
 /// The lease time-to-live when the URL does not give `?ttl=`, in seconds.
@@ -68,7 +76,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An etcd cluster used as a lock server.
 pub(crate) struct Etcd {
-    inner: Arc<Inner>,
+    /// The URL without its password, for messages.
+    url: String,
+    /// Each process's own runtime and connections: a forked child has
+    /// none of the parent's runtime threads, and its connections are the
+    /// parent's. `Err`: a child could not start its runtime.
+    inner: PerProcess<Result<Arc<Inner>, String>>,
 }
 
 struct Inner {
@@ -81,6 +94,8 @@ struct Inner {
     /// Whether the URL asks for TLS, and whether it gives a client
     /// certificate: what [`tls_hint`] adds to a failure's cause.
     tls: Option<ClientCert>,
+    /// The client certificate and the server certificate check, with TLS.
+    channel_tls: Option<Tls>,
     /// Runs the client and the keepalive tasks; never dropped (backends
     /// live as long as the process).
     runtime: Runtime,
@@ -105,7 +120,7 @@ impl Etcd {
             None => (None, authority),
         };
         let (ttl, files) = query_options(query).map_err(bad)?;
-        let tls = files.options().map_err(bad)?;
+        let tls = files.tls().map_err(bad)?;
         let tls_kind = tls.as_ref().map(|_| match files.cert {
             Some(_) => ClientCert::Given,
             None => ClientCert::None,
@@ -129,18 +144,10 @@ impl Etcd {
             // only a watch or the keepalive stream is open.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_tcp_keepalive(Duration::from_secs(5));
-        if let Some(tls) = tls {
-            options = options.with_tls(tls);
-        }
         if let Some((user, password)) = userinfo.and_then(|u| u.split_once(':')) {
             options = options.with_user(user, password);
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("lockutils-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| bad(format!("cannot start its runtime: {e}")))?;
+        let runtime = start_runtime().map_err(bad)?;
         let inner = Inner {
             url: redact(url),
             endpoints,
@@ -148,11 +155,52 @@ impl Etcd {
             prefix,
             ttl: ttl as i64,
             tls: tls_kind,
+            channel_tls: tls,
             runtime,
             client: Mutex::new(None),
         };
         Ok(Etcd {
-            inner: Arc::new(inner),
+            url: redact(url),
+            inner: PerProcess::new(Ok(Arc::new(inner))),
+        })
+    }
+
+    /// This process's runtime and connections (made anew in a forked child).
+    fn inner(&self) -> Result<&Arc<Inner>, &str> {
+        let fresh = |inherited: Option<&Result<Arc<Inner>, String>>| match inherited {
+            Some(Ok(inner)) => inner.fresh().map(Arc::new),
+            Some(Err(e)) => Err(e.clone()),
+            None => unreachable!("made by new"),
+        };
+        self.inner.renewed(fresh).as_ref().map_err(String::as_str)
+    }
+}
+
+/// The private runtime the client and the keepalive tasks run on.
+fn start_runtime() -> Result<Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("lockutils-etcd")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start its runtime: {e}"))
+}
+
+impl Inner {
+    /// A forked child's: the same settings, its own runtime, no client
+    /// (reading `self` only: its mutexes may have been held by threads the
+    /// child lacks, and its runtime's threads are not in the child).
+    fn fresh(&self) -> Result<Inner, String> {
+        Ok(Inner {
+            url: self.url.clone(),
+            endpoints: self.endpoints.clone(),
+            options: self.options.clone(),
+            prefix: self.prefix.clone(),
+            ttl: self.ttl,
+            tls: self.tls,
+            channel_tls: self.channel_tls.clone(),
+            runtime: start_runtime()?,
+            client: Mutex::new(None),
         })
     }
 }
@@ -165,7 +213,12 @@ impl Server for Etcd {
         wait: Wait,
     ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
         let wait = wait.start();
-        let inner = &self.inner;
+        let inner = self.inner().map_err(|cause| LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op: "connect",
+            cause: cause.to_owned(),
+        })?;
         let got = outside_runtime(|| {
             inner
                 .runtime
@@ -196,42 +249,6 @@ fn query_options(query: &str) -> Result<(u64, TlsFiles), String> {
         }
     }
     Ok((ttl, files))
-}
-
-/// The TLS files named in the URL.
-#[derive(Default)]
-struct TlsFiles {
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-}
-
-impl TlsFiles {
-    /// tonic's TLS settings: `None` without `cacert`.
-    fn options(&self) -> Result<Option<TlsOptions>, String> {
-        let read = |what: &str, path: &str| {
-            std::fs::read(path).map_err(|e| format!("{what}={path}: cannot read it: {e}"))
-        };
-        let Some(ca) = &self.ca else {
-            if self.cert.is_some() || self.key.is_some() {
-                return Err("cert and key need cacert=PATH (TLS is on only with cacert)".into());
-            }
-            return Ok(None);
-        };
-        let ca_pem = read("cacert", ca)?;
-        if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(format!("cacert={ca}: not a PEM certificate"));
-        }
-        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
-        match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
-            }
-            (None, None) => {}
-            _ => return Err("cert and key go together".into()),
-        }
-        Ok(Some(tls))
-    }
 }
 
 /// Why an acquisition failed: what was being done, and the cause.
@@ -325,7 +342,8 @@ impl Inner {
         if let Some(c) = self.client.lock().clone() {
             return Ok(c);
         }
-        let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+        let tls = self.channel_tls.as_ref();
+        let connect = etcd_tls::connect(&self.endpoints, self.options.clone(), tls);
         let c = request("connect", connect).await?;
         *self.client.lock() = Some(c.clone());
         Ok(c)
@@ -370,7 +388,7 @@ impl Inner {
             key: String::new(),
             revision: 0,
             state,
-            keeper,
+            keeper: Some(keeper),
             key_watch: None,
             revoked: false,
         };
@@ -511,7 +529,8 @@ struct EtcdHold {
     /// Its create revision: our place in the queue, and the fencing token.
     revision: i64,
     state: Arc<LeaseState>,
-    keeper: tokio::task::JoinHandle<()>,
+    /// Keeps the lease alive; `None` once stopped.
+    keeper: Option<tokio::task::JoinHandle<()>>,
     /// Watches our key while held: its deletion means the lock is lost.
     key_watch: Option<tokio::task::JoinHandle<()>>,
     revoked: bool,
@@ -524,7 +543,9 @@ impl EtcdHold {
         self.revoked = true;
         self.state.released.store(true, Ordering::Release);
         self.state.flag.released();
-        self.keeper.abort();
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
         if let Some(w) = self.key_watch.take() {
             w.abort();
         }
@@ -737,6 +758,9 @@ impl ServerLock for EtcdHold {
     }
 
     fn is_lost(&self) -> bool {
+        if self.state.flag.inherited() {
+            return true; // see `LostFlag`
+        }
         let lost = self.state.is_lost();
         if lost {
             self.state
@@ -753,6 +777,15 @@ impl ServerLock for EtcdHold {
 impl Drop for EtcdHold {
     /// Releases: the next in the queue goes.
     fn drop(&mut self) {
+        if self.state.flag.inherited() {
+            // A forked child's copy: the lease is the parent's, whose
+            // runtime keeps it alive; revoking it would free the parent's
+            // lock. The tasks belong to a runtime without threads here:
+            // left alone, as the runtime is.
+            std::mem::forget(self.keeper.take());
+            std::mem::forget(self.key_watch.take());
+            return;
+        }
         if self.revoked {
             return;
         }
@@ -814,13 +847,19 @@ mod tests {
     #[test]
     fn urls_give_endpoints_prefix_and_ttl() {
         let e = Etcd::new("etcd://u:pw@h1:2379,h2:2379/my/locks?ttl=5").unwrap();
-        assert_eq!(e.inner.endpoints, ["http://h1:2379", "http://h2:2379"]);
-        assert_eq!(e.inner.prefix, "my/locks/");
-        assert_eq!(e.inner.ttl, 5);
-        assert_eq!(e.inner.url, "etcd://u:***@h1:2379,h2:2379/my/locks?ttl=5");
+        assert_eq!(
+            e.inner().unwrap().endpoints,
+            ["http://h1:2379", "http://h2:2379"]
+        );
+        assert_eq!(e.inner().unwrap().prefix, "my/locks/");
+        assert_eq!(e.inner().unwrap().ttl, 5);
+        assert_eq!(
+            e.inner().unwrap().url,
+            "etcd://u:***@h1:2379,h2:2379/my/locks?ttl=5"
+        );
         let d = Etcd::new("etcd://h:2379").unwrap();
         assert_eq!(
-            (d.inner.prefix.as_str(), d.inner.ttl),
+            (d.inner().unwrap().prefix.as_str(), d.inner().unwrap().ttl),
             (DEFAULT_PREFIX, DEFAULT_TTL as i64)
         );
         for bad in [

@@ -10,13 +10,19 @@ use std::task::{Context, Poll};
 
 use event_listener::{Event, EventListener};
 
-/// Set once, when a held lock is known lost.
-#[derive(Default)]
+use crate::fork::Born;
+
+/// Set once, when a held lock is known lost; and always set in a child
+/// forked without `exec` while the lock was held: the lock belongs to the
+/// parent's session, lease or key, which the child can neither keep alive
+/// nor watch, and the parent may release it at any moment.
 #[cfg_attr(
     not(any(feature = "redis", feature = "postgres", feature = "etcd")),
     allow(dead_code) // only lock servers set it
 )]
 pub(crate) struct LostFlag {
+    /// The process that holds the lock.
+    born: Born,
     lost: AtomicBool,
     /// The hold was released on purpose: no warning, and no wake-up.
     released: AtomicBool,
@@ -29,11 +35,22 @@ pub(crate) struct LostFlag {
 )]
 impl LostFlag {
     pub(crate) fn new() -> Arc<LostFlag> {
-        Arc::new(LostFlag::default())
+        Arc::new(LostFlag {
+            born: Born::now(),
+            lost: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            event: Event::new(),
+        })
     }
 
     pub(crate) fn is_set(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        self.inherited() || self.lost.load(Ordering::Acquire)
+    }
+
+    /// Whether this process is a child forked while the lock was held: the
+    /// hold is the parent's, and dropping it here must release nothing.
+    pub(crate) fn inherited(&self) -> bool {
+        !self.born.here()
     }
 
     /// Marks the lock lost: warns (once, naming `lock` and `why`) and wakes
@@ -58,8 +75,10 @@ impl LostFlag {
 
 /// A future that completes when a held lock is lost (see
 /// `LockGuard::lost`): the backend's keepalive found the session, lease or
-/// key gone. It never completes for a lock that is released first, nor for
-/// a lock that cannot be lost (in-process, lock files).
+/// key gone. In a child forked while the lock was held, it is complete at
+/// once (the lock is the parent's). It never completes for a lock that is
+/// released first, nor for a lock that cannot be lost (in-process, lock
+/// files).
 pub struct Lost {
     flag: Option<Arc<LostFlag>>,
     listener: Option<EventListener>,

@@ -2,7 +2,7 @@
 //!
 //! | URL | backend |
 //! |---|---|
-//! | `file:///var/lib/nova/locks` | lock files in that directory (same as `set_lock_path`), [`file`] |
+//! | `file:///var/lib/nova/locks` | lock files in that directory (same as `set_lock_path`), [`mod@file`] |
 //! | `postgres://user:pass@host:5432/db` | PostgreSQL session advisory locks (feature `postgres`) |
 //! | `etcd://host:2379` | etcd v3 leases (feature `etcd`) |
 //! | `redis://host:6379/0`, `rediss://…` | Redis `SET NX PX` with renewal (feature `redis`) |
@@ -33,6 +33,8 @@ use crate::spec::{Kind, Mode, Place, Wait};
 
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_tls;
 pub(crate) mod file;
 mod lost;
 #[cfg(feature = "postgres")]
@@ -41,7 +43,11 @@ mod pg_tls;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_link;
 mod server;
+#[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
+mod tls;
 
 pub use lost::Lost;
 
@@ -413,7 +419,7 @@ pub fn set_backend(url: &str) -> Result<(), LockError> {
 /// The lock servers of this process, by URL. A forked child makes its own
 /// (the parent's connections are the parent's).
 static SERVERS: PerProcess<Mutex<HashMap<String, Arc<dyn Server>>>> =
-    PerProcess::new(Default::default);
+    PerProcess::lazy(Default::default);
 
 /// The lock server for `url`, made on first use and shared afterwards.
 pub(crate) fn get(url: &str) -> Result<Arc<dyn Server>, LockError> {

@@ -11,19 +11,25 @@
 //! `allow` and `prefer` are refused: both may end up in plaintext, and a
 //! lock URL that asks for TLS never gets less. A server that declines TLS
 //! is an error, not a fallback. The stack is rustls (ring), through the
-//! `tokio-postgres-rustls` connector.
+//! `tokio-postgres-rustls` connector; certificates are checked as libpq
+//! checks them (see [`tls`](super::tls)): a server certificate that is
+//! itself the trusted root (the manual's self-signed one) is accepted, and
+//! a certificate without alternative names is matched by its common name.
+//!
+//! `sslrootcert=system` (libpq 16) trusts the operating system's roots;
+//! as in libpq it makes `verify-full` the default and refuses weaker modes,
+//! since any public CA can vouch for any name.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+
+use super::tls::{Names, ServerVerifier, read_certs, system_roots};
 
 /// How much the connection's certificate is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,9 +44,18 @@ pub(crate) enum SslMode {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct PgTls {
     pub(crate) mode: SslMode,
-    root: Option<PathBuf>,
+    root: Option<Root>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+}
+
+/// What `sslrootcert` names.
+#[derive(Debug, PartialEq, Eq)]
+enum Root {
+    /// A PEM file of trusted roots.
+    File(PathBuf),
+    /// `system`: the operating system's roots.
+    System,
 }
 
 /// Takes libpq's TLS parameters out of `url`: the URL without them (for
@@ -57,11 +72,13 @@ pub(crate) fn split(url: &str) -> Result<(String, PgTls), String> {
         return Ok((url.to_owned(), tls));
     };
     let mut kept = Vec::new();
+    let mut mode_given = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let path = || PathBuf::from(percent_decoded(v));
         match k {
             "sslmode" => {
+                mode_given = true;
                 tls.mode = match v {
                     "disable" => SslMode::Disable,
                     "require" => SslMode::Require,
@@ -80,16 +97,32 @@ pub(crate) fn split(url: &str) -> Result<(String, PgTls), String> {
                     }
                 }
             }
-            "sslrootcert" => tls.root = Some(path()),
+            "sslrootcert" if v == "system" => tls.root = Some(Root::System),
+            "sslrootcert" => tls.root = Some(Root::File(path())),
             "sslcert" => tls.cert = Some(path()),
             "sslkey" => tls.key = Some(path()),
             _ => kept.push(pair),
         }
     }
+    if tls.root == Some(Root::System) {
+        match tls.mode {
+            _ if !mode_given => tls.mode = SslMode::VerifyFull,
+            SslMode::VerifyFull => {}
+            _ => {
+                return Err(
+                    "sslrootcert=system needs sslmode=verify-full (the default with it): any \
+                     public CA could vouch for the server otherwise"
+                        .into(),
+                );
+            }
+        }
+    }
     let needs_root = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull);
     if needs_root && tls.root.is_none() {
         return Err(
-            "sslmode=verify-ca and verify-full need sslrootcert=PATH (the CA's PEM file)".into(),
+            "sslmode=verify-ca and verify-full need sslrootcert=PATH (the CA's PEM file) or \
+             sslrootcert=system"
+                .into(),
         );
     }
     if tls.cert.is_some() != tls.key.is_some() {
@@ -131,21 +164,6 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads every certificate in the PEM file `path`.
-pub(crate) fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{what}={}: {e}", path.display()))?
-        .collect();
-    let certs = certs.map_err(|e| format!("{what}={}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{what}={}: no certificate in the file",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
 impl PgTls {
     /// The rustls client configuration for these settings (`Disable`: none).
     pub(crate) fn client_config(&self) -> Result<Option<ClientConfig>, String> {
@@ -156,22 +174,19 @@ impl PgTls {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
+        let names = match self.mode {
+            SslMode::VerifyFull => Names::SanOrCommonName,
+            _ => Names::Unchecked,
+        };
         let verifier: Arc<dyn ServerCertVerifier> = match &self.root {
             None => Arc::new(Unverified(provider.signature_verification_algorithms)),
-            Some(root) => {
-                let mut roots = RootCertStore::empty();
-                for cert in read_certs(root, "sslrootcert")? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("sslrootcert={}: {e}", root.display()))?;
-                }
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| format!("sslrootcert={}: {e}", root.display()))?;
-                match self.mode {
-                    SslMode::VerifyFull => webpki,
-                    _ => Arc::new(AnyName(webpki)),
-                }
+            Some(Root::File(root)) => {
+                let what = format!("sslrootcert={}", root.display());
+                ServerVerifier::new(read_certs(root, "sslrootcert")?, names, provider, &what)?
+            }
+            Some(Root::System) => {
+                let roots = system_roots().map_err(|e| format!("sslrootcert=system: {e}"))?;
+                ServerVerifier::new(roots, names, provider, "sslrootcert=system")?
             }
         };
         let builder = builder
@@ -189,55 +204,6 @@ impl PgTls {
             _ => builder.with_no_client_auth(),
         };
         Ok(Some(config))
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; any host name.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // webpki checks the chain before the name: a name error means the
-        // chain itself was good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            r => r,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }
 
@@ -291,7 +257,7 @@ mod tests {
             split("postgres://u@h/db?sslmode=verify-full&sslrootcert=/a%20b/ca.pem&x=1").unwrap();
         assert_eq!(url, "postgres://u@h/db?x=1");
         assert_eq!(tls.mode, SslMode::VerifyFull);
-        assert_eq!(tls.root.as_deref(), Some(Path::new("/a b/ca.pem")));
+        assert_eq!(tls.root, Some(Root::File("/a b/ca.pem".into())));
         let (url, tls) = split("postgres://u@h/db").unwrap();
         assert_eq!(
             (url.as_str(), tls.mode),
@@ -305,6 +271,17 @@ mod tests {
     }
 
     #[test]
+    fn sslrootcert_system_means_verify_full() {
+        let (_, tls) = split("postgres://u@h/db?sslrootcert=system").unwrap();
+        assert_eq!(
+            (tls.mode, tls.root),
+            (SslMode::VerifyFull, Some(Root::System))
+        );
+        let (_, tls) = split("postgres://u@h/db?sslrootcert=system&sslmode=verify-full").unwrap();
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+    }
+
+    #[test]
     fn modes_that_may_be_plaintext_or_unverifiable_are_refused() {
         for (bad, why) in [
             ("postgres://h?sslmode=prefer", "plaintext"),
@@ -313,6 +290,14 @@ mod tests {
             ("postgres://h?sslmode=verify-ca", "sslrootcert"),
             ("postgres://h?sslmode=strict", "expected"),
             ("postgres://h?sslmode=require&sslcert=/c.pem", "together"),
+            (
+                "postgres://h?sslrootcert=system&sslmode=verify-ca",
+                "verify-full",
+            ),
+            (
+                "postgres://h?sslmode=require&sslrootcert=system",
+                "verify-full",
+            ),
         ] {
             let e = split(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

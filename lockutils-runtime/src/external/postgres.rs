@@ -50,21 +50,29 @@
 //!   statement pooling would run a lock and its unlock on different server
 //!   sessions, so the first connection checks: a second session's first
 //!   statement must not run on the first session's server backend, and the
-//!   first session's next statement must run on the same backend as its
-//!   first (`pg_backend_pid()`). Otherwise every lock fails with a
+//!   first session's next two statements must run on the same backend as
+//!   its first (`pg_backend_pid()`; two, because a pooler handing out idle
+//!   server connections in turn, as PgBouncer's `server_round_robin` does,
+//!   can bring one statement back to it). Otherwise every lock fails with a
 //!   `LockError::Backend` that says so.
 //!
 //! Any of the client settings may be overridden in the URL
 //! (`?keepalives_idle=30&connect_timeout=10`, as libpq names them).
 //!
+//! * **fork without exec**: a child never uses the parent's sessions (their
+//!   sockets are shared with the parent); its first lock makes its own
+//!   pool and checking thread. A guard it inherited is the parent's lock:
+//!   `is_lost()` is `true` there, and dropping it neither unlocks nor ends
+//!   the parent's session (the client is kept, unused).
+//!
 //! * **TLS**: `?sslmode=verify-full&sslrootcert=/ca.pem` (also `require`,
 //!   `verify-ca`, and `sslcert`/`sslkey` for a client certificate), with
-//!   libpq's meanings; see [`pg_tls`](super::pg_tls). Never a fallback to
+//!   libpq's meanings; see [`pg_tls`]. Never a fallback to
 //!   plaintext.
 //! * **Password**: in the URL, else from `PGPASSWORD`; neither is ever
 //!   shown (messages carry the URL with the password as `***`).
 
-use std::sync::{Arc, Once, Weak};
+use std::sync::{Arc, Once, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ::postgres::config::SslMode as PgSslMode;
@@ -79,6 +87,7 @@ use super::pg_tls;
 use super::server::{Server, ServerLock, error_chain as chain, outside_runtime};
 use crate::config::redact;
 use crate::error::LockError;
+use crate::fork::PerProcess;
 use crate::spec::{Mode, Wait};
 
 /// Idle sessions kept for reuse; more are closed when released.
@@ -111,7 +120,9 @@ pub(crate) fn key(name: &str) -> i64 {
 
 /// A PostgreSQL server used as a lock server.
 pub(crate) struct Postgres {
-    pool: Arc<Pool>,
+    /// Each process's own sessions: a forked child never uses the
+    /// parent's (their sockets are the parent's too).
+    pool: PerProcess<Arc<Pool>>,
 }
 
 /// The connection settings and the idle sessions.
@@ -123,10 +134,10 @@ struct Pool {
     url: String,
     idle: Mutex<Vec<Client>>,
     /// Whether [`FENCE_SEQUENCE`] exists (decided on the first connect).
-    fencing: std::sync::OnceLock<bool>,
+    fencing: OnceLock<bool>,
     /// Whether sessions are real (not pooled per transaction), found by
     /// the first connect: `Err` says why not.
-    sessions: std::sync::OnceLock<Result<(), String>>,
+    sessions: OnceLock<Result<(), String>>,
     /// The held sessions, for the checking thread.
     held: Mutex<Vec<Weak<Held>>>,
     checking: Once,
@@ -182,13 +193,13 @@ impl Postgres {
             tls,
             url: redact(url),
             idle: Mutex::new(Vec::new()),
-            fencing: std::sync::OnceLock::new(),
-            sessions: std::sync::OnceLock::new(),
+            fencing: OnceLock::new(),
+            sessions: OnceLock::new(),
             held: Mutex::new(Vec::new()),
             checking: Once::new(),
         };
         Ok(Postgres {
-            pool: Arc::new(pool),
+            pool: PerProcess::new(Arc::new(pool)),
         })
     }
 }
@@ -202,9 +213,12 @@ impl Server for Postgres {
     ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
         let wait = wait.start();
         let key = key(name);
-        let got = outside_runtime(|| self.pool.run(name, key, mode, wait))?;
+        let pool = self
+            .pool
+            .renewed(|inherited| Arc::new(inherited.expect("made by new").fresh()));
+        let got = outside_runtime(|| pool.run(name, key, mode, wait))?;
         Ok(got.map(|(client, fence)| {
-            let hold = PgHold::new(self.pool.clone(), client, key, mode, fence);
+            let hold = PgHold::new(pool.clone(), client, key, mode, fence);
             Box::new(hold) as Box<dyn ServerLock>
         }))
     }
@@ -241,6 +255,30 @@ fn lock_sql(key: i64, mode: Mode, wait: Wait, fence: bool) -> String {
 }
 
 impl Pool {
+    /// The pool of a forked child: the same settings and what the parent
+    /// learnt of the server, no sessions (reading `self` only: its mutexes
+    /// may have been held by threads the child lacks).
+    fn fresh(&self) -> Pool {
+        Pool {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            url: self.url.clone(),
+            idle: Mutex::new(Vec::new()),
+            fencing: self
+                .fencing
+                .get()
+                .copied()
+                .map_or_else(OnceLock::new, OnceLock::from),
+            sessions: self
+                .sessions
+                .get()
+                .cloned()
+                .map_or_else(OnceLock::new, OnceLock::from),
+            held: Mutex::new(Vec::new()),
+            checking: Once::new(),
+        }
+    }
+
     /// Takes `key` on an idle or new session. `Some`: the session, now
     /// holding the lock, and the fencing token; `None`: busy, the session
     /// went back.
@@ -331,11 +369,15 @@ impl Pool {
         let mine = pid(first)?;
         let mut second = self.session()?;
         let theirs = pid(&mut second)?;
-        let again = pid(first)?;
-        let verdict = if mine == theirs || mine != again {
+        // Twice: a pooler that hands out its idle server connections in
+        // turn (PgBouncer's server_round_robin) may bring the first session
+        // back to its backend once, never twice in a row unless it has one.
+        let again = [pid(first)?, pid(first)?];
+        let verdict = if mine == theirs || again.iter().any(|p| *p != mine) {
+            let [a, b] = again;
             Err(format!(
                 "the server is behind a pooler in transaction or statement mode: statements \
-                 ran on server backends {mine}, {theirs} (another session), {again}; session \
+                 ran on server backends {mine}, {theirs} (another session), {a}, {b}; session \
                  advisory locks need whole sessions: pool_mode = session, or connect directly"
             ))
         } else {
@@ -534,6 +576,14 @@ impl ServerLock for PgHold {
 
 impl Drop for PgHold {
     fn drop(&mut self) {
+        if self.held.lost.inherited() {
+            // A forked child's copy: the session is the parent's. Unlocking
+            // would unlock the parent's lock, and even dropping the client
+            // would end the parent's session (it says Terminate on the
+            // shared socket): it is kept, unused, for good.
+            std::mem::forget(self.held.clone());
+            return;
+        }
         self.held.lost.released();
         let Some(mut client) = self.held.client.lock().take() else {
             return;

@@ -17,9 +17,15 @@
 //!   holds our token), which also `PUBLISH`es on `<key>:released`.
 //! * **Waiting**: subscribed to `<key>:released`, a waiter tries again when
 //!   a release is published, or when the holder's key would expire (its
-//!   `PTTL`, at most one second later as a bounded re-check): no hot poll.
+//!   `PTTL`, at most one second later as a bounded re-check): no hot poll,
+//!   also for a key without a time-to-live (not one lockutils set), which
+//!   is looked at once a second.
 //!   A deadline or `blocking(false)` gives up without leaving anything on
 //!   the server.
+//! * **fork without exec**: a child never uses the parent's connections;
+//!   its first lock makes its own, and its own renewal thread. A guard it
+//!   inherited is the parent's key: `is_lost()` is `true` there, and
+//!   dropping it deletes nothing.
 //! * **Shared** (reader) mode is refused with `LockError::Backend`: a plain
 //!   key has one owner, and a reader count would need its own expiry
 //!   scheme; use PostgreSQL or etcd for reader/writer locks.
@@ -36,13 +42,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use ::redis::{Client, Connection, ConnectionLike, RedisError, TlsCertificates};
+use ::redis::RedisError;
 use parking_lot::{Condvar, Mutex};
 
 use super::lost::LostFlag;
+use super::redis_link::{Link, Server as Endpoint};
 use super::server::{Server, ServerLock, error_chain};
 use crate::config::redact;
 use crate::error::LockError;
+use crate::fork::PerProcess;
 use crate::spec::{Mode, Wait};
 
 /// The key time-to-live when the URL does not give `?ttl=`, in seconds.
@@ -72,18 +80,20 @@ const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 
 /// A Redis server used as a lock server.
 pub(crate) struct Redis {
-    inner: Arc<Inner>,
+    /// Each process's own connections and renewal thread: a forked child
+    /// never uses the parent's.
+    inner: PerProcess<Arc<Inner>>,
 }
 
 struct Inner {
     /// The URL without its password, for messages.
     url: String,
-    client: Client,
+    server: Endpoint,
     /// `rediss://`: a server that does not speak TLS leaves the handshake
     /// unanswered, which the client reports only as a timeout.
     tls: bool,
     ttl: Duration,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Link>>,
     /// The held keys the renewal thread keeps alive, by hold id.
     held: Mutex<HashMap<u64, Renewal>>,
     /// Wakes the renewal thread when a key is added.
@@ -139,10 +149,10 @@ impl Redis {
             format!("{base}?{}", kept.join("&"))
         };
         let tls = base.starts_with("rediss://");
-        let client = client(&plain, tls, ca, cert, key).map_err(bad)?;
+        let server = Endpoint::new(&plain, tls, ca, cert, key).map_err(bad)?;
         let inner = Inner {
             url: redact(url),
-            client,
+            server,
             tls,
             ttl: Duration::from_secs(ttl),
             idle: Mutex::new(Vec::new()),
@@ -151,44 +161,15 @@ impl Redis {
             renewing: std::sync::Once::new(),
         };
         Ok(Redis {
-            inner: Arc::new(inner),
+            inner: PerProcess::new(Arc::new(inner)),
         })
     }
-}
 
-/// The client for `url`: for `rediss://` with `cacert`, trusting only that
-/// CA (and presenting `cert`/`key` if given); otherwise the system's roots.
-fn client(
-    url: &str,
-    tls: bool,
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-) -> Result<Client, String> {
-    let read = |what: &str, path: &str| {
-        std::fs::read(path).map_err(|e| format!("{what}={path}: cannot read it: {e}"))
-    };
-    let parse_err = |e: RedisError| format!("not a Redis URL: {}", error_chain(&e));
-    if ca.is_none() && cert.is_none() && key.is_none() {
-        return Client::open(url).map_err(parse_err);
+    /// This process's connections.
+    fn inner(&self) -> &Arc<Inner> {
+        self.inner
+            .renewed(|inherited| Arc::new(inherited.expect("made by new").fresh()))
     }
-    if !tls {
-        return Err("cacert, cert and key need rediss:// (TLS)".into());
-    }
-    let client_tls = match (cert, key) {
-        (Some(c), Some(k)) => Some(::redis::ClientTlsConfig {
-            client_cert: read("cert", &c)?,
-            client_key: read("key", &k)?,
-        }),
-        (None, None) => None,
-        _ => return Err("cert and key go together".into()),
-    };
-    let root_cert = ca.map(|c| read("cacert", &c)).transpose()?;
-    let certs = TlsCertificates {
-        client_tls,
-        root_cert,
-    };
-    Client::build_with_tls(url, certs).map_err(parse_err)
 }
 
 impl Server for Redis {
@@ -200,7 +181,7 @@ impl Server for Redis {
     ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
         let wait = wait.start();
         if mode == Mode::Shared {
-            return Err(self.inner.error(
+            return Err(self.inner().error(
                 name,
                 "lock",
                 "Redis locks have no shared (reader) mode: take it exclusive, or use \
@@ -208,7 +189,7 @@ impl Server for Redis {
                     .into(),
             ));
         }
-        let got = self.inner.clone().acquire(name, wait)?;
+        let got = self.inner().clone().acquire(name, wait)?;
         Ok(got.map(|h| Box::new(h) as Box<dyn ServerLock>))
     }
 }
@@ -225,6 +206,22 @@ fn new_token() -> String {
 }
 
 impl Inner {
+    /// A forked child's: the same server and settings, no connections, no
+    /// held keys (reading `self` only: its mutexes may have been held by
+    /// threads the child lacks).
+    fn fresh(&self) -> Inner {
+        Inner {
+            url: self.url.clone(),
+            server: self.server.clone(),
+            tls: self.tls,
+            ttl: self.ttl,
+            idle: Mutex::new(Vec::new()),
+            held: Mutex::new(HashMap::new()),
+            added: Condvar::new(),
+            renewing: std::sync::Once::new(),
+        }
+    }
+
     fn error(&self, name: &str, op: &'static str, cause: String) -> LockError {
         LockError::Backend {
             name: name.to_owned(),
@@ -234,18 +231,15 @@ impl Inner {
         }
     }
 
-    fn connect(&self) -> Result<Connection, RedisError> {
-        let c = self.client.get_connection_with_timeout(REQUEST_TIMEOUT)?;
-        c.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        c.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-        Ok(c)
+    fn connect(&self) -> Result<Link, RedisError> {
+        self.server.connect(REQUEST_TIMEOUT)
     }
 
     /// Runs `f` on an idle or new connection; keeps the connection for
     /// reuse unless it failed.
     fn with_connection<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+        f: impl FnOnce(&mut Link) -> Result<T, RedisError>,
     ) -> Result<T, (&'static str, RedisError)> {
         let pooled = self.idle.lock().pop();
         let mut con = match pooled {
@@ -280,8 +274,14 @@ impl Inner {
         if fence > 0 {
             return Ok(Ok(fence));
         }
-        // -1 (no expiry: not ours) or -2 (just gone): look again soon.
-        Ok(Err(Duration::from_millis(pttl.max(1) as u64)))
+        Ok(Err(match pttl {
+            // No expiry (a key not set by lockutils): it goes only when
+            // deleted; the bounded re-check sees that.
+            -1 => RECHECK,
+            // Gone since the script looked: try again at once.
+            ..=0 => Duration::from_millis(1),
+            ms => Duration::from_millis(ms as u64),
+        }))
     }
 
     fn acquire(self: Arc<Self>, name: &str, wait: Wait) -> Result<Option<RedisHold>, LockError> {
@@ -305,7 +305,6 @@ impl Inner {
             Wait::Until { deadline, .. } => Some(deadline),
         };
         let mut sub = self.connect().map_err(|e| fail(("connect", e)))?;
-        let mut sub = sub.as_pubsub();
         let channel = format!("{key}:released");
         sub.subscribe(&channel).map_err(|e| fail(("wait", e)))?;
         loop {
@@ -325,7 +324,7 @@ impl Inner {
             }
             sub.set_read_timeout(Some(nap))
                 .map_err(|e| fail(("wait", e)))?;
-            match sub.get_message() {
+            match sub.next_message() {
                 Ok(_) => {}
                 Err(e) if e.is_timeout() => {}
                 Err(e) => return Err(fail(("wait", e))),
@@ -372,7 +371,7 @@ impl Inner {
 
     /// The renewal thread: renews each held key when it is due.
     fn renew_forever(self: Arc<Self>) {
-        let mut con: Option<Connection> = None;
+        let mut con: Option<Link> = None;
         loop {
             let due = {
                 let mut held = self.held.lock();
@@ -413,13 +412,13 @@ impl Inner {
     /// Renews one key: when it is next due, or `None` once it is lost.
     fn renew_one(
         &self,
-        con: &mut Option<Connection>,
+        con: &mut Option<Link>,
         key: &str,
         token: &str,
         state: &HoldState,
     ) -> Option<Instant> {
         let sent = Instant::now();
-        let r = match con.take().filter(Connection::is_open) {
+        let r = match con.take().filter(Link::is_open) {
             Some(c) => Ok(c),
             None => self.connect(),
         }
@@ -500,6 +499,12 @@ impl Drop for RedisHold {
     /// Stops renewing and deletes the key if it is still ours. If Redis
     /// cannot be reached, the key expires after its time-to-live.
     fn drop(&mut self) {
+        if self.state.lost.inherited() {
+            // A forked child's copy: the key and its token are the
+            // parent's, who still renews it; deleting it would free the
+            // parent's lock.
+            return;
+        }
         self.state.lost.released();
         self.inner.held.lock().remove(&self.id);
         let released = self.inner.with_connection(|c| {
@@ -528,8 +533,8 @@ mod tests {
     #[test]
     fn urls_give_ttl_and_tls_files() {
         let r = Redis::new("redis://u:pw@h:6379/0?ttl=3").unwrap();
-        assert_eq!(r.inner.ttl, Duration::from_secs(3));
-        assert_eq!(r.inner.url, "redis://u:***@h:6379/0?ttl=3");
+        assert_eq!(r.inner().ttl, Duration::from_secs(3));
+        assert_eq!(r.inner().url, "redis://u:***@h:6379/0?ttl=3");
         for bad in [
             "redis://h?ttl=0",
             "redis://h?cacert=/ca.pem",

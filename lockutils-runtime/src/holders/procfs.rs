@@ -34,28 +34,15 @@ use std::time::{Duration, SystemTime};
 
 use super::{HoldKind, HoldMode, Holder, Holders, HoldersSource, check_file};
 use crate::error::LockError;
+use crate::mounts::{self, LocksId};
 
-/// A file as `/proc/locks` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct FileId {
-    major: u64,
-    minor: u64,
-    ino: u64,
-}
+/// A file as `/proc/locks` names it (`major:minor:inode`, the device
+/// being the file system's, see `crate::mounts`).
+type FileId = LocksId;
 
-impl FileId {
-    fn of(meta: &fs::Metadata) -> FileId {
-        let dev = meta.dev();
-        // glibc's (and the kernel's user-space) dev_t encoding.
-        let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
-        let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
-        FileId {
-            major,
-            minor,
-            ino: meta.ino(),
-        }
-    }
-}
+/// A file as `stat` names it: `(st_dev, st_ino)`. The device may differ
+/// from the one in its [`FileId`] (btrfs, overlayfs); both are stable.
+type StatId = (u64, u64);
 
 /// The text of `/proc/locks`, read in large pieces; `None` if it cannot
 /// be read. The kernel builds each `read`'s piece (up to a page) under the
@@ -146,30 +133,35 @@ fn parse(line: &str) -> Option<Entry> {
 /// Answers for `paths` from `/proc`; `None` if `/proc/locks` is unreadable.
 pub(super) fn inspect<P: AsRef<Path>>(paths: &[P]) -> Option<Vec<Result<Holders, LockError>>> {
     let text = read_proc_locks()?;
-    // Each path's identity, or its answer when there is nothing to look up.
-    let ids: Vec<Result<Option<FileId>, LockError>> = paths
+    // Each path's identities, or its answer when there is nothing to look up.
+    let ids: Vec<Result<Option<(FileId, StatId)>, LockError>> = paths
         .iter()
         .map(|p| {
             let p = p.as_ref();
             if !check_file(p)? {
                 return Ok(None);
             }
-            fs::symlink_metadata(p)
-                .map(|m| Some(FileId::of(&m)))
+            mounts::locks_id(p)
+                .map(Some)
                 .map_err(|e| super::io_error(p, "inspect lock file", e))
         })
         .collect();
-    let wanted: Vec<FileId> = ids.iter().filter_map(|r| *r.as_ref().ok()?).collect();
+    let both: Vec<(FileId, StatId)> = ids.iter().filter_map(|r| *r.as_ref().ok()?).collect();
+    let wanted: Vec<FileId> = both.iter().map(|(id, _)| *id).collect();
     let entries: Vec<Entry> = text
         .lines()
         .filter_map(parse)
         .filter(|e| wanted.contains(&e.id))
         .collect();
     // Only OFD and flock locks need the (slower) look through open files.
-    let by_file: Vec<FileId> = entries
+    let by_file: Vec<(FileId, StatId)> = both
         .iter()
-        .filter(|e| e.kind != HoldKind::Posix)
-        .map(|e| e.id)
+        .filter(|(id, _)| {
+            entries
+                .iter()
+                .any(|e| e.id == *id && e.kind != HoldKind::Posix)
+        })
+        .copied()
         .collect();
     let scan = if by_file.is_empty() {
         Scan::default()
@@ -182,7 +174,7 @@ pub(super) fn inspect<P: AsRef<Path>>(paths: &[P]) -> Option<Vec<Result<Holders,
         .zip(ids)
         .map(|(p, id)| {
             let mut found = super::probe::free(p.as_ref().to_path_buf(), HoldersSource::ProcLocks);
-            if let Some(id) = id? {
+            if let Some((id, _)) = id? {
                 fill(&mut found, id, &entries, &scan, &clock);
             }
             Ok(found)
@@ -270,7 +262,9 @@ struct Scan {
 
 /// Every process's open files that are one of `files`: the OFD and flock
 /// locks held through them, and the threads waiting for an OFD lock on them.
-fn scan_open_files(files: &[FileId]) -> Scan {
+/// An open file is recognised by its `stat` identity (what `stat` on
+/// `/proc/PID/fd/N` gives), and recorded under the `/proc/locks` one.
+fn scan_open_files(files: &[(FileId, StatId)]) -> Scan {
     let mut scan = Scan::default();
     let Ok(procs) = fs::read_dir("/proc") else {
         return scan;
@@ -293,13 +287,13 @@ fn scan_open_files(files: &[FileId]) -> Scan {
             let Ok(meta) = fs::metadata(fd.path()) else {
                 continue;
             };
-            let file = FileId::of(&meta);
+            let seen: StatId = (meta.dev(), meta.ino());
+            let Some(&(file, _)) = files.iter().find(|(_, s)| *s == seen) else {
+                continue;
+            };
             let Some(n) = fd.file_name().to_str().and_then(|s| s.parse().ok()) else {
                 continue;
             };
-            if !files.contains(&file) {
-                continue;
-            }
             open_here.push((n, file));
             let info = proc_dir.path().join("fdinfo").join(fd.file_name());
             let Ok(text) = fs::read_to_string(info) else {

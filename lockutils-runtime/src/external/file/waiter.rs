@@ -52,7 +52,7 @@ type FileKey = (u64, u64);
 
 /// The waiter threads of this process, by lock file.
 static WAITERS: PerProcess<Mutex<HashMap<FileKey, Arc<Waiter>>>> =
-    PerProcess::new(Default::default);
+    PerProcess::lazy(Default::default);
 
 /// The thread (while it runs) that waits for one lock file.
 pub(crate) struct Waiter {
@@ -92,7 +92,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A caller's wait: dropped, it withdraws (see [`Wait::withdraw`]).
+/// A caller's wait: dropped, it withdraws its ticket (see its `Drop`).
 pub(crate) struct Wait {
     waiter: Arc<Waiter>,
     ticket: Arc<Ticket>,
