@@ -13,7 +13,7 @@ use event_listener::{Event, EventListener};
 /// Set once, when a held lock is known lost.
 #[derive(Default)]
 #[cfg_attr(
-    not(any(feature = "redis", feature = "postgres", feature = "etcd")),
+    not(any(feature = "redis", feature = "postgres", feature = "etcd", feature = "mysql")),
     allow(dead_code) // only lock servers set it
 )]
 pub(crate) struct LostFlag {
@@ -24,7 +24,12 @@ pub(crate) struct LostFlag {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "postgres", feature = "etcd")),
+    not(any(
+        feature = "redis",
+        feature = "postgres",
+        feature = "etcd",
+        feature = "mysql"
+    )),
     allow(dead_code)
 )]
 impl LostFlag {

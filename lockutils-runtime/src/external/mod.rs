@@ -6,6 +6,10 @@
 //! | `postgres://user:pass@host:5432/db` | PostgreSQL session advisory locks (feature `postgres`) |
 //! | `etcd://host:2379` | etcd v3 leases (feature `etcd`) |
 //! | `redis://host:6379/0`, `rediss://…` | Redis `SET NX PX` with renewal (feature `redis`) |
+//! | `mysql://user:pass@host:3306/db` | MySQL/MariaDB `GET_LOCK` (feature `mysql`) |
+//!
+//! `?compat=tooz` on a server URL takes the locks OpenStack's tooz takes
+//! for the same names (`tooz.rs`).
 //!
 //! Lock files and lock servers are peers: each implements [`Backend`], and
 //! what they can and cannot do (semaphore permits, waiting until a deadline
@@ -36,6 +40,10 @@ use crate::spec::{Kind, Mode, Wait};
 mod etcd;
 pub(crate) mod file;
 mod lost;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "mysql")]
+mod mysql_url;
 mod pending;
 #[cfg(feature = "postgres")]
 mod pg_tls;
@@ -43,6 +51,8 @@ mod pg_tls;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(feature = "postgres", feature = "redis", feature = "mysql"))]
+mod tooz;
 
 pub use lost::Lost;
 pub(crate) use lost::LostFlag;
@@ -132,7 +142,12 @@ pub(crate) enum ExternalHold {
     File(file::FileHold),
     // Made only by the lock-server backends, which are optional features.
     #[cfg_attr(
-        not(any(feature = "postgres", feature = "etcd", feature = "redis")),
+        not(any(
+            feature = "postgres",
+            feature = "etcd",
+            feature = "redis",
+            feature = "mysql"
+        )),
         allow(dead_code)
     )]
     Remote(Box<dyn RemoteHold>),
@@ -141,7 +156,12 @@ pub(crate) enum ExternalHold {
 impl ExternalHold {
     /// A server's hold, boxed.
     #[cfg_attr(
-        not(any(feature = "postgres", feature = "etcd", feature = "redis")),
+        not(any(
+            feature = "postgres",
+            feature = "etcd",
+            feature = "redis",
+            feature = "mysql"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn remote(hold: impl RemoteHold + 'static) -> ExternalHold {
@@ -426,8 +446,9 @@ pub(crate) fn choose<'a>(dir: Dir<'a>, name: &str) -> Result<Chosen<'a>, LockErr
 
 /// Chooses where external locks without their own `lock_path` live:
 /// `file:///dir` (lock files in `dir`, like [`set_lock_path`](crate::set_lock_path)),
-/// `postgres://user:password@host:port/db`, `etcd://host:port` or
-/// `redis://host:port/0`.
+/// `postgres://user:password@host:port/db`, `etcd://host:port`,
+/// `redis://host:port/0` or `mysql://user:password@host:port/db`; server
+/// URLs take `?compat=tooz` for the locks OpenStack's tooz takes.
 ///
 /// A lock server is contacted when first used; errors in the URL itself
 /// (unknown scheme, a backend this build lacks) are reported here.
@@ -482,14 +503,20 @@ fn make(url: &str) -> Result<Server, LockError> {
         Some("redis" | "rediss") => Err(bad(
             "this build of lockutils has no Redis backend: enable the `redis` feature".into(),
         )),
+        #[cfg(feature = "mysql")]
+        Some("mysql") => Ok(Arc::new(mysql::Mysql::new(url)?)),
+        #[cfg(not(feature = "mysql"))]
+        Some("mysql") => Err(bad(
+            "this build of lockutils has no MySQL backend: enable the `mysql` feature".into(),
+        )),
         Some("file") => Err(bad(
             "file:// is not a lock server; it sets the lock path".into()
         )),
         Some(other) => Err(bad(format!(
-            "unknown scheme {other:?}: expected file://, postgres://, etcd:// or redis://"
+            "unknown scheme {other:?}: expected file://, postgres://, etcd://, redis:// or mysql://"
         ))),
         None => Err(bad(
-            "not a URL: expected file://, postgres://, etcd:// or redis://".into(),
+            "not a URL: expected file://, postgres://, etcd://, redis:// or mysql://".into(),
         )),
     }
 }
@@ -504,7 +531,12 @@ fn ttl_seconds(v: &str) -> Result<u64, String> {
 }
 
 /// An error and its causes, each once: `a: b: c`.
-#[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "etcd",
+    feature = "redis",
+    feature = "mysql"
+))]
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -523,7 +555,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// normally, on a scoped thread when called from inside an async runtime
 /// (a synchronous lock taken or dropped in async code), where blocking on
 /// another runtime would panic.
-#[cfg(any(feature = "postgres", feature = "etcd"))]
+#[cfg(any(feature = "postgres", feature = "etcd", feature = "mysql"))]
 fn outside_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if tokio::runtime::Handle::try_current().is_err() {
         return f();
