@@ -71,6 +71,25 @@ pub(crate) fn take_compat(url: &str) -> Result<(String, Scheme), String> {
     Ok((rest, scheme))
 }
 
+/// tooz's PostgreSQL advisory-lock keys for `name`: the first two bytes
+/// of MD5(name), as the two integers of `pg_advisory_lock(k1, k2)`.
+#[cfg(feature = "postgres")]
+pub(crate) fn pg_keys(name: &str) -> (i32, i32) {
+    use md5::{Digest, Md5};
+    let digest = Md5::digest(name.as_bytes());
+    (i32::from(digest[0]), i32::from(digest[1]))
+}
+
+/// tooz's default Redis key namespace.
+#[cfg(feature = "redis")]
+pub(crate) const REDIS_NAMESPACE: &str = "_tooz";
+
+/// tooz's Redis key for `name` under `namespace`.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}_lock")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +112,20 @@ mod tests {
             ("redis://h/0?ttl=3".to_owned(), Scheme::Lockutils)
         );
         assert!(take_compat("redis://h/0?compat=etcd").is_err());
+    }
+
+    /// MD5("lock-2") and MD5("lock-137") both start ee a0: one tooz lock.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn tooz_pg_keys_are_the_first_two_md5_bytes() {
+        // MD5("") = d41d8cd9...
+        assert_eq!(pg_keys(""), (0xd4, 0x1d));
+        assert_eq!(pg_keys("lock-2"), pg_keys("lock-137"));
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn tooz_redis_keys() {
+        assert_eq!(redis_key(REDIS_NAMESPACE, "a/b"), "_tooz_a/b_lock");
     }
 }
