@@ -1,9 +1,15 @@
 //! `compat=tooz`: lockutils and OpenStack's tooz (the real one, from PyPI,
 //! in the test venv: `tests/support/pyenv.rs`) take the same server-side
-//! lock for a name, on PostgreSQL, Redis and MySQL/MariaDB, in both
+//! lock for a name, on PostgreSQL, Redis, MySQL/MariaDB and etcd, in both
 //! directions. The servers are throwaway ones on loopback
 //! (`tests/support/servers.rs`); tooz runs as `tests/support/tooz_helper.py`.
-#![cfg(all(unix, feature = "postgres", feature = "redis", feature = "mysql"))]
+#![cfg(all(
+    unix,
+    feature = "postgres",
+    feature = "redis",
+    feature = "mysql",
+    feature = "etcd"
+))]
 
 #[path = "support/servers.rs"]
 mod servers;
@@ -44,6 +50,14 @@ fn mysql() -> Both {
     Both {
         lockutils: format!("{url}?compat=tooz"),
         tooz: url.to_owned(),
+    }
+}
+
+fn etcd() -> Both {
+    let url = servers::etcd();
+    Both {
+        lockutils: format!("{url}?compat=tooz"),
+        tooz: url.replacen("etcd://", "etcd3+http://", 1),
     }
 }
 
@@ -122,6 +136,11 @@ fn a_tooz_holder_makes_lockutils_busy_on_mysql() {
     tooz_holder_makes_lockutils_busy(&mysql(), "tooz-held-mysql");
 }
 
+#[test]
+fn a_tooz_holder_makes_lockutils_busy_on_etcd() {
+    tooz_holder_makes_lockutils_busy(&etcd(), "tooz-held-etcd");
+}
+
 // ---------------------------------------------------------------------------
 // A lockutils holder makes tooz's non-blocking acquire fail.
 
@@ -162,6 +181,18 @@ fn a_lockutils_holder_makes_tooz_fail_on_redis() {
 #[test]
 fn a_lockutils_holder_makes_tooz_fail_on_mysql() {
     lockutils_holder_makes_tooz_fail(&mysql(), "tooz-mine-mysql");
+}
+
+#[test]
+fn a_lockutils_holder_makes_tooz_fail_on_etcd() {
+    let both = etcd();
+    let name = "tooz-mine-etcd";
+    let guard = lock(name, &both).acquire().unwrap();
+    let key = format!("/tooz/locks{name}");
+    let found = servers::etcdctl(&["get", &key, "--keys-only"]);
+    assert_eq!(found, key, "tooz's key, held");
+    drop(guard);
+    lockutils_holder_makes_tooz_fail(&both, name);
 }
 
 // ---------------------------------------------------------------------------
@@ -244,4 +275,10 @@ fn a_counter_shared_with_tooz_is_exact_on_redis() {
 fn a_counter_shared_with_tooz_is_exact_on_mysql() {
     let env = (servers::MYSQL_ENV, servers::mysql());
     counter_shared_with_tooz(&mysql(), "tooz-count-mysql", env);
+}
+
+#[test]
+fn a_counter_shared_with_tooz_is_exact_on_etcd() {
+    let env = (servers::ETCD_ENV, servers::etcd());
+    counter_shared_with_tooz(&etcd(), "tooz-count-etcd", env);
 }

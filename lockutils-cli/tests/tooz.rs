@@ -1,9 +1,15 @@
 //! `lockutils run` with `LOCKUTILS_BACKEND=<server>?compat=tooz`: a real
 //! tooz (from PyPI, in the venv of `tests/support/pyenv.rs`) holding a name
-//! makes `lockutils run --nonblock` busy on PostgreSQL, Redis and
-//! MySQL/MariaDB, and once tooz lets go the command runs. The servers are
+//! makes `lockutils run --nonblock` busy on PostgreSQL, Redis,
+//! MySQL/MariaDB and etcd, and once tooz lets go the command runs. The servers are
 //! the root crate's throwaway ones (`tests/support/servers.rs`).
-#![cfg(all(unix, feature = "postgres", feature = "redis", feature = "mysql"))]
+#![cfg(all(
+    unix,
+    feature = "postgres",
+    feature = "redis",
+    feature = "mysql",
+    feature = "etcd"
+))]
 
 #[path = "../../tests/support/servers.rs"]
 mod servers;
@@ -62,4 +68,11 @@ fn lockutils_run_is_busy_while_tooz_holds_on_redis() {
 fn lockutils_run_is_busy_while_tooz_holds_on_mysql() {
     let url = servers::mysql();
     busy_while_tooz_holds(url, url, "tooz-cli-mysql");
+}
+
+#[test]
+fn lockutils_run_is_busy_while_tooz_holds_on_etcd() {
+    let url = servers::etcd();
+    let tooz = url.replacen("etcd://", "etcd3+http://", 1);
+    busy_while_tooz_holds(url, &tooz, "tooz-cli-etcd");
 }

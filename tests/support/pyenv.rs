@@ -1,5 +1,5 @@
 //! A Python with oslo.concurrency, fasteners and py-filelock, and tooz with
-//! the client libraries of its PostgreSQL, MySQL and Redis drivers, for
+//! the client libraries of its PostgreSQL, MySQL, Redis and etcd drivers, for
 //! the interop tests of the root crate and of `lockutils-cli`: both include this file (the CLI's
 //! with `#[path]`), so they bootstrap, and share, the same venv.
 //!
@@ -21,7 +21,7 @@ const HOW_TO: &str = "the interop tests need Python 3 with venv and pip, and acc
      LOCKUTILS_PYTHON to a python that has the packages of pyenv.rs's PACKAGES installed";
 
 /// What the venv holds: oslo.concurrency and the lock-file libraries, and
-/// tooz with its drivers' clients (psycopg2, PyMySQL, redis-py).
+/// tooz with its drivers' clients (psycopg2, PyMySQL, redis-py, etcd3gw).
 const PACKAGES: &[&str] = &[
     "oslo.concurrency",
     "fasteners",
@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "psycopg2-binary",
     "PyMySQL",
     "redis",
+    "etcd3gw",
 ];
 
 /// Written into the venv once it is complete, listing [`PACKAGES`]: a venv
@@ -104,7 +105,7 @@ fn check_imports(py: &Path) {
     cmd.args([
         "-c",
         "import fasteners, filelock, oslo_concurrency.lockutils, tooz.coordination, \
-         psycopg2, pymysql, redis",
+         psycopg2, pymysql, redis, etcd3gw",
     ]);
     run(cmd, "import the interop tests' packages");
 }

@@ -51,7 +51,12 @@ mod pg_tls;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
-#[cfg(any(feature = "postgres", feature = "redis", feature = "mysql"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "etcd",
+    feature = "redis",
+    feature = "mysql"
+))]
 mod tooz;
 
 pub use lost::Lost;

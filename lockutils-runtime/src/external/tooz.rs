@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | PostgreSQL (`pgsql.py`) | `pg_advisory_lock(k1, k2)`, where `k1`, `k2` are the first two bytes of MD5(`name`): psycopg2 passes the two-byte digest as a sequence of two integers, each 0–255 | the same two-integer advisory lock, waited for in the server |
 //! | MySQL (`mysql.py`) | `GET_LOCK(name, 0)` on a connection of its own per lock, polled about once a second | `GET_LOCK` on the same name bytes, waited for in the server |
+//! | etcd (`etcd3gw.py`, through etcd's gRPC gateway) | the key `/tooz/locks` + `name` (no separator), created only if absent (`create_revision == 0`) with a random value, attached to a lease of `lock_timeout` seconds (30 by default) refreshed by `heartbeat()`; released by compare-value-and-delete; a waiter tries again about once a second | the same key created the same way with our lease; a waiter watches it for its deletion |
 //! | Redis (`redis.py`) | redis-py's `Lock`: key `<namespace>_<name>_lock` (namespace `_tooz` unless tooz's URL sets `namespace=`) holding a random token, `SET NX PX lock_timeout` (30 s by default), extended by the coordinator's `heartbeat()`, deleted by compare-and-delete | the same key, `SET NX PX` with a token of our own, our own renewal and compare-and-delete; a waiter looks again every 100 ms (tooz publishes no release) |
 //!
 //! **Names.** tooz's `get_lock` takes bytes: the PostgreSQL driver hashes
@@ -27,12 +28,8 @@
 //! PostgreSQL nor MySQL locks of tooz have a reader mode. lockutils' own
 //! schemes (no `compat`) do not share these limits, so use `compat=tooz`
 //! only for names a tooz user also locks.
-//!
-//! **etcd** (`etcd3gw.py`) is matched too: tooz's lock is the key
-//! `/tooz/locks` + `name` (no separator), created only if absent
-//! (`create_revision == 0`), holding a random value, attached to a lease
-//! of `lock_timeout` seconds; released by compare-value-and-delete. That
-//! is a single-key lock, not lockutils' queue of keys; see `etcd.rs`.
+//! etcd: a single key, not lockutils' fair queue of keys, so waiters are
+//! served in no particular order, as among tooz's own.
 
 /// Which scheme of server-side locks a URL asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,6 +75,12 @@ pub(crate) fn pg_keys(name: &str) -> (i32, i32) {
     use md5::{Digest, Md5};
     let digest = Md5::digest(name.as_bytes());
     (i32::from(digest[0]), i32::from(digest[1]))
+}
+
+/// tooz's etcd key for `name`.
+#[cfg(feature = "etcd")]
+pub(crate) fn etcd_key(name: &str) -> String {
+    format!("/tooz/locks{name}")
 }
 
 /// tooz's default Redis key namespace.
