@@ -303,6 +303,36 @@ fn fencing_tokens_strictly_increase_across_acquisitions_and_processes() {
     }
 }
 
+#[test]
+fn async_code_and_sync_calls_inside_a_runtime_work() {
+    let name = "mysql-async";
+    let url = servers::mysql();
+    let (child, _) = hold_in_child(name, url);
+    support::block_on_within(PATIENCE, async move {
+        let wait = Duration::from_millis(300);
+        let started = Instant::now();
+        let r = my_lock(name, url).timeout(wait).acquire_async().await;
+        assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+        assert!(started.elapsed() >= wait, "{:?}", started.elapsed());
+        // A synchronous call from inside the runtime (the backend's own
+        // runtime cannot be entered from here: it runs on another thread).
+        let r = my_lock(name, url).blocking(false).acquire();
+        assert!(matches!(r, Err(LockError::WouldBlock { .. })), "{r:?}");
+    });
+    assert_eq!(waiters(name), 0, "the timed-out wait left GET_LOCK");
+    support::release(child).finish();
+    support::block_on_within(PATIENCE, async move {
+        let guard = my_lock(name, url).acquire_async().await.unwrap();
+        assert!(guard.fencing_token().is_some());
+        drop(guard);
+    });
+    // An async guard releases on a helper thread: soon, not necessarily
+    // before drop returns.
+    support::wait_for("the async guard's release", PATIENCE, || {
+        holder(name).is_none()
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Lost locks are told.
 
