@@ -297,7 +297,12 @@ impl Inner {
                     Wait::Until { deadline, .. } if Instant::now() >= deadline => return Ok(None),
                     _ => continue,
                 },
-                other => return Err(format!("GET_LOCK answered {other:?}")),
+                // NULL: an error in the server (out of memory, the
+                // statement killed).
+                Some(other) => return Err(format!("GET_LOCK answered {other}")),
+                None => {
+                    return Err("GET_LOCK answered NULL (killed, or an error in the server)".into());
+                }
             }
         }
     }
