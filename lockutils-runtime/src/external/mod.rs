@@ -43,6 +43,8 @@ mod lost;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "mysql")]
+mod mysql_tls;
+#[cfg(feature = "mysql")]
 mod mysql_url;
 mod pending;
 #[cfg(feature = "postgres")]

@@ -57,8 +57,8 @@
 use std::sync::{Arc, Once, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Runtime;
@@ -133,6 +133,9 @@ struct Inner {
     idle: Mutex<Vec<Idle>>,
     /// What the server is, learnt on the first connect.
     server: OnceLock<Server>,
+    /// `VERIFY_CA`: the options with the certificate's name to check,
+    /// learnt by a probe (`mysql_tls.rs`); again after a failed session.
+    verified: Mutex<Option<Opts>>,
     /// The held sessions, for the checking task.
     held: Mutex<Vec<Weak<Held>>>,
     checking: Once,
@@ -173,6 +176,7 @@ impl Mysql {
             runtime,
             idle: Mutex::new(Vec::new()),
             server: OnceLock::new(),
+            verified: Mutex::new(None),
             held: Mutex::new(Vec::new()),
             checking: Once::new(),
         };
@@ -352,9 +356,11 @@ impl Inner {
         let made = tokio::time::timeout(limit, self.session()).await;
         let mut cause = match made {
             Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => error_chain(&e),
+            Ok(Err(cause)) => cause,
             Err(_) => format!("no connection within {limit:?}"),
         };
+        // The probe's verdict may be stale (a new certificate): ask again.
+        self.verified.lock().take();
         if self.settings.mode != SslMode::Disabled
             && cause.contains("does not have this capability")
         {
@@ -363,12 +369,35 @@ impl Inner {
         Err(self.error(name, "connect", cause))
     }
 
-    async fn session(&self) -> Result<Conn, mysql_async::Error> {
-        let mut conn = Conn::new(self.settings.opts.clone()).await?;
+    /// The options to connect with: the URL's, or for `VERIFY_CA` those
+    /// with the name the probe found in the server's certificate.
+    async fn opts(&self) -> Result<Opts, String> {
+        let Some(probe) = &self.settings.probe else {
+            return Ok(self.settings.opts.clone());
+        };
+        if let Some(opts) = self.verified.lock().clone() {
+            return Ok(opts);
+        }
+        let name = probe
+            .certificate_name(self.settings.connect_timeout)
+            .await?;
+        let opts = &self.settings.opts;
+        let ssl = opts
+            .ssl_opts()
+            .cloned()
+            .map(|ssl| ssl.with_danger_tls_hostname_override(Some(name)));
+        let opts: Opts = OptsBuilder::from_opts(opts.clone()).ssl_opts(ssl).into();
+        *self.verified.lock() = Some(opts.clone());
+        Ok(opts)
+    }
+
+    async fn session(&self) -> Result<Conn, String> {
+        let chain = |e: mysql_async::Error| error_chain(&e);
+        let mut conn = Conn::new(self.opts().await?).await.map_err(chain)?;
         let server = match self.server.get() {
             Some(s) => *s,
             None => {
-                let server = self.learn(&mut conn).await?;
+                let server = self.learn(&mut conn).await.map_err(chain)?;
                 *self.server.get_or_init(|| server)
             }
         };
@@ -381,7 +410,8 @@ impl Inner {
         conn.query_drop(format!(
             "SET SESSION wait_timeout = {wait_timeout}, {limit} = 0"
         ))
-        .await?;
+        .await
+        .map_err(chain)?;
         Ok(conn)
     }
 

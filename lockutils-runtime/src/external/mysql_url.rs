@@ -17,10 +17,8 @@
 //! The option files' underscore spellings (`ssl_mode`, `ssl_ca`, ...) are
 //! accepted too. The stack is rustls (ring), in `mysql_async`.
 //!
-//! Known limit: `mysql_async` 0.37 recognises a host-name mismatch by an
-//! error text that rustls 0.23 no longer produces, so `VERIFY_CA` checks
-//! the host name too (it fails closed, never open): connect by a name or
-//! address the certificate carries.
+//! `VERIFY_CA` goes through a probe handshake first (`mysql_tls.rs`):
+//! `mysql_async` cannot leave the host-name check out on rustls 0.23.
 //!
 //! Ours: `wait_timeout=SECONDS` (default [`DEFAULT_WAIT_TIMEOUT`]): the
 //! server's idle limit for our sessions, see `mysql.rs`;
@@ -34,6 +32,7 @@ use std::time::Duration;
 use mysql_async::{ClientIdentity, Opts, OptsBuilder, SslOpts};
 
 use super::error_chain;
+use super::mysql_tls::Probe;
 use super::tooz::{self, Scheme};
 
 /// The server's idle limit for our sessions when the URL gives none, in
@@ -59,6 +58,8 @@ pub(crate) struct Settings {
     pub(crate) wait_timeout: u64,
     pub(crate) connect_timeout: Duration,
     pub(crate) scheme: Scheme,
+    /// `VERIFY_CA`: how to learn the name the sessions check (`mysql_tls.rs`).
+    pub(crate) probe: Option<Probe>,
 }
 
 /// Parses `url`; reads the certificate files it names. `Err`: what is
@@ -100,11 +101,14 @@ pub(crate) fn parse(url: &str) -> Result<Settings, String> {
             "ssl-ca, ssl-cert and ssl-key need TLS, which ssl-mode=DISABLED turns off".into(),
         );
     }
-    let identity = match (cert, key) {
-        (Some(c), Some(k)) => Some(ClientIdentity::new(c.into(), k.into())),
+    let pair = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
         _ => return Err("ssl-cert and ssl-key go together".into()),
     };
+    let identity = pair
+        .clone()
+        .map(|(c, k)| ClientIdentity::new(c.into(), k.into()));
     let opts = Opts::from_url(base).map_err(|e| format!("not a MySQL URL: {}", error_chain(&e)))?;
     let mut builder = OptsBuilder::from_opts(opts)
         // On loopback the client would otherwise switch to the server's
@@ -112,16 +116,24 @@ pub(crate) fn parse(url: &str) -> Result<Settings, String> {
         .prefer_socket(false)
         .tcp_keepalive(Some(Duration::from_secs(5)))
         .stmt_cache_size(0);
+    let mut probe = None;
     if mode != SslMode::Disabled {
         let mut ssl = SslOpts::default().with_client_identity(identity);
         if let Some(ca) = ca {
+            if mode == SslMode::VerifyCa {
+                let opts: Opts = builder.clone().into();
+                probe = Some(Probe {
+                    host: opts.ip_or_hostname().to_owned(),
+                    port: opts.tcp_port(),
+                    ca: ca.clone(),
+                    identity: pair,
+                });
+            }
             ssl = ssl
                 .with_root_certs(vec![ca.into()])
                 .with_disable_built_in_roots(true);
         }
-        ssl = ssl
-            .with_danger_accept_invalid_certs(mode == SslMode::Required)
-            .with_danger_skip_domain_validation(mode == SslMode::VerifyCa);
+        ssl = ssl.with_danger_accept_invalid_certs(mode == SslMode::Required);
         builder = builder.ssl_opts(ssl);
     }
     Ok(Settings {
@@ -130,6 +142,7 @@ pub(crate) fn parse(url: &str) -> Result<Settings, String> {
         wait_timeout,
         connect_timeout,
         scheme,
+        probe,
     })
 }
 
