@@ -784,7 +784,7 @@ impl EtcdHold {
             let mut lost = self.state.lost.subscribe();
             let gone = async {
                 tokio::select! {
-                    r = deleted_after(client, &self.key, seen) => r,
+                    () = deleted_after(client, &self.key, seen) => Ok(()),
                     _ = lost.wait_for(|l| *l) => {
                         Err(("wait", "the lease expired while waiting".to_owned()))
                     }
@@ -801,23 +801,23 @@ impl EtcdHold {
     }
 }
 
-/// Returns once `key` was deleted after revision `seen` (or the watch
-/// broke: the caller looks again).
-async fn deleted_after(client: &mut Client, key: &str, seen: i64) -> Result<(), Failure> {
+/// Returns once `key` was deleted after revision `seen`, or when the
+/// watch cannot be made or broke (a member going away): the caller looks
+/// again, and its request fails over or reports a server that is gone.
+async fn deleted_after(client: &mut Client, key: &str, seen: i64) {
     let options = WatchOptions::new()
         .with_start_revision(seen + 1)
         .with_filters([WatchFilterType::NoPut]);
-    let mut events = request("wait", client.watch(key, Some(options))).await?;
-    loop {
-        match events.message().await {
-            Ok(Some(r)) if !r.events().is_empty() || r.canceled() => return Ok(()),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                tokio::time::sleep(RETRY).await;
-                return Ok(());
+    if let Ok(mut events) = request("wait", client.watch(key, Some(options))).await {
+        loop {
+            match events.message().await {
+                Ok(Some(r)) if !r.events().is_empty() || r.canceled() => return,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
             }
         }
     }
+    tokio::time::sleep(RETRY).await;
 }
 
 impl RemoteHold for EtcdHold {
