@@ -179,6 +179,23 @@ fn a_lockutils_holder_makes_tooz_fail_on_redis() {
 }
 
 #[test]
+fn tooz_redis_namespaces_are_followed() {
+    let url = servers::redis();
+    let both = Both {
+        lockutils: format!("{url}?compat=tooz&namespace=nova"),
+        tooz: format!("{url}?namespace=nova"),
+    };
+    let name = "tooz-namespace";
+    let guard = lock(name, &both).acquire().unwrap();
+    let key = format!("nova_{name}_lock");
+    assert_eq!(servers::redis_cli(url, &["EXISTS", &key]), "1");
+    assert_eq!(tooz_try(&both, name), "busy");
+    // tooz's default namespace is another key.
+    assert_eq!(tooz_try(&redis(), name), "ok");
+    drop(guard);
+}
+
+#[test]
 fn a_lockutils_holder_makes_tooz_fail_on_mysql() {
     lockutils_holder_makes_tooz_fail(&mysql(), "tooz-mine-mysql");
 }
