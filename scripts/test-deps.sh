@@ -7,6 +7,8 @@
 #   etcd-client     etcdctl: the etcd tests revoke leases from outside
 #   redis-server    redis-server, redis-cli: the Redis backend tests
 #   pgbouncer       the pooler tests (session and transaction mode)
+#   mariadb-server, mariadb-client   mariadbd, mariadb-install-db, mariadb:
+#                   the MySQL backend tests run a throwaway server
 #   openssl         test certificates (a CA, server and client certificates)
 #   protobuf-compiler, libprotobuf-dev   protoc, for building the etcd client
 #   util-linux      flock(1): the flock(2) interop tests hold locks with it
@@ -28,6 +30,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v pgbouncer >/dev/null || need+=(pgbouncer)
 command -v openssl >/dev/null || need+=(openssl)
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v mariadb >/dev/null || need+=(mariadb-client)
 
 if ((${#need[@]} == 0)); then
     exit 0

@@ -141,10 +141,14 @@
 //! `external` locks go to lock files unless a lock server is configured:
 //! [`set_backend`]`("postgres://user@db/locks")` or `$LOCKUTILS_BACKEND`
 //! (PostgreSQL session advisory locks with the `postgres` feature; etcd
-//! leases with `etcd`), or per lock with [`Lock::backend`]. User code does
-//! not change. A guard held on a lock server can tell whether the server may
-//! have given the lock away since ([`LockGuard::is_lost`]) and, on etcd,
-//! offers a fencing token ([`LockGuard::fencing_token`]).
+//! leases with `etcd`; Redis keys with `redis`; MySQL/MariaDB `GET_LOCK`
+//! with `mysql`), or per lock with [`Lock::backend`]. User code does not
+//! change. A guard held on a lock server can tell whether the server may
+//! have given the lock away since ([`LockGuard::is_lost`]) and offers a
+//! fencing token where the server has one ([`LockGuard::fencing_token`]).
+//! `?compat=tooz` in a server's URL takes the very lock OpenStack's tooz
+//! takes for the same name, so Python services using tooz and Rust ones
+//! exclude each other.
 //!
 //! # Lock-order checking
 //!

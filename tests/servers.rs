@@ -125,3 +125,39 @@ fn redis_and_pgbouncer_answer() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
     }
 }
+
+/// The `mariadb` client over TCP to the TLS-only MariaDB, with or without
+/// TLS, asking for the session's `Ssl_cipher`.
+fn mariadb_tcp(tls: bool) -> std::process::Output {
+    let server = servers::mariadb_tls();
+    let mut cmd = Command::new("mariadb");
+    cmd.args(["--no-defaults", "-h", "127.0.0.1", "-N", "-B"])
+        .arg(format!("--port={}", server.port))
+        .args(["-u", "lockutils"])
+        .arg(format!("--password={}", servers::MYSQL_PASSWORD));
+    if tls {
+        let ca = servers::certs().ca.display().to_string();
+        cmd.arg(format!("--ssl-ca={ca}"))
+            .arg("--ssl-verify-server-cert");
+    } else {
+        cmd.arg("--skip-ssl");
+    }
+    cmd.args(["-e", "SHOW SESSION STATUS LIKE 'Ssl_cipher'"])
+        .output()
+        .expect("run mariadb")
+}
+
+#[test]
+fn the_mariadb_servers_answer_and_the_tls_one_refuses_plaintext() {
+    assert_eq!(servers::mariadb().sql("SELECT 7"), "7");
+    assert!(!mariadb_tcp(false).status.success());
+    let tls = mariadb_tcp(true);
+    assert!(
+        tls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tls.stderr)
+    );
+    let status = String::from_utf8_lossy(&tls.stdout);
+    let cipher = status.trim().split('\t').nth(1).unwrap_or_default();
+    assert!(!cipher.is_empty(), "no TLS cipher: {status:?}");
+}

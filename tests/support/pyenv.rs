@@ -1,12 +1,13 @@
-//! A Python with oslo.concurrency, fasteners and py-filelock, for the interop tests of
-//! the root crate and of `lockutils-cli`: both include this file (the CLI's
+//! A Python with oslo.concurrency, fasteners and py-filelock, and tooz with
+//! the client libraries of its PostgreSQL, MySQL, Redis and etcd drivers, for
+//! the interop tests of the root crate and of `lockutils-cli`: both include this file (the CLI's
 //! with `#[path]`), so they bootstrap, and share, the same venv.
 //!
 //! In order: `$LOCKUTILS_PYTHON` (an interpreter that already has both
 //! packages, e.g. the venv `.ci/run` made), else the venv
 //! `<workspace>/target/lockutils-pyenv` (or `$LOCKUTILS_PYENV`), created on
-//! first use with `python3 -m venv` and `pip install oslo.concurrency
-//! fasteners filelock` (again when the package list grows). Test binaries running at the same time serialise the
+//! first use with `python3 -m venv` and `pip install` of [`PACKAGES`]
+//! (again when the package list grows). Test binaries running at the same time serialise the
 //! bootstrap with an external lockutils lock, and a marker file says the
 //! venv is complete. Any failure fails the test with what to install: it
 //! is never skipped.
@@ -17,9 +18,20 @@ use std::sync::OnceLock;
 
 const HOW_TO: &str = "the interop tests need Python 3 with venv and pip, and access to PyPI: \
      `apt-get install python3 python3-venv python3-pip` (Debian/Ubuntu), or set \
-     LOCKUTILS_PYTHON to a python that has `oslo.concurrency`, `fasteners` and `filelock` installed";
+     LOCKUTILS_PYTHON to a python that has the packages of pyenv.rs's PACKAGES installed";
 
-const PACKAGES: [&str; 3] = ["oslo.concurrency", "fasteners", "filelock"];
+/// What the venv holds: oslo.concurrency and the lock-file libraries, and
+/// tooz with its drivers' clients (psycopg2, PyMySQL, redis-py, etcd3gw).
+const PACKAGES: &[&str] = &[
+    "oslo.concurrency",
+    "fasteners",
+    "filelock",
+    "tooz",
+    "psycopg2-binary",
+    "PyMySQL",
+    "redis",
+    "etcd3gw",
+];
 
 /// Written into the venv once it is complete, listing [`PACKAGES`]: a venv
 /// made for a shorter list is completed.
@@ -81,7 +93,7 @@ fn bootstrap() -> PathBuf {
         "--disable-pip-version-check",
     ])
     .args(PACKAGES);
-    run(pip, "pip install oslo.concurrency fasteners filelock");
+    run(pip, "pip install the interop tests' packages");
     check_imports(&py);
     std::fs::write(&marker, PACKAGES.join("\n"))
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", marker.display()));
@@ -92,9 +104,10 @@ fn check_imports(py: &Path) {
     let mut cmd = Command::new(py);
     cmd.args([
         "-c",
-        "import fasteners, filelock, oslo_concurrency.lockutils",
+        "import fasteners, filelock, oslo_concurrency.lockutils, tooz.coordination, \
+         psycopg2, pymysql, redis, etcd3gw",
     ]);
-    run(cmd, "import oslo_concurrency, fasteners and filelock");
+    run(cmd, "import the interop tests' packages");
 }
 
 fn run(mut cmd: Command, what: &str) {

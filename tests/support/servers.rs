@@ -16,7 +16,8 @@
 //! started elsewhere.
 //!
 //! More servers (certificates, TLS-only PostgreSQL and etcd, a 3-member etcd
-//! cluster, redis-server, pgbouncer) are in `servers_more.rs`.
+//! cluster, redis-server, pgbouncer) are in `servers_more.rs`, MariaDB in
+//! `servers_mysql.rs`.
 //!
 //! Missing server binaries fail the test with the command that installs
 //! them; they are never a reason to skip.
@@ -40,6 +41,10 @@ pub const REDIS_ENV: &str = "LOCKUTILS_TEST_REDIS_URL";
 #[path = "servers_more.rs"]
 mod more;
 pub use more::*;
+#[path = "servers_mysql.rs"]
+mod mysql;
+#[allow(unused_imports)] // only the MySQL tests start MariaDB
+pub use mysql::*;
 
 /// How long a server may take to start.
 const STARTUP: Duration = Duration::from_secs(60);

@@ -44,6 +44,12 @@
 //!
 //! Names are escaped (`%` → `%25`, `/` → `%2F`) so that no name's keys can
 //! fall under another name's prefix.
+//!
+//! **`compat=tooz`**: tooz's lock instead of the queue: the one key
+//! `/tooz/locks<name>` (see `tooz.rs`), created with our lease only if
+//! absent; while it exists, a waiter watches it for its deletion and tries
+//! again. Leases, keepalive, loss and the fencing token (the key's create
+//! revision) are as above; there is no shared mode.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +66,7 @@ use tokio::sync::watch;
 use super::etcd_tls::{self, Tls, TlsFiles};
 use super::lost::LostFlag;
 use super::server::{Server, ServerLock, error_chain, outside_runtime};
+use super::tooz::{self, Scheme};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::fork::PerProcess;
@@ -90,6 +97,8 @@ struct Inner {
     endpoints: Vec<String>,
     options: ConnectOptions,
     prefix: String,
+    /// tooz's single key instead of our queue (`compat=tooz`).
+    scheme: Scheme,
     ttl: i64,
     /// Whether the URL asks for TLS, and whether it gives a client
     /// certificate: what [`tls_hint`] adds to a failure's cause.
@@ -112,7 +121,8 @@ impl Etcd {
             op: "configure",
             cause,
         };
-        let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
+        let (url_rest, compat) = tooz::take_compat(url).map_err(bad)?;
+        let rest = &url_rest[url_rest.find("://").map_or(0, |i| i + 3)..];
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hosts) = match authority.rsplit_once('@') {
@@ -153,6 +163,7 @@ impl Etcd {
             endpoints,
             options,
             prefix,
+            scheme: compat,
             ttl: ttl as i64,
             tls: tls_kind,
             channel_tls: tls,
@@ -198,6 +209,7 @@ impl Inner {
             prefix: self.prefix.clone(),
             ttl: self.ttl,
             tls: self.tls,
+            scheme: self.scheme,
             channel_tls: self.channel_tls.clone(),
             runtime: start_runtime()?,
             client: Mutex::new(None),
@@ -572,6 +584,9 @@ impl EtcdHold {
         mode: Mode,
         wait: Wait,
     ) -> Result<bool, Failure> {
+        if self.inner.scheme == Scheme::Tooz {
+            return self.take_tooz_key(client, name, mode, wait).await;
+        }
         let queue = format!("{}{}/", self.inner.prefix, escape(name));
         let role = if mode == Mode::Shared { "r" } else { "w" };
         self.key = format!("{queue}{role}/{:016x}", self.lease);
@@ -739,6 +754,92 @@ impl EtcdHold {
             }
         }
     }
+}
+
+impl EtcdHold {
+    /// `compat=tooz`: creates tooz's key for `name` with our lease if it is
+    /// absent; while it exists, waits for its deletion and tries again.
+    /// `Ok(false)`: busy (`Try`) or the deadline passed.
+    async fn take_tooz_key(
+        &mut self,
+        client: &mut Client,
+        name: &str,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<bool, Failure> {
+        if mode == Mode::Shared {
+            let why = "tooz's etcd locks have no shared (reader) mode: take it exclusive";
+            return Err(("lock", why.to_owned()));
+        }
+        self.key = tooz::etcd_key(name);
+        let deadline = match wait {
+            Wait::Until { deadline, .. } => Some(tokio::time::Instant::from_std(deadline)),
+            _ => None,
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                self.key.as_str(),
+                "",
+                Some(PutOptions::new().with_lease(self.lease)),
+            )]);
+        loop {
+            let put = self
+                .inner
+                .persist("lock", || {
+                    let (mut c, txn) = (client.clone(), txn.clone());
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            let seen = put.header().map_or(0, |h| h.revision());
+            if put.succeeded() {
+                self.revision = seen;
+                return Ok(true);
+            }
+            if wait == Wait::Try {
+                return Ok(false);
+            }
+            let mut lost = self.state.lost.subscribe();
+            let gone = async {
+                tokio::select! {
+                    () = deleted_after(client, &self.key, seen) => Ok(()),
+                    _ = lost.wait_for(|l| *l) => {
+                        Err(("wait", "the lease expired while waiting".to_owned()))
+                    }
+                }
+            };
+            match deadline {
+                None => gone.await?,
+                Some(d) => match tokio::time::timeout_at(d, gone).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(false),
+                },
+            }
+        }
+    }
+}
+
+/// Returns once `key` was deleted after revision `seen`, or when the
+/// watch cannot be made or broke (a member going away): the caller looks
+/// again, and its request fails over or reports a server that is gone.
+async fn deleted_after(client: &mut Client, key: &str, seen: i64) {
+    let options = WatchOptions::new()
+        .with_start_revision(seen + 1)
+        .with_filters([WatchFilterType::NoPut]);
+    if let Ok(mut events) = request("wait", client.watch(key, Some(options))).await {
+        loop {
+            match events.message().await {
+                Ok(Some(r)) if !r.events().is_empty() || r.canceled() => return,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    tokio::time::sleep(RETRY).await;
 }
 
 impl ServerLock for EtcdHold {

@@ -17,7 +17,7 @@ use crate::fork::Born;
 /// parent's session, lease or key, which the child can neither keep alive
 /// nor watch, and the parent may release it at any moment.
 #[cfg_attr(
-    not(any(feature = "redis", feature = "postgres", feature = "etcd")),
+    not(any(feature = "redis", feature = "postgres", feature = "etcd", feature = "mysql")),
     allow(dead_code) // only lock servers set it
 )]
 pub(crate) struct LostFlag {
@@ -30,7 +30,12 @@ pub(crate) struct LostFlag {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "postgres", feature = "etcd")),
+    not(any(
+        feature = "redis",
+        feature = "postgres",
+        feature = "etcd",
+        feature = "mysql"
+    )),
     allow(dead_code)
 )]
 impl LostFlag {

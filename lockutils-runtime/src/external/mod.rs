@@ -6,6 +6,10 @@
 //! | `postgres://user:pass@host:5432/db` | PostgreSQL session advisory locks (feature `postgres`) |
 //! | `etcd://host:2379` | etcd v3 leases (feature `etcd`) |
 //! | `redis://host:6379/0`, `rediss://…` | Redis `SET NX PX` with renewal (feature `redis`) |
+//! | `mysql://user:pass@host:3306/db` | MySQL/MariaDB `GET_LOCK` (feature `mysql`) |
+//!
+//! `?compat=tooz` on a server URL takes the locks OpenStack's tooz takes
+//! for the same names (`tooz.rs`).
 //!
 //! Invariants:
 //! * an acquisition chooses its [`Backend`] once, and the held lock is a
@@ -37,6 +41,12 @@ mod etcd;
 mod etcd_tls;
 pub(crate) mod file;
 mod lost;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "mysql")]
+mod mysql_tls;
+#[cfg(feature = "mysql")]
+mod mysql_url;
 #[cfg(feature = "postgres")]
 mod pg_tls;
 #[cfg(feature = "postgres")]
@@ -46,8 +56,20 @@ mod redis;
 #[cfg(feature = "redis")]
 mod redis_link;
 mod server;
-#[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "etcd",
+    feature = "redis",
+    feature = "mysql"
+))]
 mod tls;
+#[cfg(any(
+    feature = "postgres",
+    feature = "etcd",
+    feature = "redis",
+    feature = "mysql"
+))]
+mod tooz;
 
 pub use lost::Lost;
 
@@ -403,8 +425,9 @@ impl fmt::Display for Location {
 
 /// Chooses where external locks without their own `lock_path` live:
 /// `file:///dir` (lock files in `dir`, like [`set_lock_path`](crate::set_lock_path)),
-/// `postgres://user:password@host:port/db`, `etcd://host:port` or
-/// `redis://host:port/0`.
+/// `postgres://user:password@host:port/db`, `etcd://host:port`,
+/// `redis://host:port/0` or `mysql://user:password@host:port/db`; server
+/// URLs take `?compat=tooz` for the locks OpenStack's tooz takes.
 ///
 /// A lock server is contacted when first used; errors in the URL itself
 /// (unknown scheme, a backend this build lacks) are reported here.
@@ -459,14 +482,20 @@ fn make(url: &str) -> Result<Arc<dyn Server>, LockError> {
         Some("redis" | "rediss") => Err(bad(
             "this build of lockutils has no Redis backend: enable the `redis` feature".into(),
         )),
+        #[cfg(feature = "mysql")]
+        Some("mysql") => Ok(Arc::new(mysql::Mysql::new(url)?)),
+        #[cfg(not(feature = "mysql"))]
+        Some("mysql") => Err(bad(
+            "this build of lockutils has no MySQL backend: enable the `mysql` feature".into(),
+        )),
         Some("file") => Err(bad(
             "file:// is not a lock server; it sets the lock path".into()
         )),
         Some(other) => Err(bad(format!(
-            "unknown scheme {other:?}: expected file://, postgres://, etcd:// or redis://"
+            "unknown scheme {other:?}: expected file://, postgres://, etcd://, redis:// or mysql://"
         ))),
         None => Err(bad(
-            "not a URL: expected file://, postgres://, etcd:// or redis://".into(),
+            "not a URL: expected file://, postgres://, etcd://, redis:// or mysql://".into(),
         )),
     }
 }

@@ -71,7 +71,11 @@
 //!   plaintext.
 //! * **Password**: in the URL, else from `PGPASSWORD`; neither is ever
 //!   shown (messages carry the URL with the password as `***`).
+//! * **`compat=tooz`**: the key is tooz's instead, the two-integer
+//!   `pg_advisory_lock(k1, k2)` with the first two bytes of MD5(name) (see
+//!   `tooz.rs`); everything else is the same.
 
+use std::fmt;
 use std::sync::{Arc, Once, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -85,6 +89,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::lost::LostFlag;
 use super::pg_tls;
 use super::server::{Server, ServerLock, error_chain as chain, outside_runtime};
+use super::tooz::{self, Scheme};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::fork::PerProcess;
@@ -118,11 +123,52 @@ pub(crate) fn key(name: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
+/// The arguments of the advisory-lock functions for one lock name: our
+/// one 64-bit key, or tooz's two integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AdvisoryKey {
+    One(i64),
+    Two(i32, i32),
+}
+
+impl AdvisoryKey {
+    fn of(name: &str, scheme: Scheme) -> AdvisoryKey {
+        match scheme {
+            Scheme::Lockutils => AdvisoryKey::One(key(name)),
+            Scheme::Tooz => {
+                let (k1, k2) = tooz::pg_keys(name);
+                AdvisoryKey::Two(k1, k2)
+            }
+        }
+    }
+
+    /// How `pg_locks` shows it.
+    fn pg_locks(self) -> String {
+        match self {
+            AdvisoryKey::One(k) => {
+                let k = k as u64;
+                format!("classid {}, objid {}, objsubid 1", k >> 32, k & 0xffff_ffff)
+            }
+            AdvisoryKey::Two(k1, k2) => format!("classid {k1}, objid {k2}, objsubid 2"),
+        }
+    }
+}
+
+impl fmt::Display for AdvisoryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdvisoryKey::One(k) => write!(f, "{k}"),
+            AdvisoryKey::Two(k1, k2) => write!(f, "{k1}, {k2}"),
+        }
+    }
+}
+
 /// A PostgreSQL server used as a lock server.
 pub(crate) struct Postgres {
     /// Each process's own sessions: a forked child never uses the
     /// parent's (their sockets are the parent's too).
     pool: PerProcess<Arc<Pool>>,
+    scheme: Scheme,
 }
 
 /// The connection settings and the idle sessions.
@@ -152,7 +198,8 @@ impl Postgres {
             op: "configure",
             cause,
         };
-        let (plain_url, tls) = pg_tls::split(url).map_err(bad)?;
+        let (url_rest, scheme) = tooz::take_compat(url).map_err(bad)?;
+        let (plain_url, tls) = pg_tls::split(&url_rest).map_err(bad)?;
         let mut config: Config = plain_url
             .parse()
             .map_err(|e| bad(format!("not a PostgreSQL URL: {}", chain(&e))))?;
@@ -200,6 +247,7 @@ impl Postgres {
         };
         Ok(Postgres {
             pool: PerProcess::new(Arc::new(pool)),
+            scheme,
         })
     }
 }
@@ -212,7 +260,7 @@ impl Server for Postgres {
         wait: Wait,
     ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
         let wait = wait.start();
-        let key = key(name);
+        let key = AdvisoryKey::of(name, self.scheme);
         let pool = self
             .pool
             .renewed(|inherited| Arc::new(inherited.expect("made by new").fresh()));
@@ -227,7 +275,7 @@ impl Server for Postgres {
 /// The statement that takes `key`: its last row's first column is `t` or
 /// `f` (the `try` functions) or empty (the blocking ones); with `fence`, a
 /// last statement (or column) draws the fencing token once it is taken.
-fn lock_sql(key: i64, mode: Mode, wait: Wait, fence: bool) -> String {
+fn lock_sql(key: impl fmt::Display, mode: Mode, wait: Wait, fence: bool) -> String {
     let shared = if mode == Mode::Shared { "_shared" } else { "" };
     let token = if fence {
         format!("; SELECT nextval('{FENCE_SEQUENCE}')")
@@ -285,7 +333,7 @@ impl Pool {
     fn run(
         &self,
         name: &str,
-        key: i64,
+        key: AdvisoryKey,
         mode: Mode,
         wait: Wait,
     ) -> Result<Option<(Client, Option<u64>)>, LockError> {
@@ -477,7 +525,7 @@ fn attempt(client: &mut Client, sql: &str) -> Result<Option<Option<u64>>, ::post
 struct PgHold {
     pool: Arc<Pool>,
     held: Arc<Held>,
-    key: i64,
+    key: AdvisoryKey,
     mode: Mode,
     fence: Option<u64>,
 }
@@ -491,14 +539,17 @@ struct Held {
 }
 
 impl PgHold {
-    fn new(pool: Arc<Pool>, client: Client, key: i64, mode: Mode, fence: Option<u64>) -> PgHold {
-        let k = key as u64;
+    fn new(
+        pool: Arc<Pool>,
+        client: Client,
+        key: AdvisoryKey,
+        mode: Mode,
+        fence: Option<u64>,
+    ) -> PgHold {
         let describe = format!(
-            "{} advisory lock {} (pg_locks classid {}, objid {}, objsubid 1)",
+            "{} advisory lock {key} (pg_locks {})",
             pool.url,
-            key,
-            k >> 32,
-            k & 0xffff_ffff
+            key.pg_locks()
         );
         let held = Arc::new(Held {
             client: Mutex::new(Some(client)),

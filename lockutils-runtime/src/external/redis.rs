@@ -30,6 +30,11 @@
 //!   key has one owner, and a reader count would need its own expiry
 //!   scheme; use PostgreSQL or etcd for reader/writer locks.
 //!
+//! **`compat=tooz`** (`&namespace=NS` as in tooz's URL, default `_tooz`):
+//! the key is tooz's, `<namespace>_<name>_lock`, taken and released the
+//! way redis-py's lock does (see `tooz.rs`); tooz publishes no release,
+//! so a waiter looks again every [`TOOZ_RECHECK`] (redis-py's own pause).
+//!
 //! **A failover can lose a lock.** Redis replication is asynchronous: if
 //! the primary fails after granting a lock and before a replica has the
 //! key, the promoted replica grants it again. This backend does not
@@ -48,6 +53,7 @@ use parking_lot::{Condvar, Mutex};
 use super::lost::LostFlag;
 use super::redis_link::{Link, Server as Endpoint};
 use super::server::{Server, ServerLock, error_chain};
+use super::tooz::{self, Scheme};
 use crate::config::redact;
 use crate::error::LockError;
 use crate::fork::PerProcess;
@@ -64,6 +70,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest a waiter sleeps between two looks at the key.
 const RECHECK: Duration = Duration::from_secs(1);
+
+/// The same with `compat=tooz`, whose holders publish no release.
+const TOOZ_RECHECK: Duration = Duration::from_millis(100);
 
 /// Takes the key; returns `{fence, 0}`, or `{0, pttl}` if it is busy.
 const ACQUIRE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
@@ -93,6 +102,11 @@ struct Inner {
     /// unanswered, which the client reports only as a timeout.
     tls: bool,
     ttl: Duration,
+    scheme: Scheme,
+    /// tooz's key namespace (`compat=tooz`).
+    namespace: String,
+    /// The longest a waiter sleeps between two looks at the key.
+    recheck: Duration,
     idle: Mutex<Vec<Link>>,
     /// The held keys the renewal thread keeps alive, by hold id.
     held: Mutex<HashMap<u64, Renewal>>,
@@ -128,8 +142,10 @@ impl Redis {
             op: "configure",
             cause,
         };
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let (url_rest, scheme) = tooz::take_compat(url).map_err(bad)?;
+        let (base, query) = url_rest.split_once('?').unwrap_or((&url_rest, ""));
         let mut ttl = DEFAULT_TTL;
+        let mut namespace = None;
         let (mut ca, mut cert, mut key) = (None, None, None);
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -140,6 +156,7 @@ impl Redis {
                 Some(("cacert", v)) => ca = Some(v.to_owned()),
                 Some(("cert", v)) => cert = Some(v.to_owned()),
                 Some(("key", v)) => key = Some(v.to_owned()),
+                Some(("namespace", v)) if scheme == Scheme::Tooz => namespace = Some(v.to_owned()),
                 _ => kept.push(pair),
             }
         }
@@ -155,6 +172,13 @@ impl Redis {
             server,
             tls,
             ttl: Duration::from_secs(ttl),
+            scheme,
+            namespace: namespace.unwrap_or_else(|| tooz::REDIS_NAMESPACE.to_owned()),
+            recheck: if scheme == Scheme::Tooz {
+                TOOZ_RECHECK
+            } else {
+                RECHECK
+            },
             idle: Mutex::new(Vec::new()),
             held: Mutex::new(HashMap::new()),
             added: Condvar::new(),
@@ -215,6 +239,9 @@ impl Inner {
             server: self.server.clone(),
             tls: self.tls,
             ttl: self.ttl,
+            scheme: self.scheme,
+            namespace: self.namespace.clone(),
+            recheck: self.recheck,
             idle: Mutex::new(Vec::new()),
             held: Mutex::new(HashMap::new()),
             added: Condvar::new(),
@@ -285,7 +312,10 @@ impl Inner {
     }
 
     fn acquire(self: Arc<Self>, name: &str, wait: Wait) -> Result<Option<RedisHold>, LockError> {
-        let key = format!("lockutils:{name}");
+        let key = match self.scheme {
+            Scheme::Lockutils => format!("lockutils:{name}"),
+            Scheme::Tooz => tooz::redis_key(&self.namespace, name),
+        };
         let token = new_token();
         let fail = |(op, e): (&'static str, RedisError)| {
             let mut cause = error_chain(&e);
@@ -314,7 +344,7 @@ impl Inner {
                 Ok(fence) => return Ok(Some(self.held(key, token, fence, sent))),
                 Err(pttl) => busy = busy.min(pttl),
             }
-            let mut nap = busy.min(RECHECK) + Duration::from_millis(1);
+            let mut nap = busy.min(self.recheck) + Duration::from_millis(1);
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -329,7 +359,7 @@ impl Inner {
                 Err(e) if e.is_timeout() => {}
                 Err(e) => return Err(fail(("wait", e))),
             }
-            busy = RECHECK;
+            busy = self.recheck;
         }
     }
 

@@ -179,7 +179,12 @@ pub(crate) fn ttl_seconds(v: &str) -> Result<u64, String> {
 }
 
 /// An error and its causes, each once: `a: b: c`.
-#[cfg(any(feature = "postgres", feature = "etcd", feature = "redis"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "etcd",
+    feature = "redis",
+    feature = "mysql"
+))]
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -198,7 +203,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// normally, on a scoped thread when called from inside an async runtime
 /// (a synchronous lock taken or dropped in async code), where blocking on
 /// another runtime would panic.
-#[cfg(any(feature = "postgres", feature = "etcd"))]
+#[cfg(any(feature = "postgres", feature = "etcd", feature = "mysql"))]
 pub(crate) fn outside_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if tokio::runtime::Handle::try_current().is_err() {
         return f();

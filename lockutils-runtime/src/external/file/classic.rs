@@ -126,6 +126,7 @@ impl Inode {
         how: How,
         kernel: impl Fn(Mode, Range, How) -> io::Result<bool>,
     ) -> io::Result<bool> {
+        let kernel = |m, r, h| retrying_deadlock(|| kernel(m, r, h));
         match (mode, range) {
             (Mode::Shared, Range::Whole) => self.lock_reader(how, kernel),
             (Mode::Exclusive, Range::Byte(slot)) => self.lock_slot(slot, how, kernel),
@@ -198,18 +199,7 @@ impl Inode {
         }
         held.watched.push(slot);
         drop(held);
-        let r = loop {
-            match kernel(Mode::Exclusive, Range::Byte(slot), how) {
-                // Classic locks detect "deadlocks" between processes: two
-                // processes each holding a slot and waiting for the
-                // other's is one to the kernel, not to a semaphore (either
-                // may get another slot). Try again shortly.
-                Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                r => break r,
-            }
-        };
+        let r = kernel(Mode::Exclusive, Range::Byte(slot), how);
         let mut held = self.held();
         held.watched.retain(|&s| s != slot);
         if r.is_ok() {
@@ -243,6 +233,25 @@ impl Inode {
                 held.slots.retain(|&s| s != slot);
                 kernel(range)
             }
+        }
+    }
+}
+
+/// Runs a kernel lock call, trying again shortly on `EDEADLK`. Classic
+/// locks belong to the process, so the kernel's deadlock detection sees a
+/// cycle where there is none: two processes each holding a slot and
+/// waiting for the other's (either may get another slot), or two
+/// processes whose different threads hold one lock each and wait for the
+/// other's (each thread will release). A real cycle of lockutils locks
+/// across processes is not this call's to report; the lock-order check
+/// reports cycles in a process.
+fn retrying_deadlock(call: impl Fn() -> io::Result<bool>) -> io::Result<bool> {
+    loop {
+        match call() {
+            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => return r,
         }
     }
 }
