@@ -272,3 +272,46 @@ fn a_task_is_known_by_its_waker_and_call_sites_print_as_file_line() {
         "{here}"
     );
 }
+
+/// Polls `fut` once with the no-op waker, as `futures`' `now_or_never`
+/// does: `None` if it is not ready at once.
+fn now_or_never<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    match fut
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// Issue 20, item 1: threads that poll async acquisitions with the no-op
+/// waker (one waker for all of them) each check against the others'
+/// holds, whose names live in registry entries the other thread frees as
+/// its guard drops. Under AddressSanitizer this was a heap-use-after-free
+/// in the graph's name lookup.
+#[test]
+fn async_holds_polled_with_the_no_op_waker_on_many_threads_read_no_freed_name() {
+    with_mode(LockOrderCheck::Panic, || {
+        let start = Arc::new(Barrier::new(3));
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    for i in 0..3000 {
+                        let name = format!("uaf-noop-{t}-{i}");
+                        let guard = now_or_never(crate::lock(&name).acquire_async())
+                            .expect("a lock nobody else names is free")
+                            .expect("no error");
+                        drop(guard);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no thread panicked");
+        }
+    });
+}

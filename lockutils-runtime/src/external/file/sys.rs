@@ -469,7 +469,6 @@ mod imp {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     extern "C" fn on_interrupt(_: libc::c_int) {}
 
-
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(super) fn interrupt_signal() -> Option<i32> {
         use std::sync::OnceLock;
