@@ -10,15 +10,24 @@
 //!   process-wide table keyed by the task's waker (its data and vtable
 //!   pointers: tokio, async-std, smol and `futures` give each task, and
 //!   each `FuturesUnordered` member, its own). A future moving between
-//!   worker threads keeps its key, so its holds follow it. Limits, both
-//!   documented for users: branches of one `join!`/`select!` share their
-//!   task's waker, so a lock held in one branch counts as held while
-//!   another branch takes a lock; a synchronous acquisition inside async
-//!   code sees the thread's synchronous holds only; a future run inside
-//!   another with its own waker (a `FuturesUnordered` member) does not see
-//!   its parent task's holds; and an async guard sent to another task stays
-//!   listed under the task that took it. The first and last can cause a
-//!   report without a real deadlock; the others only hide one.
+//!   worker threads keeps its key, so its holds follow it. A waker with no
+//!   data (std's `Waker::noop()`, `futures`' `noop_waker`, which
+//!   `now_or_never` polls with) is one and the same for every task that
+//!   uses it, so it names none: what polls with it is code driving futures
+//!   by hand on one thread, and its holds are that thread's (kept apart
+//!   from the synchronous list, like every async hold). The table owns a
+//!   copy of each name: a guard may be dropped, and its registry entry
+//!   freed, on another thread while its task's list is being checked.
+//!   Limits, both documented for users: branches of one `join!`/`select!`
+//!   share their task's waker, so a lock held in one branch counts as held
+//!   while another branch takes a lock; a synchronous acquisition inside
+//!   async code sees the thread's synchronous holds only; a future run
+//!   inside another with its own waker (a `FuturesUnordered` member) does
+//!   not see its parent task's holds; an async guard sent to another task
+//!   stays listed under the task that took it; and futures polled by hand
+//!   with a no-op waker on one thread count as one context. The first, the
+//!   fourth and the last can cause a report without a real deadlock; the
+//!   others only hide one.
 //!
 //! A lock counts as held from the moment it is asked for (it is pushed
 //! before waiting; nothing else runs in that context while it waits) until
@@ -34,7 +43,7 @@
 //! push and pop per acquisition; when other locks are held, a read lock of
 //! the graph to see the edges are known, and a write lock plus a
 //! breadth-first search only for a new edge. Async holds take a global
-//! mutex per acquisition and release.
+//! mutex per acquisition and release, and copy the name (one allocation).
 
 mod graph;
 
@@ -45,8 +54,8 @@ use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::panic::Location;
 use std::str::FromStr;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Poll, Waker};
 
 use parking_lot::{Mutex, RwLock};
@@ -218,12 +227,14 @@ impl fmt::Display for Site {
 
 static GRAPH: LazyLock<RwLock<Graph>> = LazyLock::new(|| RwLock::new(Graph::default()));
 
-/// One lock a context holds. `name` points into the lock's registry entry
-/// (or any string that outlives the hold; see [`enter`]).
+/// One lock this thread holds synchronously. `name` points into the
+/// lock's registry entry (or any string that outlives the hold; see
+/// [`enter`]).
 ///
-/// Invariant: a `Listed` exists only in a hold list (or a copy taken from
-/// one while its hold is alive), and the hold removes it before its name
-/// may die, so reading `name` through a list is sound.
+/// Invariant: a `Listed` exists only in its thread's hold list, and the
+/// hold removes it, on that thread, before its name may die; only that
+/// thread reads the list, so reading `name` through it is sound. (Not
+/// `Send`, through the raw pointer: it cannot reach another thread.)
 #[derive(Clone, Copy)]
 struct Listed {
     name: *const str,
@@ -231,15 +242,29 @@ struct Listed {
     id: u64,
 }
 
-// SAFETY: `name` is only read while the hold that listed it is alive, and
-// the string it points to is immutable and outlives that hold (the
-// contract of `enter`/`enter_async`), whichever thread reads it.
-unsafe impl Send for Listed {}
-
 impl Held for Listed {
     fn name(&self) -> &str {
         // SAFETY: see the invariant on `Listed`.
         unsafe { &*self.name }
+    }
+    fn site(&self) -> Site {
+        self.site
+    }
+}
+
+/// One lock an async task holds. Owns its name: the list is shared by
+/// every thread the task runs on, and its guard may drop (freeing the
+/// registry entry) on any thread, even while the task's list is checked.
+#[derive(Clone)]
+struct TaskListed {
+    name: Arc<str>,
+    site: Site,
+    id: u64,
+}
+
+impl Held for TaskListed {
+    fn name(&self) -> &str {
+        &self.name
     }
     fn site(&self) -> Site {
         self.site
@@ -407,7 +432,8 @@ fn unlist(id: u64) {
     });
 }
 
-/// An async task, as its waker identifies it.
+/// An async task, as its waker identifies it; or, for a waker that names
+/// no task, the thread polling it (`vtable` 0, `data` the thread's serial).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Task {
     data: usize,
@@ -415,8 +441,18 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// The task a waker wakes.
+    /// The task a waker wakes, or the polling thread for a waker with no
+    /// data: such a waker (std's `Waker::noop()`, `futures`' `noop_waker`)
+    /// is shared by every task using it, and keying them all by it would
+    /// mix the holds of unrelated threads (false cycles, and reading
+    /// another thread's holds).
     pub(crate) fn of(waker: &Waker) -> Task {
+        if waker.data().is_null() {
+            return Task {
+                data: thread_serial(),
+                vtable: 0,
+            };
+        }
         Task {
             data: waker.data() as usize,
             vtable: std::ptr::from_ref(waker.vtable()) as usize,
@@ -429,9 +465,22 @@ impl Task {
     }
 }
 
+/// This thread's serial number, from 1, never reused (a `ThreadId` has no
+/// stable integer form). Where thread-locals are gone, a fresh one per call:
+/// such a context then sees no other hold (a missed report, never a false one).
+fn thread_serial() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    thread_local! {
+        static SERIAL: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SERIAL
+        .try_with(|s| *s)
+        .unwrap_or_else(|_| NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Async holds, by task. Entries are removed when a task's last hold
 /// drops, so the table holds only tasks that hold a lock right now.
-static TASKS: LazyLock<Mutex<HashMap<Task, Vec<Listed>, foldhash::fast::RandomState>>> =
+static TASKS: LazyLock<Mutex<HashMap<Task, Vec<TaskListed>, foldhash::fast::RandomState>>> =
     LazyLock::new(|| Mutex::new(HashMap::default()));
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
@@ -459,7 +508,10 @@ impl AsyncHold {
 /// [`LockError::InvalidEnv`] for a bad `LOCKUTILS_LOCK_ORDER`.
 ///
 /// # Safety
-/// `name` must stay valid and unchanged until the returned hold is dropped.
+/// Nothing is required: `name` is copied into the task's list. The
+/// function stays `unsafe` only so that callers written for the earlier
+/// contract (`name` had to outlive the hold) compile unchanged; it becomes
+/// a safe function once they drop their `unsafe` blocks.
 pub(crate) unsafe fn enter_async(
     name: &str,
     site: Site,
@@ -470,12 +522,14 @@ pub(crate) unsafe fn enter_async(
     if mode == OFF {
         return Ok(AsyncHold::NONE);
     }
-    // A copy, so the table is not locked while the graph is searched.
+    // A copy (of counted names), so the table is not locked while the
+    // graph is searched, and no name dies while the copy is read.
     let listed = match TASKS.lock().get(&task) {
         Some(l) if waits => l.clone(),
         _ => Vec::new(),
     };
     let report = check(&listed, name, site, mode);
+    drop(listed);
     if let Some(r) = &report {
         r.panic_if_asked();
     }
@@ -486,14 +540,15 @@ pub(crate) unsafe fn enter_async(
     Ok(hold)
 }
 
-fn list_async(task: Task, name: *const str, site: Site) -> AsyncHold {
+fn list_async(task: Task, name: &str, site: Site) -> AsyncHold {
     // A task moves between threads: its ids come from one global counter.
     let id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
-    TASKS
-        .lock()
-        .entry(task)
-        .or_default()
-        .push(Listed { name, site, id });
+    let me = TaskListed {
+        name: Arc::from(name),
+        site,
+        id,
+    };
+    TASKS.lock().entry(task).or_default().push(me);
     AsyncHold { task, id }
 }
 
@@ -503,14 +558,19 @@ impl Drop for AsyncHold {
             return;
         }
         let mut tasks = TASKS.lock();
-        if let Some(list) = tasks.get_mut(&self.task) {
-            if let Some(i) = list.iter().rposition(|l| l.id == self.id) {
-                list.remove(i);
-            }
-            if list.is_empty() {
-                tasks.remove(&self.task);
-            }
+        let Some(list) = tasks.get_mut(&self.task) else {
+            return;
+        };
+        let gone = list
+            .iter()
+            .rposition(|l| l.id == self.id)
+            .map(|i| list.remove(i));
+        if list.is_empty() {
+            tasks.remove(&self.task);
         }
+        drop(tasks);
+        // The name, if this was its last copy, is freed unlocked.
+        drop(gone);
     }
 }
 

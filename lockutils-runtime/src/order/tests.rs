@@ -315,3 +315,47 @@ fn async_holds_polled_with_the_no_op_waker_on_many_threads_read_no_freed_name() 
         }
     });
 }
+
+/// The no-op waker is one waker for every task that polls with it: keyed
+/// by it, a lock one thread holds counted as held by another thread
+/// taking its own lock, and recorded a false edge. Its holds are now the
+/// polling thread's: apart across threads, together on one thread.
+#[test]
+fn the_no_op_waker_does_not_make_threads_one_task() {
+    use std::sync::mpsc::channel;
+    let take = |name: &'static str| {
+        now_or_never(crate::lock(name).acquire_async())
+            .expect("free")
+            .expect("no error")
+    };
+    with_mode(LockOrderCheck::Panic, || {
+        // Another thread holds "nw-a" while this one takes "nw-b".
+        let (held_tx, held_rx) = channel();
+        let (go_tx, go_rx) = channel::<()>();
+        let other = std::thread::spawn(move || {
+            let a = take("nw-a");
+            held_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            drop(a);
+        });
+        held_rx.recv().unwrap();
+        let b = take("nw-b");
+        go_tx.send(()).unwrap();
+        other.join().unwrap();
+        drop(b);
+        // Had "nw-a -> nw-b" been recorded, this order would panic.
+        let (b, a) = (take("nw-b"), take("nw-a"));
+        drop((a, b));
+        // On one thread, futures polled with the no-op waker are one
+        // context: the inversion is found.
+        let text = panic_text(|| drop((take("nw-a"), take("nw-b"))));
+        assert!(
+            text.contains("\"nw-b\" taken by") && text.contains("while holding \"nw-a\""),
+            "{text}"
+        );
+        let me = Task::of(Waker::noop());
+        assert!(!TASKS.lock().contains_key(&me), "unwinding unlisted them");
+        let there = std::thread::spawn(|| Task::of(Waker::noop()));
+        assert_ne!(there.join().unwrap(), me);
+    });
+}
