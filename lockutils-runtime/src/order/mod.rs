@@ -17,7 +17,11 @@
 //!   by hand on one thread, and its holds are that thread's (kept apart
 //!   from the synchronous list, like every async hold). The table owns a
 //!   copy of each name: a guard may be dropped, and its registry entry
-//!   freed, on another thread while its task's list is being checked.
+//!   freed, on another thread while its task's list is being checked. It
+//!   also keeps a clone of the task's waker while the task has holds
+//!   listed: a guard may outlive its task's waker (returned from a
+//!   `block_on`), and a new waker at the freed address would otherwise
+//!   inherit its holds.
 //!   Limits, both documented for users: branches of one `join!`/`select!`
 //!   share their task's waker, so a lock held in one branch counts as held
 //!   while another branch takes a lock; a synchronous acquisition inside
@@ -43,12 +47,14 @@
 //! push and pop per acquisition; when other locks are held, a read lock of
 //! the graph to see the edges are known, and a write lock plus a
 //! breadth-first search only for a new edge. Async holds take a global
-//! mutex per acquisition and release, and copy the name (one allocation).
+//! mutex per acquisition and release, copy the name (one allocation) and
+//! clone the waker.
 
 mod graph;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::poll_fn;
 use std::marker::PhantomData;
@@ -432,12 +438,33 @@ fn unlist(id: u64) {
     });
 }
 
-/// An async task, as its waker identifies it; or, for a waker that names
-/// no task, the thread polling it (`vtable` 0, `data` the thread's serial).
+/// What async holds are listed under: a waker's data and vtable pointers,
+/// or (`vtable` 0) a thread's serial number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Task {
+struct TaskKey {
     data: usize,
     vtable: usize,
+}
+
+/// An async task, as its waker identifies it; or, for a waker that names
+/// no task, the thread polling it.
+///
+/// A waker's pointers name its task only while the waker lives: once the
+/// last clone is dropped, another task's waker may be allocated at the
+/// same address (a `block_on` that returns the guard and frees its waker,
+/// then another `block_on`). So the table keeps a clone of the waker while
+/// the task has holds listed, and no other task can get its key meanwhile.
+#[derive(Clone, Debug)]
+pub(crate) struct Task {
+    key: TaskKey,
+    /// A clone of the task's waker (`None` for a thread).
+    waker: Option<Waker>,
+}
+
+impl PartialEq for Task {
+    fn eq(&self, other: &Task) -> bool {
+        self.key == other.key
+    }
 }
 
 impl Task {
@@ -449,13 +476,19 @@ impl Task {
     pub(crate) fn of(waker: &Waker) -> Task {
         if waker.data().is_null() {
             return Task {
-                data: thread_serial(),
-                vtable: 0,
+                key: TaskKey {
+                    data: thread_serial(),
+                    vtable: 0,
+                },
+                waker: None,
             };
         }
         Task {
-            data: waker.data() as usize,
-            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+            key: TaskKey {
+                data: waker.data() as usize,
+                vtable: std::ptr::from_ref(waker.vtable()) as usize,
+            },
+            waker: Some(waker.clone()),
         }
     }
 
@@ -478,9 +511,19 @@ fn thread_serial() -> usize {
         .unwrap_or_else(|_| NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// One task's listed holds, and its waker, kept so that its key stays its
+/// own while they are listed (see [`Task`]).
+struct TaskHolds {
+    held: Vec<TaskListed>,
+    _waker: Option<Waker>,
+}
+
 /// Async holds, by task. Entries are removed when a task's last hold
-/// drops, so the table holds only tasks that hold a lock right now.
-static TASKS: LazyLock<Mutex<HashMap<Task, Vec<TaskListed>, foldhash::fast::RandomState>>> =
+/// drops, so the table holds only tasks that hold a lock right now. Wakers
+/// and names leave it only to be dropped with the table unlocked: dropping
+/// a waker runs its executor's code, which may drop a future that holds a
+/// guard, whose hold takes this lock.
+static TASKS: LazyLock<Mutex<HashMap<TaskKey, TaskHolds, foldhash::fast::RandomState>>> =
     LazyLock::new(|| Mutex::new(HashMap::default()));
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
@@ -489,7 +532,7 @@ static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 /// `Send`: the future holding it may move between threads.
 #[must_use]
 pub(crate) struct AsyncHold {
-    task: Task,
+    task: TaskKey,
     /// 0: nothing was listed.
     id: u64,
 }
@@ -497,7 +540,7 @@ pub(crate) struct AsyncHold {
 impl AsyncHold {
     /// A hold that lists nothing, for acquisitions made with the check off.
     pub(crate) const NONE: AsyncHold = AsyncHold {
-        task: Task { data: 0, vtable: 0 },
+        task: TaskKey { data: 0, vtable: 0 },
         id: 0,
     };
 }
@@ -524,8 +567,8 @@ pub(crate) unsafe fn enter_async(
     }
     // A copy (of counted names), so the table is not locked while the
     // graph is searched, and no name dies while the copy is read.
-    let listed = match TASKS.lock().get(&task) {
-        Some(l) if waits => l.clone(),
+    let listed = match TASKS.lock().get(&task.key) {
+        Some(t) if waits => t.held.clone(),
         _ => Vec::new(),
     };
     let report = check(&listed, name, site, mode);
@@ -548,8 +591,25 @@ fn list_async(task: Task, name: &str, site: Site) -> AsyncHold {
         site,
         id,
     };
-    TASKS.lock().entry(task).or_default().push(me);
-    AsyncHold { task, id }
+    let Task { key, waker } = task;
+    let mut tasks = TASKS.lock();
+    // The first hold keeps the waker; later ones drop theirs, unlocked.
+    let spare = match tasks.entry(key) {
+        Entry::Occupied(mut t) => {
+            t.get_mut().held.push(me);
+            waker
+        }
+        Entry::Vacant(v) => {
+            v.insert(TaskHolds {
+                held: vec![me],
+                _waker: waker,
+            });
+            None
+        }
+    };
+    drop(tasks);
+    drop(spare);
+    AsyncHold { task: key, id }
 }
 
 impl Drop for AsyncHold {
@@ -558,19 +618,22 @@ impl Drop for AsyncHold {
             return;
         }
         let mut tasks = TASKS.lock();
-        let Some(list) = tasks.get_mut(&self.task) else {
+        let Some(t) = tasks.get_mut(&self.task) else {
             return;
         };
-        let gone = list
+        let gone = t
+            .held
             .iter()
             .rposition(|l| l.id == self.id)
-            .map(|i| list.remove(i));
-        if list.is_empty() {
-            tasks.remove(&self.task);
-        }
+            .map(|i| t.held.remove(i));
+        let emptied = if t.held.is_empty() {
+            tasks.remove(&self.task)
+        } else {
+            None
+        };
         drop(tasks);
-        // The name, if this was its last copy, is freed unlocked.
-        drop(gone);
+        // The name and the waker, if these were the last, go unlocked.
+        drop((gone, emptied));
     }
 }
 

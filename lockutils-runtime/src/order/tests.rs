@@ -32,6 +32,14 @@ fn panic_text(f: impl FnOnce()) -> String {
     }
 }
 
+/// A task known by made-up pointers (no waker behind them).
+fn fake_task(data: usize) -> Task {
+    Task {
+        key: TaskKey { data, vtable: 7 },
+        waker: None,
+    }
+}
+
 fn held_here() -> usize {
     HELD.with(|h| h.borrow().len())
 }
@@ -192,12 +200,11 @@ fn off_lists_nothing() {
 
 #[test]
 fn async_holds_belong_to_their_task() {
-    fn take_in(task: Task, name: &'static str) -> AsyncHold {
+    fn take_in(task: &Task, name: &'static str) -> AsyncHold {
         // SAFETY: a `'static` name outlives every hold.
-        unsafe { enter_async(name, Site::Function("task"), true, task) }.unwrap()
+        unsafe { enter_async(name, Site::Function("task"), true, task.clone()) }.unwrap()
     }
-    let t1 = Task { data: 1, vtable: 7 };
-    let t2 = Task { data: 2, vtable: 7 };
+    let (t1, t2) = (&fake_task(1), &fake_task(2));
     with_mode(LockOrderCheck::Panic, || {
         // Task 1 holds a while task 2 takes b: no edge between them.
         let a = take_in(t1, "ta-a");
@@ -215,7 +222,10 @@ fn async_holds_belong_to_their_task() {
             text.contains("\"ta-b\" taken by task while holding \"ta-a\""),
             "{text}"
         );
-        assert!(!TASKS.lock().contains_key(&t2), "unwinding unlisted task 2");
+        assert!(
+            !TASKS.lock().contains_key(&t2.key),
+            "unwinding unlisted task 2"
+        );
     });
 }
 
@@ -293,20 +303,16 @@ fn take_entry(name: &str, task: Task) -> (AsyncHold, Handle) {
 /// name lookup (`scripts/sanitizers.sh` runs it so).
 #[test]
 fn a_task_list_read_on_one_thread_while_another_frees_a_listed_name() {
-    let shared = Task {
-        data: 0x5afe,
-        vtable: 7,
-    };
-    for task in [shared, Task::of(Waker::noop())] {
+    for task in [fake_task(0x5afe), Task::of(Waker::noop())] {
         with_mode(LockOrderCheck::Panic, || {
             let start = Arc::new(Barrier::new(3));
             let threads: Vec<_> = (0..3)
                 .map(|t| {
-                    let start = start.clone();
+                    let (start, task) = (start.clone(), task.clone());
                     std::thread::spawn(move || {
                         start.wait();
                         for i in 0..3000 {
-                            let (hold, entry) = take_entry(&format!("uaf-{t}-{i}"), task);
+                            let (hold, entry) = take_entry(&format!("uaf-{t}-{i}"), task.clone());
                             drop(hold);
                             drop(entry);
                         }
@@ -317,7 +323,7 @@ fn a_task_list_read_on_one_thread_while_another_frees_a_listed_name() {
                 t.join()
                     .expect("names taken one after another close no cycle");
             }
-            assert!(!TASKS.lock().contains_key(&task), "every hold unlisted");
+            assert!(!TASKS.lock().contains_key(&task.key), "every hold unlisted");
         });
     }
 }
@@ -360,8 +366,52 @@ fn the_no_op_waker_does_not_make_threads_one_task() {
             "{text}"
         );
         let me = Task::of(Waker::noop());
-        assert!(!TASKS.lock().contains_key(&me), "unwinding unlisted them");
+        assert!(
+            !TASKS.lock().contains_key(&me.key),
+            "unwinding unlisted them"
+        );
         let there = std::thread::spawn(|| Task::of(Waker::noop()));
         assert_ne!(there.join().unwrap(), me);
+    });
+}
+
+/// A waker's pointers name its task only while the waker lives. A guard
+/// that outlives its waker (returned from a `block_on` that then frees
+/// it) kept its hold listed under a dead address, and the next waker
+/// allocated there (the next `block_on`'s) inherited the hold: a false
+/// edge, then a false cycle (seen in tests/chaos.rs). The table now keeps
+/// the waker alive while the task has holds listed.
+#[test]
+fn a_hold_that_outlives_its_waker_is_not_inherited_by_the_next_waker() {
+    use std::task::Wake;
+    struct W;
+    impl Wake for W {
+        fn wake(self: Arc<Self>) {}
+    }
+    let fresh = || Waker::from(Arc::new(W));
+    let take = |name: &'static str, waker: &Waker| {
+        // SAFETY: a `'static` name outlives every hold.
+        unsafe { enter_async(name, Site::Function("block_on"), true, Task::of(waker)) }.unwrap()
+    };
+    with_mode(LockOrderCheck::Panic, || {
+        let first = fresh();
+        let a = take("wr-a", &first);
+        let key = Task::of(&first).key;
+        drop(first);
+        // The allocator hands a freed block of the same size back first:
+        // without the table's clone, this waker is at the old address.
+        let second = fresh();
+        assert_ne!(
+            Task::of(&second).key,
+            key,
+            "a new waker has the key of a task with holds listed"
+        );
+        let b = take("wr-b", &second);
+        drop(second);
+        drop((b, a));
+        // Had "wr-a -> wr-b" been recorded, this order would panic.
+        let third = fresh();
+        let (b, a) = (take("wr-b", &third), take("wr-a", &third));
+        drop((a, b));
     });
 }
