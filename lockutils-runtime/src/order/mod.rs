@@ -7,9 +7,11 @@
 //! * **Synchronous code:** the locks this thread holds, in a thread-local
 //!   list. A synchronous guard cannot leave its thread, so the list is exact.
 //! * **Async code:** the locks held by the current *task*, recorded in a
-//!   process-wide table keyed by the task's waker (its data and vtable
-//!   pointers: tokio, async-std, smol and `futures` give each task, and
-//!   each `FuturesUnordered` member, its own). A future moving between
+//!   process-wide table keyed by the task's waker (its data pointer:
+//!   tokio, async-std, smol and `futures` give each task, and each
+//!   `FuturesUnordered` member, its own; not its vtable pointer, since
+//!   Rust does not promise a vtable one address, and a waker and its clone
+//!   can differ there, as Miri shows). A future moving between
 //!   worker threads keeps its key, so its holds follow it. A waker with no
 //!   data (std's `Waker::noop()`, `futures`' `noop_waker`, which
 //!   `now_or_never` polls with) is one and the same for every task that
@@ -438,18 +440,18 @@ fn unlist(id: u64) {
     });
 }
 
-/// What async holds are listed under: a waker's data and vtable pointers,
-/// or (`vtable` 0) a thread's serial number.
+/// What async holds are listed under: a waker's data pointer, or a
+/// thread's serial number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct TaskKey {
-    data: usize,
-    vtable: usize,
+enum TaskKey {
+    Waker(usize),
+    Thread(usize),
 }
 
 /// An async task, as its waker identifies it; or, for a waker that names
 /// no task, the thread polling it.
 ///
-/// A waker's pointers name its task only while the waker lives: once the
+/// A waker's data pointer names its task only while the waker lives: once the
 /// last clone is dropped, another task's waker may be allocated at the
 /// same address (a `block_on` that returns the guard and frees its waker,
 /// then another `block_on`). So the table keeps a clone of the waker while
@@ -476,18 +478,12 @@ impl Task {
     pub(crate) fn of(waker: &Waker) -> Task {
         if waker.data().is_null() {
             return Task {
-                key: TaskKey {
-                    data: thread_serial(),
-                    vtable: 0,
-                },
+                key: TaskKey::Thread(thread_serial()),
                 waker: None,
             };
         }
         Task {
-            key: TaskKey {
-                data: waker.data() as usize,
-                vtable: std::ptr::from_ref(waker.vtable()) as usize,
-            },
+            key: TaskKey::Waker(waker.data() as usize),
             waker: Some(waker.clone()),
         }
     }
@@ -540,7 +536,7 @@ pub(crate) struct AsyncHold {
 impl AsyncHold {
     /// A hold that lists nothing, for acquisitions made with the check off.
     pub(crate) const NONE: AsyncHold = AsyncHold {
-        task: TaskKey { data: 0, vtable: 0 },
+        task: TaskKey::Waker(0),
         id: 0,
     };
 }
