@@ -623,9 +623,12 @@ mod word {
     pub const STOP: usize = 0;
     /// Conflicts seen by any worker.
     pub const VIOLATIONS: usize = 1;
+    /// Acquisitions that failed otherwise than busy or timed out (the
+    /// worker may be killed before its panic is seen).
+    pub const ERRORS: usize = 2;
     /// Per worker thread: 0, or what it holds of the reader/writer lock
     /// (1 shared, 2 exclusive).
-    pub const RW: usize = 2;
+    pub const RW: usize = 3;
     /// Per worker thread: 1 while it holds a permit.
     pub const SEM: usize = RW + SLOTS;
     /// Per worker: 1 once the parent decided to kill it.
@@ -677,7 +680,10 @@ fn worker_round(rng: &mut Rng, dir: &Path, shm: &Shm, slot: usize) {
     let guard = match r {
         Ok(g) => g,
         Err(LockError::WouldBlock { .. } | LockError::Timeout { .. }) => return,
-        Err(e) => panic!("slot {slot}: {e}"),
+        Err(e) => {
+            shm.word(word::ERRORS).fetch_add(1, SeqCst);
+            panic!("slot {slot}: {e}");
+        }
     };
     let mark = if sem {
         shm.word(word::SEM + slot)
@@ -705,8 +711,8 @@ fn worker_round(rng: &mut Rng, dir: &Path, shm: &Shm, slot: usize) {
 }
 
 /// Child of [`killed_workers_never_share_a_lock_and_leave_it_free`]:
-/// `WORKER_THREADS` threads doing rounds until told to stop; then reports
-/// `done`.
+/// `WORKER_THREADS` threads doing rounds (at least one each) until told to
+/// stop; then reports `done`.
 #[test]
 fn chaos_worker() {
     if !running_as("chaos_worker") {
@@ -722,9 +728,13 @@ fn chaos_worker() {
             s.spawn(move || {
                 let slot = worker * WORKER_THREADS + t;
                 let mut rng = Rng::new(seed, slot as u64);
-                while shm.word(word::STOP).load(SeqCst) == 0 {
+                // At least one round, however late it started.
+                loop {
                     worker_round(&mut rng, dir, shm, slot);
                     shm.word(word::ROUNDS + worker).fetch_add(1, SeqCst);
+                    if shm.word(word::STOP).load(SeqCst) != 0 {
+                        break;
+                    }
                 }
             });
         }
@@ -808,6 +818,11 @@ fn killed_workers_never_share_a_lock_and_leave_it_free() {
         shm.word(word::VIOLATIONS).load(SeqCst),
         0,
         "conflicting holders"
+    );
+    assert_eq!(
+        shm.word(word::ERRORS).load(SeqCst),
+        0,
+        "acquisitions failed"
     );
     for w in &survivors {
         assert!(
