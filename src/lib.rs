@@ -182,7 +182,8 @@
 //! ```
 //!
 //! A lock counts as held by the thread that took it synchronously, or by
-//! the async task (known by its waker) that took it with
+//! the async task (known by its waker; with a no-op waker, the polling
+//! thread) that took it with
 //! [`Lock::acquire_async`] or an `async fn`. Shared, counted, fair and
 //! external locks all take part; try-locks (`blocking = false`) add no
 //! edge, since they cannot deadlock. Branches of one `join!` share their

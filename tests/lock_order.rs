@@ -365,6 +365,33 @@ fn async_tasks_report_inversions_across_worker_threads() {
     assert!(is_free("task-a") && is_free("task-b"));
 }
 
+/// Issue 20, item 1: a task sends each guard to a thread that drops it
+/// while the task takes its next lock. The task's check read the sent
+/// lock's name after that thread had freed its registry entry: a
+/// heap-use-after-free under AddressSanitizer (`scripts/sanitizers.sh`).
+#[test]
+fn a_guard_dropped_on_another_thread_while_its_task_takes_a_lock() {
+    let _s = serial(LockOrderCheck::Panic);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<lockutils::AsyncLockGuard>();
+    let dropper = thread::spawn(move || rx.into_iter().map(drop).count());
+    let task = rt.spawn(async move {
+        for i in 0..3000 {
+            let name = format!("sent-guard-{i}");
+            let guard = lockutils::lock(&name).acquire_async().await.unwrap();
+            tx.send(guard).unwrap();
+        }
+        3000
+    });
+    let sent = rt
+        .block_on(task)
+        .expect("no cycle among names taken one after another");
+    assert_eq!(dropper.join().unwrap(), sent);
+}
+
 // ---- off ------------------------------------------------------------------
 
 #[test]

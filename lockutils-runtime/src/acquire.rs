@@ -391,8 +391,7 @@ fn order_enter(entry: &Entry, req: &Request<'_>) -> Result<SyncHold, LockError> 
 async fn order_enter_async(entry: &Entry, req: &Request<'_>) -> Result<AsyncHold, LockError> {
     let task = Task::current().await;
     let waits = !req.opts.wait.is_try();
-    // SAFETY: as in `order_enter`, for the async guard.
-    unsafe { order::enter_async(entry.name(), order_site(req.site), waits, task) }
+    order::enter_async(entry.name(), order_site(req.site), waits, task)
 }
 
 /// The registry entry for `full_name`, checking the options agree with

@@ -3,16 +3,28 @@
 //! One lazily started thread (`lockutils-timer`) keeps a heap of deadlines
 //! and wakes each task whose deadline passed. It is only used by async
 //! acquisitions that have a timeout and have to wait.
+//!
+//! Invariant: the timer a [`Sleep`] registers with has its thread running
+//! in this process. A child forked without `exec` has none of its
+//! parent's threads, so a timer made in another fork generation
+//! ([`Born`]) is left alone (its mutex may even be held forever, by a
+//! thread that was not copied) and a new one is started; a `Sleep`
+//! registered with the old one registers again with the new one.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::task::{Context, Waker};
 use std::time::Instant;
+
+use crate::fork::Born;
 
 struct Timer {
     state: Mutex<State>,
     changed: Condvar,
+    /// The fork generation whose thread runs this timer.
+    born: Born,
 }
 
 #[derive(Default)]
@@ -22,25 +34,66 @@ struct State {
     next_id: u64,
 }
 
+/// The timer of this process, or null before the first use. Every timer
+/// is leaked (`Box::leak`) and never freed, so a pointer read here stays
+/// valid; at most one is made per fork generation (plus losers of a
+/// race to make it, freed before anyone sees them).
+static TIMER: AtomicPtr<Timer> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's timer, started on first use (again in a forked child).
 fn timer() -> &'static Timer {
-    static TIMER: OnceLock<&'static Timer> = OnceLock::new();
-    TIMER.get_or_init(|| {
-        let t: &'static Timer = Box::leak(Box::new(Timer {
-            state: Mutex::default(),
-            changed: Condvar::new(),
-        }));
-        std::thread::Builder::new()
-            .name("lockutils-timer".into())
-            .spawn(move || t.run())
-            .expect("lockutils: cannot start the timer thread for async timeouts");
-        t
-    })
+    let seen = TIMER.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer in `TIMER` comes from `Box::leak` in
+    // `start` and is never freed.
+    match unsafe { seen.as_ref() } {
+        Some(t) if t.born.here() => t,
+        _ => start(seen),
+    }
+}
+
+/// Makes and starts a timer to replace `seen` (none yet, or one of another
+/// fork generation), unless another thread did meanwhile.
+#[cold]
+#[inline(never)]
+fn start(seen: *mut Timer) -> &'static Timer {
+    let new = Box::into_raw(Box::new(Timer {
+        state: Mutex::default(),
+        changed: Condvar::new(),
+        born: Born::now(),
+    }));
+    if let Err(other) = TIMER.compare_exchange(seen, new, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: `new` came from `Box::into_raw` above and was never
+        // published, so this is its only owner.
+        drop(unsafe { Box::from_raw(new) });
+        // SAFETY: as in `timer`: a non-null `TIMER` is leaked, never freed.
+        return match unsafe { other.as_ref() } {
+            Some(t) if t.born.here() => t,
+            _ => start(other),
+        };
+    }
+    // SAFETY: `new` is published in `TIMER` and so never freed: a
+    // `'static` reference to it is sound.
+    let t: &'static Timer = unsafe { &*new };
+    let spawned = std::thread::Builder::new()
+        .name("lockutils-timer".into())
+        .spawn(move || t.run());
+    if let Err(e) = spawned {
+        // Give the next caller a try at starting one (a timer without a
+        // thread would never fire).
+        let _ = TIMER.compare_exchange(new, seen, Ordering::AcqRel, Ordering::Acquire);
+        panic!("lockutils: cannot start the timer thread for async timeouts: {e}");
+    }
+    t
 }
 
 impl Timer {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn run(&self) {
         let mut expired = Vec::new();
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         loop {
             let now = Instant::now();
             while let Some(&Reverse((at, id))) = st.heap.peek() {
@@ -58,7 +111,7 @@ impl Timer {
                 for w in expired.drain(..) {
                     w.wake();
                 }
-                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                st = self.lock();
                 // Time passed while waking: look at the heap again.
                 continue;
             }
@@ -80,12 +133,16 @@ impl Timer {
 /// polled before the deadline; unregisters on drop.
 pub(crate) struct Sleep {
     deadline: Instant,
-    id: Option<u64>,
+    /// The timer it registered with, and its id there.
+    registered: Option<(&'static Timer, u64)>,
 }
 
 impl Sleep {
     pub(crate) fn new(deadline: Instant) -> Sleep {
-        Sleep { deadline, id: None }
+        Sleep {
+            deadline,
+            registered: None,
+        }
     }
 
     /// True once the deadline has passed; otherwise arranges for `cx`'s
@@ -95,20 +152,26 @@ impl Sleep {
             return true;
         }
         let t = timer();
-        let mut st = t.state.lock().unwrap_or_else(|e| e.into_inner());
-        match self.id {
-            Some(id) => match st.wakers.get_mut(&id) {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                Some(w) => *w = cx.waker().clone(),
-                // Fired between our clock read and the lock: expired.
-                None => return true,
-            },
-            None => {
+        match self.registered {
+            // Registered with this process's timer.
+            Some((at, id)) if std::ptr::eq(at, t) => {
+                let mut st = t.lock();
+                match st.wakers.get_mut(&id) {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    Some(w) => *w = cx.waker().clone(),
+                    // Fired between our clock read and the lock: expired.
+                    None => return true,
+                }
+            }
+            // Never registered, or with the timer of the process this one
+            // was forked from, whose thread is not here.
+            _ => {
+                let mut st = t.lock();
                 let id = st.next_id;
                 st.next_id += 1;
                 st.heap.push(Reverse((self.deadline, id)));
                 st.wakers.insert(id, cx.waker().clone());
-                self.id = Some(id);
+                self.registered = Some((t, id));
                 drop(st);
                 t.changed.notify_one();
             }
@@ -119,15 +182,18 @@ impl Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            // The heap entry stays until it expires (a no-op then, having no
-            // waker), unless dead entries pile up: then sweep them.
-            let mut st = timer().state.lock().unwrap_or_else(|e| e.into_inner());
-            st.wakers.remove(&id);
-            if st.heap.len() > 64 + 2 * st.wakers.len() {
-                let State { heap, wakers, .. } = &mut *st;
-                heap.retain(|Reverse((_, id))| wakers.contains_key(id));
-            }
+        // A timer of another fork generation is left alone: its lock may
+        // be held by a thread that was not copied into this process.
+        let Some((t, id)) = self.registered.filter(|(t, _)| t.born.here()) else {
+            return;
+        };
+        // The heap entry stays until it expires (a no-op then, having no
+        // waker), unless dead entries pile up: then sweep them.
+        let mut st = t.lock();
+        st.wakers.remove(&id);
+        if st.heap.len() > 64 + 2 * st.wakers.len() {
+            let State { heap, wakers, .. } = &mut *st;
+            heap.retain(|Reverse((_, id))| wakers.contains_key(id));
         }
     }
 }
@@ -173,5 +239,130 @@ mod tests {
         let waker = Waker::from(Arc::new(ReEnters(std::sync::Mutex::new(tx))));
         assert!(!again.poll_expired(&mut Context::from_waker(&waker)));
         assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+    }
+
+    /// The environment variable that makes the fork test below do the
+    /// forking (in a process of its own, see there).
+    #[cfg(unix)]
+    const FORK_HERE: &str = "LOCKUTILS_TEST_TIMER_FORK_HERE";
+
+    /// Polls `fut` to completion on this thread, parking between polls
+    /// (no timeout: only a wake-up moves it on).
+    #[cfg(unix)]
+    fn block_on<F: Future>(fut: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(&waker)) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    /// An async wait with a deadline for a lock this thread holds: false
+    /// (timed out), and how long it took.
+    #[cfg(unix)]
+    fn timed_wait_for_a_held_lock() -> (bool, Duration) {
+        use crate::local::Local;
+        use crate::spec::{Kind, Mode};
+        let lock = Local::new(Kind::MUTEX);
+        assert!(lock.try_lock(Mode::Exclusive));
+        let start = Instant::now();
+        let got =
+            block_on(lock.lock_async(Mode::Exclusive, Some(start + Duration::from_millis(200))));
+        (got, start.elapsed())
+    }
+
+    /// Issue 20, item 3: a child forked without `exec` has no timer thread
+    /// of its parent's. An async wait with a deadline there was never woken
+    /// (the child hung until the alarm below killed it), nor was a sleep
+    /// the parent had registered; now the child starts a timer of its own
+    /// and the inherited sleep registers with it.
+    #[test]
+    #[cfg(unix)]
+    #[cfg_attr(miri, ignore = "forks and runs processes")]
+    fn an_async_timeout_fires_in_a_forked_child() {
+        if std::env::var_os(FORK_HERE).is_none() {
+            // Fork in a process that runs only this test: `fork` copies
+            // only the calling thread, and another test's thread holding a
+            // lock the child needs (a registry shard, the allocator's)
+            // would hang the child for reasons of its own.
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "local::timer::tests::an_async_timeout_fires_in_a_forked_child",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(FORK_HERE, "1")
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "the test did not run: {text}");
+            return;
+        }
+        // The parent's timer thread runs and works ...
+        let (got, took) = timed_wait_for_a_held_lock();
+        assert!(!got && took >= Duration::from_millis(200), "{took:?}");
+        let start = Instant::now();
+        // A sleep registered with the parent's timer, polled in the child.
+        let mut inherited = Sleep::new(start + Duration::from_millis(600));
+        assert!(!inherited.poll_expired(&mut Context::from_waker(Waker::noop())));
+        // SAFETY: `fork` in a process whose other threads (the test
+        // harness's, the timer) hold nothing the child uses but the
+        // timer's own lock, which the child must not need.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // The child: SIGALRM ends it if the wait is never woken.
+            // SAFETY: `alarm` and `_exit` only make system calls.
+            unsafe { libc::alarm(10) };
+            let (got, took) = timed_wait_for_a_held_lock();
+            let mut code = match (got, took >= Duration::from_millis(200)) {
+                (false, true) => 0,
+                (true, _) => 1,
+                (false, false) => 2,
+            };
+            let expired = block_on(std::future::poll_fn(|cx| {
+                match inherited.poll_expired(cx) {
+                    true => std::task::Poll::Ready(Instant::now()),
+                    false => std::task::Poll::Pending,
+                }
+            }));
+            drop(inherited);
+            if code == 0 && expired.duration_since(start) < Duration::from_millis(600) {
+                code = 3;
+            }
+            // SAFETY: as above; no destructor or exit handler of the
+            // parent's runs in the child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGALRM),
+            "the async timeout never fired in the forked child (killed by its 10 s alarm)"
+        );
+        assert!(libc::WIFEXITED(status), "child status {status:#x}");
+        match libc::WEXITSTATUS(status) {
+            0 => {}
+            1 => panic!("the child got a lock it held itself"),
+            2 => panic!("the child's wait ended before its deadline"),
+            3 => panic!("the sleep inherited from the parent ended before its deadline"),
+            c => panic!("child exited with {c}"),
+        }
     }
 }

@@ -421,6 +421,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "12,000 names and their edges take hours under Miri; no unsafe code here"
+    )]
     fn dynamic_names_stay_bounded_and_recent_edges_survive() {
         let mut g = Graph::default();
         g.add(&held(&["iptables"], F), "keep", F);

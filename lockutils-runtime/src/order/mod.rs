@@ -7,18 +7,33 @@
 //! * **Synchronous code:** the locks this thread holds, in a thread-local
 //!   list. A synchronous guard cannot leave its thread, so the list is exact.
 //! * **Async code:** the locks held by the current *task*, recorded in a
-//!   process-wide table keyed by the task's waker (its data and vtable
-//!   pointers: tokio, async-std, smol and `futures` give each task, and
-//!   each `FuturesUnordered` member, its own). A future moving between
-//!   worker threads keeps its key, so its holds follow it. Limits, both
-//!   documented for users: branches of one `join!`/`select!` share their
-//!   task's waker, so a lock held in one branch counts as held while
-//!   another branch takes a lock; a synchronous acquisition inside async
-//!   code sees the thread's synchronous holds only; a future run inside
-//!   another with its own waker (a `FuturesUnordered` member) does not see
-//!   its parent task's holds; and an async guard sent to another task stays
-//!   listed under the task that took it. The first and last can cause a
-//!   report without a real deadlock; the others only hide one.
+//!   process-wide table keyed by the task's waker (its data pointer:
+//!   tokio, async-std, smol and `futures` give each task, and each
+//!   `FuturesUnordered` member, its own; not its vtable pointer, since
+//!   Rust does not promise a vtable one address, and a waker and its clone
+//!   can differ there, as Miri shows). A future moving between
+//!   worker threads keeps its key, so its holds follow it. A waker with no
+//!   data (std's `Waker::noop()`, `futures`' `noop_waker`, which
+//!   `now_or_never` polls with) is one and the same for every task that
+//!   uses it, so it names none: what polls with it is code driving futures
+//!   by hand on one thread, and its holds are that thread's (kept apart
+//!   from the synchronous list, like every async hold). The table owns a
+//!   copy of each name: a guard may be dropped, and its registry entry
+//!   freed, on another thread while its task's list is being checked. It
+//!   also keeps a clone of the task's waker while the task has holds
+//!   listed: a guard may outlive its task's waker (returned from a
+//!   `block_on`), and a new waker at the freed address would otherwise
+//!   inherit its holds.
+//!   Limits, both documented for users: branches of one `join!`/`select!`
+//!   share their task's waker, so a lock held in one branch counts as held
+//!   while another branch takes a lock; a synchronous acquisition inside
+//!   async code sees the thread's synchronous holds only; a future run
+//!   inside another with its own waker (a `FuturesUnordered` member) does
+//!   not see its parent task's holds; an async guard sent to another task
+//!   stays listed under the task that took it; and futures polled by hand
+//!   with a no-op waker on one thread count as one context. The first, the
+//!   fourth and the last can cause a report without a real deadlock; the
+//!   others only hide one.
 //!
 //! A lock counts as held from the moment it is asked for (it is pushed
 //! before waiting; nothing else runs in that context while it waits) until
@@ -34,19 +49,21 @@
 //! push and pop per acquisition; when other locks are held, a read lock of
 //! the graph to see the edges are known, and a write lock plus a
 //! breadth-first search only for a new edge. Async holds take a global
-//! mutex per acquisition and release.
+//! mutex per acquisition and release, copy the name (one allocation) and
+//! clone the waker.
 
 mod graph;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::panic::Location;
 use std::str::FromStr;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Poll, Waker};
 
 use parking_lot::{Mutex, RwLock};
@@ -218,12 +235,14 @@ impl fmt::Display for Site {
 
 static GRAPH: LazyLock<RwLock<Graph>> = LazyLock::new(|| RwLock::new(Graph::default()));
 
-/// One lock a context holds. `name` points into the lock's registry entry
-/// (or any string that outlives the hold; see [`enter`]).
+/// One lock this thread holds synchronously. `name` points into the
+/// lock's registry entry (or any string that outlives the hold; see
+/// [`enter`]).
 ///
-/// Invariant: a `Listed` exists only in a hold list (or a copy taken from
-/// one while its hold is alive), and the hold removes it before its name
-/// may die, so reading `name` through a list is sound.
+/// Invariant: a `Listed` exists only in its thread's hold list, and the
+/// hold removes it, on that thread, before its name may die; only that
+/// thread reads the list, so reading `name` through it is sound. (Not
+/// `Send`, through the raw pointer: it cannot reach another thread.)
 #[derive(Clone, Copy)]
 struct Listed {
     name: *const str,
@@ -231,15 +250,29 @@ struct Listed {
     id: u64,
 }
 
-// SAFETY: `name` is only read while the hold that listed it is alive, and
-// the string it points to is immutable and outlives that hold (the
-// contract of `enter`/`enter_async`), whichever thread reads it.
-unsafe impl Send for Listed {}
-
 impl Held for Listed {
     fn name(&self) -> &str {
         // SAFETY: see the invariant on `Listed`.
         unsafe { &*self.name }
+    }
+    fn site(&self) -> Site {
+        self.site
+    }
+}
+
+/// One lock an async task holds. Owns its name: the list is shared by
+/// every thread the task runs on, and its guard may drop (freeing the
+/// registry entry) on any thread, even while the task's list is checked.
+#[derive(Clone)]
+struct TaskListed {
+    name: Arc<str>,
+    site: Site,
+    id: u64,
+}
+
+impl Held for TaskListed {
+    fn name(&self) -> &str {
+        &self.name
     }
     fn site(&self) -> Site {
         self.site
@@ -407,19 +440,51 @@ fn unlist(id: u64) {
     });
 }
 
-/// An async task, as its waker identifies it.
+/// What async holds are listed under: a waker's data pointer, or a
+/// thread's serial number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum TaskKey {
+    Waker(usize),
+    Thread(usize),
+}
+
+/// An async task, as its waker identifies it; or, for a waker that names
+/// no task, the thread polling it.
+///
+/// A waker's data pointer names its task only while the waker lives: once the
+/// last clone is dropped, another task's waker may be allocated at the
+/// same address (a `block_on` that returns the guard and frees its waker,
+/// then another `block_on`). So the table keeps a clone of the waker while
+/// the task has holds listed, and no other task can get its key meanwhile.
+#[derive(Clone, Debug)]
 pub(crate) struct Task {
-    data: usize,
-    vtable: usize,
+    key: TaskKey,
+    /// A clone of the task's waker (`None` for a thread).
+    waker: Option<Waker>,
+}
+
+impl PartialEq for Task {
+    fn eq(&self, other: &Task) -> bool {
+        self.key == other.key
+    }
 }
 
 impl Task {
-    /// The task a waker wakes.
+    /// The task a waker wakes, or the polling thread for a waker with no
+    /// data: such a waker (std's `Waker::noop()`, `futures`' `noop_waker`)
+    /// is shared by every task using it, and keying them all by it would
+    /// mix the holds of unrelated threads (false cycles, and reading
+    /// another thread's holds).
     pub(crate) fn of(waker: &Waker) -> Task {
+        if waker.data().is_null() {
+            return Task {
+                key: TaskKey::Thread(thread_serial()),
+                waker: None,
+            };
+        }
         Task {
-            data: waker.data() as usize,
-            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+            key: TaskKey::Waker(waker.data() as usize),
+            waker: Some(waker.clone()),
         }
     }
 
@@ -429,9 +494,32 @@ impl Task {
     }
 }
 
+/// This thread's serial number, from 1, never reused (a `ThreadId` has no
+/// stable integer form). Where thread-locals are gone, a fresh one per call:
+/// such a context then sees no other hold (a missed report, never a false one).
+fn thread_serial() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    thread_local! {
+        static SERIAL: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SERIAL
+        .try_with(|s| *s)
+        .unwrap_or_else(|_| NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One task's listed holds, and its waker, kept so that its key stays its
+/// own while they are listed (see [`Task`]).
+struct TaskHolds {
+    held: Vec<TaskListed>,
+    _waker: Option<Waker>,
+}
+
 /// Async holds, by task. Entries are removed when a task's last hold
-/// drops, so the table holds only tasks that hold a lock right now.
-static TASKS: LazyLock<Mutex<HashMap<Task, Vec<Listed>, foldhash::fast::RandomState>>> =
+/// drops, so the table holds only tasks that hold a lock right now. Wakers
+/// and names leave it only to be dropped with the table unlocked: dropping
+/// a waker runs its executor's code, which may drop a future that holds a
+/// guard, whose hold takes this lock.
+static TASKS: LazyLock<Mutex<HashMap<TaskKey, TaskHolds, foldhash::fast::RandomState>>> =
     LazyLock::new(|| Mutex::new(HashMap::default()));
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
@@ -440,7 +528,7 @@ static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 /// `Send`: the future holding it may move between threads.
 #[must_use]
 pub(crate) struct AsyncHold {
-    task: Task,
+    task: TaskKey,
     /// 0: nothing was listed.
     id: u64,
 }
@@ -448,19 +536,18 @@ pub(crate) struct AsyncHold {
 impl AsyncHold {
     /// A hold that lists nothing, for acquisitions made with the check off.
     pub(crate) const NONE: AsyncHold = AsyncHold {
-        task: Task { data: 0, vtable: 0 },
+        task: TaskKey::Waker(0),
         id: 0,
     };
 }
 
 /// [`enter`] for an async acquisition by `task`.
 ///
+/// `name` is copied into the task's list: the hold does not borrow it.
+///
 /// # Errors
 /// [`LockError::InvalidEnv`] for a bad `LOCKUTILS_LOCK_ORDER`.
-///
-/// # Safety
-/// `name` must stay valid and unchanged until the returned hold is dropped.
-pub(crate) unsafe fn enter_async(
+pub(crate) fn enter_async(
     name: &str,
     site: Site,
     waits: bool,
@@ -470,12 +557,14 @@ pub(crate) unsafe fn enter_async(
     if mode == OFF {
         return Ok(AsyncHold::NONE);
     }
-    // A copy, so the table is not locked while the graph is searched.
-    let listed = match TASKS.lock().get(&task) {
-        Some(l) if waits => l.clone(),
+    // A copy (of counted names), so the table is not locked while the
+    // graph is searched, and no name dies while the copy is read.
+    let listed = match TASKS.lock().get(&task.key) {
+        Some(t) if waits => t.held.clone(),
         _ => Vec::new(),
     };
     let report = check(&listed, name, site, mode);
+    drop(listed);
     if let Some(r) = &report {
         r.panic_if_asked();
     }
@@ -486,15 +575,33 @@ pub(crate) unsafe fn enter_async(
     Ok(hold)
 }
 
-fn list_async(task: Task, name: *const str, site: Site) -> AsyncHold {
+fn list_async(task: Task, name: &str, site: Site) -> AsyncHold {
     // A task moves between threads: its ids come from one global counter.
     let id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
-    TASKS
-        .lock()
-        .entry(task)
-        .or_default()
-        .push(Listed { name, site, id });
-    AsyncHold { task, id }
+    let me = TaskListed {
+        name: Arc::from(name),
+        site,
+        id,
+    };
+    let Task { key, waker } = task;
+    let mut tasks = TASKS.lock();
+    // The first hold keeps the waker; later ones drop theirs, unlocked.
+    let spare = match tasks.entry(key) {
+        Entry::Occupied(mut t) => {
+            t.get_mut().held.push(me);
+            waker
+        }
+        Entry::Vacant(v) => {
+            v.insert(TaskHolds {
+                held: vec![me],
+                _waker: waker,
+            });
+            None
+        }
+    };
+    drop(tasks);
+    drop(spare);
+    AsyncHold { task: key, id }
 }
 
 impl Drop for AsyncHold {
@@ -503,14 +610,22 @@ impl Drop for AsyncHold {
             return;
         }
         let mut tasks = TASKS.lock();
-        if let Some(list) = tasks.get_mut(&self.task) {
-            if let Some(i) = list.iter().rposition(|l| l.id == self.id) {
-                list.remove(i);
-            }
-            if list.is_empty() {
-                tasks.remove(&self.task);
-            }
-        }
+        let Some(t) = tasks.get_mut(&self.task) else {
+            return;
+        };
+        let gone = t
+            .held
+            .iter()
+            .rposition(|l| l.id == self.id)
+            .map(|i| t.held.remove(i));
+        let emptied = if t.held.is_empty() {
+            tasks.remove(&self.task)
+        } else {
+            None
+        };
+        drop(tasks);
+        // The name and the waker, if these were the last, go unlocked.
+        drop((gone, emptied));
     }
 }
 

@@ -7,6 +7,12 @@ use std::sync::{Arc, Barrier};
 
 use super::graph::HeldLock;
 use super::*;
+use crate::registry::{self, Handle};
+use crate::spec::Kind;
+
+/// Rounds of the tests that repeat an interleaving: fewer under Miri,
+/// which interprets every step (and explores interleavings by itself).
+const ROUNDS: usize = if cfg!(miri) { 60 } else { 3000 };
 
 /// The check is process-wide: tests that set it run one at a time.
 static MODE: Mutex<()> = Mutex::new(());
@@ -27,6 +33,14 @@ fn panic_text(f: impl FnOnce()) -> String {
     match err.downcast::<String>() {
         Ok(s) => *s,
         Err(e) => e.downcast_ref::<&str>().unwrap_or(&"?").to_string(),
+    }
+}
+
+/// A task known by made-up pointers (no waker behind them).
+fn fake_task(data: usize) -> Task {
+    Task {
+        key: TaskKey::Waker(data),
+        waker: None,
     }
 }
 
@@ -95,7 +109,7 @@ fn consistent_orders_across_many_threads_are_never_reported() {
                 let start = start.clone();
                 std::thread::spawn(move || {
                     start.wait();
-                    for i in 0..300u32 {
+                    for i in 0..ROUNDS as u32 / 10 {
                         // Each thread takes a different increasing subset.
                         let mask = (i * 7 + t * 13) % 64;
                         let holds: Vec<SyncHold> = (0..6)
@@ -139,6 +153,8 @@ fn warn_logs_each_cycle_once_and_takes_the_lock() {
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
+        // No wall clock: Miri's isolation has none.
+        .without_time()
         .with_writer(move || writer.clone())
         .finish();
     with_mode(LockOrderCheck::Warn, || {
@@ -190,12 +206,10 @@ fn off_lists_nothing() {
 
 #[test]
 fn async_holds_belong_to_their_task() {
-    fn take_in(task: Task, name: &'static str) -> AsyncHold {
-        // SAFETY: a `'static` name outlives every hold.
-        unsafe { enter_async(name, Site::Function("task"), true, task) }.unwrap()
+    fn take_in(task: &Task, name: &'static str) -> AsyncHold {
+        enter_async(name, Site::Function("task"), true, task.clone()).unwrap()
     }
-    let t1 = Task { data: 1, vtable: 7 };
-    let t2 = Task { data: 2, vtable: 7 };
+    let (t1, t2) = (&fake_task(1), &fake_task(2));
     with_mode(LockOrderCheck::Panic, || {
         // Task 1 holds a while task 2 takes b: no edge between them.
         let a = take_in(t1, "ta-a");
@@ -213,7 +227,10 @@ fn async_holds_belong_to_their_task() {
             text.contains("\"ta-b\" taken by task while holding \"ta-a\""),
             "{text}"
         );
-        assert!(!TASKS.lock().contains_key(&t2), "unwinding unlisted task 2");
+        assert!(
+            !TASKS.lock().contains_key(&t2.key),
+            "unwinding unlisted task 2"
+        );
     });
 }
 
@@ -271,4 +288,131 @@ fn a_task_is_known_by_its_waker_and_call_sites_print_as_file_line() {
             .starts_with("lockutils-runtime/src/order/tests.rs:"),
         "{here}"
     );
+}
+
+/// An async hold of a registry entry's name by `task`, as an async
+/// acquisition makes one; the hold must drop before the handle.
+fn take_entry(name: &str, task: Task) -> (AsyncHold, Handle) {
+    let entry = registry::get(name, Kind::MUTEX).expect("a mutex");
+    let hold = enter_async(entry.name(), Site::Function("task"), true, task);
+    (hold.expect("valid check"), entry)
+}
+
+/// Issue 20, item 1: one task's holds, listed from several threads (a
+/// task whose guards are dropped on other threads; or, before the fix,
+/// threads polling with the one no-op waker), each freed with its
+/// registry entry while another thread checks against the task's list.
+/// Under AddressSanitizer this was a heap-use-after-free in the graph's
+/// name lookup (`scripts/sanitizers.sh` runs it so).
+#[test]
+fn a_task_list_read_on_one_thread_while_another_frees_a_listed_name() {
+    for task in [fake_task(0x5afe), Task::of(Waker::noop())] {
+        with_mode(LockOrderCheck::Panic, || {
+            let start = Arc::new(Barrier::new(3));
+            let threads: Vec<_> = (0..3)
+                .map(|t| {
+                    let (start, task) = (start.clone(), task.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        for i in 0..ROUNDS {
+                            let (hold, entry) = take_entry(&format!("uaf-{t}-{i}"), task.clone());
+                            drop(hold);
+                            drop(entry);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join()
+                    .expect("names taken one after another close no cycle");
+            }
+            assert!(!TASKS.lock().contains_key(&task.key), "every hold unlisted");
+        });
+    }
+}
+
+/// The no-op waker is one waker for every task that polls with it: keyed
+/// by it, a lock one thread holds counted as held by another thread
+/// taking its own lock, and recorded a false edge. Its holds are now the
+/// polling thread's: apart across threads, together on one thread.
+#[test]
+fn the_no_op_waker_does_not_make_threads_one_task() {
+    use std::sync::mpsc::channel;
+    let take = |name: &'static str| {
+        let task = Task::of(Waker::noop());
+        enter_async(name, Site::Function("by-hand"), true, task).unwrap()
+    };
+    with_mode(LockOrderCheck::Panic, || {
+        // Another thread holds "nw-a" while this one takes "nw-b".
+        let (held_tx, held_rx) = channel();
+        let (go_tx, go_rx) = channel::<()>();
+        let other = std::thread::spawn(move || {
+            let a = take("nw-a");
+            held_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            drop(a);
+        });
+        held_rx.recv().unwrap();
+        let b = take("nw-b");
+        go_tx.send(()).unwrap();
+        other.join().unwrap();
+        drop(b);
+        // Had "nw-a -> nw-b" been recorded, this order would panic.
+        let (b, a) = (take("nw-b"), take("nw-a"));
+        drop((a, b));
+        // On one thread, futures polled with the no-op waker are one
+        // context: the inversion is found.
+        let text = panic_text(|| drop((take("nw-a"), take("nw-b"))));
+        assert!(
+            text.contains("\"nw-b\" taken by by-hand while holding \"nw-a\""),
+            "{text}"
+        );
+        let me = Task::of(Waker::noop());
+        assert!(
+            !TASKS.lock().contains_key(&me.key),
+            "unwinding unlisted them"
+        );
+        let there = std::thread::spawn(|| Task::of(Waker::noop()));
+        assert_ne!(there.join().unwrap(), me);
+    });
+}
+
+/// A waker's pointers name its task only while the waker lives. A guard
+/// that outlives its waker (returned from a `block_on` that then frees
+/// it) kept its hold listed under a dead address, and the next waker
+/// allocated there (the next `block_on`'s) inherited the hold: a false
+/// edge, then a false cycle (seen in tests/chaos.rs). The table now keeps
+/// the waker alive while the task has holds listed.
+#[test]
+fn a_hold_that_outlives_its_waker_is_not_inherited_by_the_next_waker() {
+    use std::task::Wake;
+    struct W;
+    impl Wake for W {
+        fn wake(self: Arc<Self>) {}
+    }
+    let fresh = || Waker::from(Arc::new(W));
+    let take = |name: &'static str, waker: &Waker| {
+        enter_async(name, Site::Function("block_on"), true, Task::of(waker)).unwrap()
+    };
+    with_mode(LockOrderCheck::Panic, || {
+        let first = fresh();
+        let a = take("wr-a", &first);
+        let key = Task::of(&first).key;
+        drop(first);
+        // The allocator hands a freed block of the same size back first:
+        // without the table's clone, this waker is at the old address.
+        let second = fresh();
+        assert_ne!(
+            Task::of(&second).key,
+            key,
+            "a new waker has the key of a task with holds listed"
+        );
+        let b = take("wr-b", &second);
+        drop(second);
+        drop((b, a));
+        // Had "wr-a -> wr-b" been recorded, this order would panic.
+        let third = fresh();
+        let (b, a) = (take("wr-b", &third), take("wr-a", &third));
+        drop((a, b));
+    });
 }
