@@ -118,9 +118,10 @@ fn wait_in_process(
         return Err(wait.busy(entry.name()));
     }
     check_reentry(&entry);
-    // A writer of a lock whose file may be handed over spins a little
-    // before it parks (see `Local::lock_until`).
-    let spin = mode == Mode::Exclusive && entry.files_if_made().is_some();
+    // While a lock file is being handed from thread to thread, a writer
+    // queues at once and spins a little before it parks (see
+    // `Local::lock_until`).
+    let spin = mode == Mode::Exclusive && entry.files_if_made().is_some_and(|f| f.handing_over());
     if entry.local.lock_until(mode, wait.deadline(), spin) {
         // SAFETY: just taken in `mode`, by waiting.
         Ok(unsafe { Hold::waited(entry, mode, external) })

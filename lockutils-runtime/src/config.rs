@@ -175,25 +175,27 @@ static COHORT_NANOS: AtomicU64 = AtomicU64::new(DEFAULT_COHORT.1);
 /// Whether [`COHORT_ENV`] was read (or a setter overrode it).
 static COHORT_SET: std::sync::Once = std::sync::Once::new();
 
-/// 64 handoffs or 1 ms, whichever comes first.
-const DEFAULT_COHORT: (u32, u64) = (64, 1_000_000);
+/// 1,024 handoffs or 1 ms, whichever comes first: in practice the time,
+/// which bounds what other processes wait for (and the handoffs, a batch
+/// of very short critical sections).
+const DEFAULT_COHORT: (u32, u64) = (1024, 1_000_000);
 
 /// Bounds lock cohorting for lock files.
 ///
-/// When a thread of this process releases an exclusive lock-file lock
-/// while another thread of this process waits for the same lock, the
-/// file's lock is handed over with the in-process lock instead of being
-/// released to the kernel and taken again (two `fcntl` calls and a
-/// cross-process race saved per handover). A batch of such handoffs ends
+/// When a thread or task of this process releases an exclusive lock-file
+/// lock while another of this process is queued for the same lock, the
+/// file's lock is handed to that one waiter together with the in-process
+/// lock, instead of being released to the kernel and taken again (two
+/// `fcntl` calls and a cross-process race saved per handover); the file is
+/// never left locked with nobody holding it. A batch of such handoffs ends
 /// after `max_handoffs` handoffs or `max_time` from its first handoff,
 /// whichever comes first; the file is then released for real, and this
 /// process leaves it to other processes (lockutils, oslo.concurrency) for
-/// a turn: up to 2 ms while one is blocked on it (seen in `/proc/locks`
-/// on Linux), else an eighth of the batch's length for processes that
-/// poll; the turn ends once the file is seen taken, and a non-blocking
-/// try of this process during it reports busy. The default is 64
-/// handoffs or 1 ms; `max_handoffs = 0` turns cohorting off.
-/// `$LOCKUTILS_COHORT` sets it at start-up (`off`, `N` or `N/Dus`).
+/// a turn of an eighth of the batch's length (20 µs to 1 ms), which ends
+/// as soon as another process has taken the file; a non-blocking try of
+/// this process during it reports busy. The default is 1,024 handoffs or
+/// 1 ms; `max_handoffs = 0` turns cohorting off. `$LOCKUTILS_COHORT` sets
+/// it at start-up (`off`, `N` or `N/Dus`).
 pub fn set_cohort_limit(max_handoffs: u32, max_time: Duration) {
     COHORT_SET.call_once(|| {});
     let nanos = u64::try_from(max_time.as_nanos()).unwrap_or(u64::MAX);

@@ -295,7 +295,7 @@ impl Session {
         self,
         state: impl FnOnce() -> Option<&'e EntryFiles>,
         writer: bool,
-        handoff: impl FnOnce() -> bool,
+        handoff: impl Fn() -> bool,
     ) -> Unlock {
         match self {
             Session::File(f) => match state() {

@@ -140,9 +140,15 @@ impl EntryFiles {
     #[inline]
     pub(crate) unsafe fn take_handed(&self) -> Option<FileSession> {
         // SAFETY: the caller's promise.
-        let s = unsafe { self.handoff.take() }?;
-        self.handoff.count(s.batch.handoffs());
-        Some(s)
+        unsafe { self.handoff.take() }
+    }
+
+    /// Whether a writer of this process holds the lock file, so that the
+    /// file is likely to be handed over with the in-process lock: a waiter
+    /// then had better stay close (a hint; one relaxed load).
+    #[inline]
+    pub(crate) fn handing_over(&self) -> bool {
+        self.handoff.held()
     }
 
     /// Handoffs so far, and the most in one batch.
@@ -192,12 +198,17 @@ impl EntryFiles {
         range: Range,
     ) -> Result<Option<FileSession>, LockError> {
         match open.file.is_linked() {
-            Ok(true) => Ok(Some(FileSession {
-                open,
-                range,
-                flock: false,
-                batch: Batch::default(),
-            })),
+            Ok(true) => {
+                if req.writer() {
+                    self.handoff.set_held(true);
+                }
+                Ok(Some(FileSession {
+                    open,
+                    range,
+                    flock: false,
+                    batch: Batch::default(),
+                }))
+            }
             Ok(false) => {
                 let _ = open.file.unlock(range);
                 Ok(None)
@@ -451,24 +462,35 @@ impl FileSession {
         mut self,
         files: &EntryFiles,
         writer: bool,
-        handoff: impl FnOnce() -> bool,
+        handoff: impl Fn() -> bool,
     ) -> Unlock {
-        if writer && self.open.file.owns_its_locks() && self.batch.may_continue() {
-            let before = self.batch;
-            self.batch.count();
-            // SAFETY: the caller holds the writer's mode (our contract).
-            unsafe { files.handoff.put(self) };
-            if handoff() {
-                return Unlock::Done;
+        // The turn other processes get: only after a batch that reached its
+        // bound. One that ends because nobody here waits releases the file
+        // as a plain release does.
+        let mut turn = None;
+        if writer && self.open.file.owns_its_locks() {
+            if self.batch.may_continue() {
+                let before = self.batch;
+                self.batch.count();
+                // SAFETY: the caller holds the writer's mode (our contract).
+                unsafe { files.handoff.put(self) };
+                if handoff() || (before.handoffs() > 0 && handoff::soon(&handoff)) {
+                    return Unlock::Done;
+                }
+                // Nobody queued for it: take it back.
+                // SAFETY: still the writer (the handoff did not happen).
+                self = unsafe { files.handoff.take() }.unwrap_or_else(|| unreachable!());
+                self.batch = before;
+            } else {
+                turn = self.batch.lasted();
             }
-            // Nobody queued for it: take it back.
-            // SAFETY: still the writer (the handoff did not happen).
-            self = unsafe { files.handoff.take() }.unwrap_or_else(|| unreachable!());
-            self.batch = before;
         }
-        let lasted = if writer { self.batch.lasted() } else { None };
+        if writer {
+            files.handoff.set_held(false);
+            files.handoff.count(self.batch.handoffs());
+        }
         self.unlock(files, writer);
-        match lasted {
+        match turn {
             Some(batch) => {
                 files.handoff.give_turn(batch);
                 Unlock::HandOff
