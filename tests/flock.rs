@@ -121,7 +121,7 @@ fn flock1_holder_excludes_a_flock_lock() {
     }
     let took = started.elapsed();
     assert!(took >= asked && took < Duration::from_secs(5), "{took:?}");
-    // The helper thread that waited lets go as its deadline passes too.
+    // What waited for the file lets go as its deadline passes too.
     only_flock_holders_soon(&path);
 
     other.release();

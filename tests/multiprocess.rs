@@ -329,8 +329,8 @@ fn nonblocking_and_timeout_against_another_process() {
 
 #[test]
 fn timed_out_wait_leaves_nothing_behind() {
-    // A timed wait hands the kernel wait to a helper thread; once it gives
-    // up, that helper must let go as soon as it gets the file.
+    // A timed wait leaves the kernel wait to the file's waiter thread; once
+    // it gives up, that thread must let go as soon as it gets the file.
     let dir = tempfile::tempdir().unwrap();
     let holder = hold(dir.path(), "", "abandoned");
     let lock = lockutils::lock("abandoned")
@@ -339,10 +339,10 @@ fn timed_out_wait_leaves_nothing_behind() {
     let r = lock.clone().timeout(Duration::from_millis(50)).acquire();
     assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
     let holder = release(holder);
-    // The abandoned helper may take the file briefly; a blocking acquire
+    // The waiter thread may take the file briefly; a blocking acquire
     // from another process must still get it.
     let mut waiter = lock_child("support::child_wait", dir.path(), "", "abandoned").spawn();
-    let _ = waiter.next_report(); // busy or free, depending on the helper
+    let _ = waiter.next_report(); // busy or free, depending on the waiter thread
     waiter.expect("acquired");
     release(waiter).finish();
     holder.finish();
@@ -393,9 +393,16 @@ fn async_phases(dir: &Path, path: &Path, mut holder: Child) -> Child {
 
         // 3. Waits (no timeout) until the other process releases. The task
         // that tells it to release runs only if the executor is free while
-        // the acquisition waits in the kernel (on a helper thread).
+        // the acquisition waits (in the kernel, on the file's waiter thread).
         let order_release = async {
-            while support::blocked_waiters(path) == 0 {
+            // Waiting in the kernel (on the file's waiter thread), or, with
+            // classic locks, which poll instead, holding the in-process
+            // lock while it tries the file now and then.
+            let waiting = || match support::cohorting() {
+                true => support::blocked_waiters(path) > 0,
+                false => lockutils::__private_v0_1::holders("async") == Some(1),
+            };
+            while !waiting() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             holder.send("release");
@@ -435,7 +442,7 @@ fn cancelled_async_wait_lets_go_of_the_lock() {
     let lock = lockutils::lock("cancelled")
         .external()
         .lock_path(dir.path());
-    // Dropped after 100 ms while its helper thread waits in the kernel.
+    // Dropped after 100 ms while the file's waiter thread waits in the kernel.
     let r = rt.block_on(async {
         tokio::time::timeout(Duration::from_millis(100), lock.acquire_async()).await
     });
@@ -444,10 +451,10 @@ fn cancelled_async_wait_lets_go_of_the_lock() {
         "acquired while another process held the lock: {r:?}"
     );
     let holder = release(holder);
-    // The abandoned helper may get the file now; it must let go of it, and
+    // The waiter thread may get the file now; it must let go of it, and
     // of the in-process lock.
     let mut waiter = lock_child("support::child_wait", dir.path(), "", "cancelled").spawn();
-    let _ = waiter.next_report(); // "busy" or "free", depending on the helper
+    let _ = waiter.next_report(); // "busy" or "free", depending on the waiter thread
     waiter.expect("acquired");
     release(waiter).finish();
     let again = rt.block_on(

@@ -451,8 +451,9 @@ fn sigkill_of_a_writer_frees_its_hold() {
     sigkill_frees("exclusive", "shared");
 }
 
-/// An async reader waiting for a writer in another process waits on a
-/// helper thread: the single executor thread keeps running.
+/// An async reader waiting for a writer in another process leaves the
+/// kernel wait to the file's waiter thread: the single executor thread
+/// keeps running.
 #[test]
 fn async_reader_waits_for_another_process_without_blocking_the_executor() {
     let dir = tempfile::tempdir().unwrap();

@@ -184,7 +184,23 @@ pub(super) fn holdfiles_child() {
         .iter()
         .map(|(name, _)| {
             let f = open_rw(&dir.join(name));
-            ofd(f.as_raw_fd(), libc::F_OFD_SETLK, libc::F_WRLCK);
+            if name.ends_with("semaphore") {
+                // Both slots of the 2-permit semaphore, not the whole file
+                // (which another kind of lock would hold).
+                for slot in 0..2 {
+                    // SAFETY: `flock` is a plain C struct; all-zero is valid.
+                    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+                    fl.l_type = libc::F_WRLCK as libc::c_short;
+                    fl.l_whence = libc::SEEK_SET as libc::c_short;
+                    fl.l_start = slot;
+                    fl.l_len = 1;
+                    // SAFETY: a valid descriptor and `flock`.
+                    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+                    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+                }
+            } else {
+                ofd(f.as_raw_fd(), libc::F_OFD_SETLK, libc::F_WRLCK);
+            }
             f
         })
         .collect();

@@ -203,7 +203,7 @@ fn usable(hold: &Hold, backend: &Backend<'_>, handed: Option<Session>) -> Option
         Some(Session::File(f)) if !backend.serves(&f) => {
             // SAFETY: `hold` holds the in-process lock the file was taken
             // for, and keeps it (the handoff is refused).
-            unsafe { f.release(hold.entry().files(), hold.is_writer(), || false) };
+            unsafe { f.release(hold.entry().files(), hold.is_writer(), false, || false) };
             None
         }
         other => other,

@@ -93,7 +93,7 @@ impl Hold {
             } else {
                 // SAFETY: the writer's mode is held, and kept (nothing is
                 // handed over).
-                unsafe { f.release(files, true, || false) };
+                unsafe { f.release(files, true, false, || false) };
             }
         }
         hold
@@ -266,8 +266,9 @@ unsafe fn release_session(entry: &Entry, mode: Mode, writer: bool, s: Session) -
             // lock file is offered (the session only calls this for one).
             unsafe { entry.local.handoff() }
         };
+        let queued = writer;
         // SAFETY: forwarded; `handoff` hands over the in-process lock held.
-        unsafe { s.release(|| entry.files_if_made(), writer, handoff) }
+        unsafe { s.release(|| entry.files_if_made(), writer, queued, handoff) }
     }));
     match released {
         Ok(unlock) => unlock,

@@ -295,12 +295,13 @@ impl Session {
         self,
         state: impl FnOnce() -> Option<&'e EntryFiles>,
         writer: bool,
+        queued: bool,
         handoff: impl Fn() -> bool,
     ) -> Unlock {
         match self {
             Session::File(f) => match state() {
                 // SAFETY: forwarded.
-                Some(state) => unsafe { f.release(state, writer, handoff) },
+                Some(state) => unsafe { f.release(state, writer, queued, handoff) },
                 None => {
                     f.close();
                     Unlock::Plain

@@ -39,15 +39,43 @@ pub(crate) fn clock() -> u64 {
     START.elapsed().as_nanos() as u64 + 1
 }
 
-/// How long other processes have the file after a batch of handoffs that
-/// lasted `batch`: an eighth of it, between 20 µs and 1 ms. A blocked
-/// process is woken and takes the file well within that on a machine
-/// that is not overloaded (its turn then ends at once); a process that
-/// polls finds the file free about a ninth of the time while this process
-/// keeps it busy.
-pub(crate) fn turn_after(batch: Duration) -> Duration {
-    (batch / 8).clamp(Duration::from_micros(20), Duration::from_millis(1))
+/// How long other processes have the file after this process kept it for
+/// `kept`. A blocked process is woken and takes the file within its
+/// wake-up time, and the turn ends there, so the length matters for
+/// processes that poll (fasteners, hence oslo.concurrency, and
+/// py-filelock), which find the file free only if they try during a turn:
+/// * with `others` (pollers are likely: another process was seen holding
+///   the file within [`OTHERS_RECENTLY`], but none took a turn quickly, as
+///   a process blocked in the kernel does), after a streak of at least
+///   [`STREAK`] in which this process kept the file (released only for
+///   moments), three times the streak, up to 3 ms: the file is free three
+///   quarters of the time this process would otherwise keep it, so a
+///   poller gets in within a try or two;
+/// * otherwise, after a batch of handoffs that reached its bound, an
+///   eighth of it, 20 µs to 1 ms: what a poller nobody has seen yet
+///   finds, and all the time a process alone loses.
+pub(crate) fn turn_after(kept: Duration, others: bool) -> Duration {
+    if others {
+        (kept * 3).clamp(Duration::from_micros(20), Duration::from_millis(3))
+    } else {
+        (kept / 8).clamp(Duration::from_micros(20), Duration::from_millis(1))
+    }
 }
+
+/// How long a sight of another process holding the file counts as
+/// evidence that others want it.
+const OTHERS_RECENTLY: Duration = Duration::from_secs(1);
+
+/// A turn taken this soon was taken by a process blocked in the kernel
+/// (woken by the unlock), not by one that polls.
+const QUICK_TAKE: Duration = Duration::from_micros(500);
+
+/// The shortest streak (see [`turn_after`]) that earns others a turn.
+const STREAK: Duration = Duration::from_millis(1);
+
+/// A release at least this long before this process takes the file again
+/// ends a streak: the file was free for others meanwhile.
+const STREAK_GAP: Duration = Duration::from_micros(100);
 
 /// How long a releaser in a batch of handoffs waits for the thread it
 /// handed the file to last to queue again (it is on its way back when
@@ -88,24 +116,31 @@ impl Batch {
     #[inline]
     pub(crate) fn may_continue(&self) -> bool {
         let (limit, within) = config::cohort_limit();
-        if self.handoffs == 0 {
-            return limit > 0;
+        if self.handoffs == 0 || self.start == 0 {
+            return self.handoffs < limit;
         }
         self.handoffs < limit && clock() - self.start < within.as_nanos() as u64
     }
 
-    /// Counts a handoff; the first one starts the batch's clock.
+    /// Counts a handoff offered. The batch's clock starts when the first
+    /// one reaches its waiter ([`Batch::received`]), which keeps the clock
+    /// off a release that finds nobody to hand to.
     pub(crate) fn count(&mut self) {
-        if self.handoffs == 0 {
+        self.handoffs += 1;
+    }
+
+    /// The waiter it was handed to took it.
+    #[inline]
+    pub(crate) fn received(&mut self) {
+        if self.start == 0 {
             self.start = clock();
         }
-        self.handoffs += 1;
     }
 
     /// How long the batch has lasted, or `None` if the file was not handed
     /// over since it was locked (no batch).
     pub(crate) fn lasted(&self) -> Option<Duration> {
-        (self.handoffs > 0).then(|| Duration::from_nanos(clock() - self.start))
+        (self.handoffs > 0 && self.start != 0).then(|| Duration::from_nanos(clock() - self.start))
     }
 
     /// Handoffs in this batch so far.
@@ -127,6 +162,17 @@ pub(crate) struct Handoff<T> {
     /// A writer of this process holds the file, or is being handed it:
     /// waiters then stay close (see `acquire`). Written only by the writer.
     held: AtomicBool,
+    /// When (in [`clock`] time; 0: never) another process was last seen
+    /// holding the file (see [`turn_after`]).
+    others_seen: AtomicU64,
+    /// While others want the file: when this process's streak began (0:
+    /// none), and when it last let go of the file. Written by the writer.
+    streak_start: AtomicU64,
+    last_release: AtomicU64,
+    /// When the current turn began, and when (0: never) a turn was last
+    /// taken quickly (see [`QUICK_TAKE`]).
+    turn_start: AtomicU64,
+    quick_take: AtomicU64,
 }
 
 // SAFETY: `slot` is only reached through `put` and `take`, whose callers
@@ -142,6 +188,11 @@ impl<T> Handoff<T> {
             handoffs: AtomicU64::new(0),
             longest: AtomicU32::new(0),
             held: AtomicBool::new(false),
+            others_seen: AtomicU64::new(0),
+            streak_start: AtomicU64::new(0),
+            last_release: AtomicU64::new(0),
+            turn_start: AtomicU64::new(0),
+            quick_take: AtomicU64::new(0),
         }
     }
 
@@ -199,10 +250,82 @@ impl<T> Handoff<T> {
         )
     }
 
-    /// Starts other processes' turn after a batch that lasted `batch`.
-    pub(crate) fn give_turn(&self, batch: Duration) {
-        let until = clock() + turn_after(batch).as_nanos() as u64;
+    /// Starts other processes' turn after this process kept the file for
+    /// `kept` (see [`turn_after`]).
+    pub(crate) fn give_turn(&self, kept: Duration, others: bool) {
+        let now = clock();
+        self.turn_start.store(now, Ordering::Relaxed);
+        let until = now + turn_after(kept, others).as_nanos() as u64;
         self.turn.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether another process was seen holding the file lately.
+    pub(crate) fn others_want_it(&self) -> bool {
+        recent(self.others_seen.load(Ordering::Relaxed))
+    }
+
+    /// Whether others want the file but none takes it quickly: processes
+    /// that poll, which only long turns let in (see [`turn_after`]).
+    fn pollers_likely(&self) -> bool {
+        self.others_want_it() && !recent(self.quick_take.load(Ordering::Relaxed))
+    }
+
+    /// Records that another process was seen holding the file (which
+    /// also ends this process's streak).
+    #[cold]
+    pub(crate) fn saw_others(&self) {
+        self.others_seen.store(clock(), Ordering::Relaxed);
+        self.streak_start.store(0, Ordering::Relaxed);
+    }
+
+    /// A writer of this process took the file from the kernel. Nothing to
+    /// do unless others want it (one load).
+    #[inline]
+    pub(crate) fn took(&self) {
+        if self.others_seen.load(Ordering::Relaxed) != 0 {
+            self.took_slow();
+        }
+    }
+
+    #[cold]
+    fn took_slow(&self) {
+        if !self.others_want_it() {
+            return;
+        }
+        let now = clock();
+        let last = self.last_release.load(Ordering::Relaxed);
+        if self.streak_start.load(Ordering::Relaxed) == 0
+            || now - last > STREAK_GAP.as_nanos() as u64
+        {
+            self.streak_start.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// A writer of this process lets go of the file: how long it kept it,
+    /// if that earns others a turn while they want it (see
+    /// [`turn_after`]). One load when nobody else was seen.
+    #[inline]
+    pub(crate) fn letting_go(&self) -> Option<Duration> {
+        if self.others_seen.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.letting_go_slow()
+    }
+
+    #[cold]
+    fn letting_go_slow(&self) -> Option<Duration> {
+        if !self.pollers_likely() {
+            return None;
+        }
+        let now = clock();
+        self.last_release.store(now, Ordering::Relaxed);
+        let start = self.streak_start.load(Ordering::Relaxed);
+        let kept = Duration::from_nanos(now - start);
+        if start == 0 || kept < STREAK {
+            return None;
+        }
+        self.streak_start.store(0, Ordering::Relaxed);
+        Some(kept)
     }
 
     /// Whether this process may lock `file` now. During another process's
@@ -220,10 +343,20 @@ impl<T> Handoff<T> {
 
     #[cold]
     fn my_turn_slow(&self, file: &LockFile, block: bool, until: u64) -> bool {
-        if block {
-            wait_turn_until(file, until);
-        } else if others_turn_left(file, until).is_some() {
-            return false;
+        let taken = if block {
+            wait_turn_until(file, until)
+        } else {
+            match turn(file, until) {
+                Turn::Left => return false,
+                t => t == Turn::Taken,
+            }
+        };
+        if taken {
+            let now = clock();
+            if now - self.turn_start.load(Ordering::Relaxed) < QUICK_TAKE.as_nanos() as u64 {
+                self.quick_take.store(now, Ordering::Relaxed);
+            }
+            self.saw_others();
         }
         // Over (or taken): later holders need not look.
         let _ = self
@@ -242,27 +375,48 @@ impl<T> Handoff<T> {
 /// Waits, sleeping between looks, while it is another process's turn
 /// that lasts until `until` (in [`clock`] time; 0: none) and nobody has
 /// taken `file`.
-pub(crate) fn wait_turn_until(file: &LockFile, until: u64) {
+/// Whether `at` (in [`clock`] time; 0: never) is within
+/// [`OTHERS_RECENTLY`].
+fn recent(at: u64) -> bool {
+    at != 0 && clock() - at < OTHERS_RECENTLY.as_nanos() as u64
+}
+
+/// Returns whether the turn was taken (`true`) rather than over.
+pub(crate) fn wait_turn_until(file: &LockFile, until: u64) -> bool {
     if until == 0 {
-        return;
+        return false;
     }
     // Yields between looks rather than sleeping: a sleep this short lasts
     // the timer's slack (50 µs by default), longer than most turns, and
     // the process whose turn it is may need this CPU to take the file.
-    while others_turn_left(file, until).is_some() {
-        std::thread::yield_now();
+    loop {
+        match turn(file, until) {
+            Turn::Left => std::thread::yield_now(),
+            Turn::Over => return false,
+            Turn::Taken => return true,
+        }
     }
 }
 
-/// What is left of another process's turn that lasts until `until`: `None`
-/// once it is over, or once someone else holds a lock on `file` (the turn
-/// was taken).
-fn others_turn_left(file: &LockFile, until: u64) -> Option<Duration> {
-    let now = clock();
-    if now >= until || file.others_hold_from(0).unwrap_or(true) {
-        return None;
+/// Where another process's turn that lasts until `until` stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// Still on, and nobody else has taken the file.
+    Left,
+    /// Over.
+    Over,
+    /// Someone else holds a lock on the file: the turn was taken.
+    Taken,
+}
+
+fn turn(file: &LockFile, until: u64) -> Turn {
+    if clock() >= until {
+        Turn::Over
+    } else if file.others_hold_from(0).unwrap_or(true) {
+        Turn::Taken
+    } else {
+        Turn::Left
     }
-    Some(Duration::from_nanos(until - now))
 }
 
 #[cfg(test)]
@@ -339,9 +493,39 @@ mod tests {
         for n in 1..=limit {
             assert!(b.may_continue(), "stopped at handoff {n}");
             b.count();
+            b.received();
         }
         assert!(!b.may_continue(), "bound passed");
         assert!(b.lasted().is_some());
+    }
+
+    /// While other processes were seen holding the file and none took a
+    /// turn quickly (pollers), a streak of holding it earns them a turn of
+    /// three times the streak; a quick take (a process blocked in the
+    /// kernel) or nobody seen earns none.
+    #[test]
+    fn a_streak_earns_pollers_a_long_turn_and_blocked_waiters_none() {
+        let h: Handoff<()> = Handoff::new();
+        h.took();
+        assert_eq!(h.letting_go(), None, "nobody else was seen");
+        h.saw_others();
+        h.took();
+        std::thread::sleep(STREAK);
+        let kept = h
+            .letting_go()
+            .expect("a streak while pollers want the file");
+        assert!(kept >= STREAK);
+        assert_eq!(h.letting_go(), None, "the streak was not reset");
+        assert_eq!(
+            turn_after(Duration::from_millis(1), true),
+            Duration::from_millis(3)
+        );
+        // A turn taken at once: a blocked process, which needs no long turn.
+        h.give_turn(kept, true);
+        h.quick_take.store(clock(), Ordering::Relaxed);
+        h.took();
+        std::thread::sleep(STREAK);
+        assert_eq!(h.letting_go(), None, "a long turn for a blocked waiter");
     }
 
     #[test]
@@ -349,10 +533,10 @@ mod tests {
         let h: Handoff<()> = Handoff::new();
         let batch = Duration::from_millis(1);
         let before = clock();
-        h.give_turn(batch);
+        h.give_turn(batch, false);
         let after = clock();
         let until = h.turn.load(Ordering::Relaxed);
-        let want = turn_after(batch).as_nanos() as u64;
+        let want = turn_after(batch, false).as_nanos() as u64;
         assert!(until - after <= want && want <= until - before);
     }
 }

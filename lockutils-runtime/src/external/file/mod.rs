@@ -140,7 +140,9 @@ impl EntryFiles {
     #[inline]
     pub(crate) unsafe fn take_handed(&self) -> Option<FileSession> {
         // SAFETY: the caller's promise.
-        unsafe { self.handoff.take() }
+        let mut s = unsafe { self.handoff.take() }?;
+        s.batch.received();
+        Some(s)
     }
 
     /// Whether a writer of this process holds the lock file, so that the
@@ -201,6 +203,7 @@ impl EntryFiles {
             Ok(true) => {
                 if req.writer() {
                     self.handoff.set_held(true);
+                    self.handoff.took();
                 }
                 Ok(Some(FileSession {
                     open,
@@ -234,7 +237,10 @@ impl EntryFiles {
                     } else {
                         match open.file.try_lock(req.mode, Range::Whole) {
                             Ok(true) => Some(Range::Whole),
-                            Ok(false) => None,
+                            Ok(false) => {
+                                self.handoff.saw_others();
+                                None
+                            }
                             Err(e) => return Err(open.error(req.name, "lock", e)),
                         }
                     }
@@ -285,7 +291,17 @@ impl EntryFiles {
         loop {
             let open = self.take(req)?;
             self.handoff.my_turn(&open.file, true);
-            if let Err(e) = open.file.lock(req.mode, Range::Whole) {
+            // A try first: one call when the file is free, as the wait
+            // would be, and a busy file is seen (see `handoff::turn_after`).
+            let got = match open.file.try_lock(req.mode, Range::Whole) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    self.handoff.saw_others();
+                    open.file.lock(req.mode, Range::Whole)
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = got {
                 return Err(open.error(req.name, "lock", e));
             }
             if let Some(s) = self.linked(req, open, Range::Whole)? {
@@ -452,7 +468,8 @@ impl FileSession {
     /// in-process unlock does next.
     ///
     /// `writer`: it was taken by the lock's writer (exclusive mode on a
-    /// lock, not a semaphore).
+    /// lock, not a semaphore); `queued`: someone is queued for the
+    /// in-process lock (a hint: nothing is offered to nobody).
     ///
     /// # Safety
     /// The caller holds the entry's in-process lock in the mode this file
@@ -462,28 +479,35 @@ impl FileSession {
         mut self,
         files: &EntryFiles,
         writer: bool,
+        queued: bool,
         handoff: impl Fn() -> bool,
     ) -> Unlock {
-        // The turn other processes get: only after a batch that reached its
-        // bound. One that ends because nobody here waits releases the file
-        // as a plain release does.
+        // The turn other processes get (see `handoff::turn_after`): after a
+        // streak while they want the file, or after a batch that reached
+        // its bound. A batch that ends because nobody here waits releases
+        // the file as a plain release does.
         let mut turn = None;
         if writer && self.open.file.owns_its_locks() {
-            if self.batch.may_continue() {
+            let in_batch = self.batch.handoffs() > 0;
+            let bounded = !self.batch.may_continue();
+            if (queued || in_batch) && !bounded {
                 let before = self.batch;
                 self.batch.count();
                 // SAFETY: the caller holds the writer's mode (our contract).
                 unsafe { files.handoff.put(self) };
-                if handoff() || (before.handoffs() > 0 && handoff::soon(&handoff)) {
+                if handoff() || (in_batch && handoff::soon(&handoff)) {
                     return Unlock::Done;
                 }
                 // Nobody queued for it: take it back.
                 // SAFETY: still the writer (the handoff did not happen).
                 self = unsafe { files.handoff.take() }.unwrap_or_else(|| unreachable!());
                 self.batch = before;
-            } else {
-                turn = self.batch.lasted();
             }
+            turn = match files.handoff.letting_go() {
+                Some(kept) => Some((kept, true)),
+                None if bounded => self.batch.lasted().map(|b| (b, false)),
+                None => None,
+            };
         }
         if writer {
             files.handoff.set_held(false);
@@ -491,8 +515,8 @@ impl FileSession {
         }
         self.unlock(files, writer);
         match turn {
-            Some(batch) => {
-                files.handoff.give_turn(batch);
+            Some((kept, others)) => {
+                files.handoff.give_turn(kept, others);
                 Unlock::HandOff
             }
             None => Unlock::Plain,
