@@ -360,6 +360,71 @@ fn child_fork() {
     report("released");
 }
 
+/// A child forked while its parent waits for a lock file (the file's
+/// waiter thread blocked in the kernel for a pending async acquisition)
+/// inherits neither that thread nor the wait: its own timed wait times out
+/// on time, its dropped async wait returns, and it makes a waiter thread
+/// of its own. The parent's wait goes on and gets the lock.
+#[test]
+fn a_forked_child_never_waits_on_what_it_inherited() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = hold(dir.path(), "", "edge-fork-wait");
+    let mut c = child("child_fork_wait").param("DIR", dir.path()).spawn();
+    assert_eq!(c.next_report(), "grandchild: ok");
+    release(holder).finish();
+    c.expect("parent: acquired");
+    c.finish();
+}
+
+#[test]
+fn child_fork_wait() {
+    if !running_as("child_fork_wait") {
+        return;
+    }
+    let dir = param("DIR");
+    let lock = lockutils::lock("edge-fork-wait").external().lock_path(&dir);
+    let mut pending = Box::pin(lock.acquire_async());
+    assert!(poll_once(pending.as_mut()).is_pending(), "the file is held");
+    // Classic locks poll instead of leaving the wait to a thread.
+    let threads = usize::from(support::cohorting());
+    assert_eq!(waiter_threads(), threads);
+    // SAFETY: the child takes locks and exits; no lock of the allocator or
+    // of lockutils is held by another thread (the waiter thread is blocked
+    // in fcntl, holding none).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let inherited = waiter_threads();
+        let started = std::time::Instant::now();
+        let timed = lock.clone().timeout(Duration::from_millis(50)).acquire();
+        let took = started.elapsed();
+        let mut fut = Box::pin(lock.acquire_async());
+        let pending_here = poll_once(fut.as_mut()).is_pending();
+        drop(fut);
+        let free_here = lock.clone().blocking(false).acquire().is_err()
+            && lockutils::lock("edge-fork-wait")
+                .blocking(false)
+                .acquire()
+                .is_ok();
+        let ok = inherited == 0
+            && matches!(timed, Err(LockError::Timeout { .. }))
+            && took < Duration::from_secs(10)
+            && pending_here
+            && free_here
+            && waiter_threads() == threads;
+        // SAFETY: ends the forked child without libtest's teardown.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    report(format!("grandchild: {}", if ok { "ok" } else { "failed" }));
+    let guard = futures_lite::future::block_on(pending).unwrap();
+    report("parent: acquired");
+    drop(guard);
+}
+
 /// Classic per-process `fcntl` locks (forced here as where OFD locks do
 /// not exist): two readers of one process share one kernel read lock, so a
 /// naive release by one would drop the other's, and a writer elsewhere

@@ -25,7 +25,7 @@ use crate::guard::{AsyncLockGuard, LockGuard, check_reentry};
 use crate::hold::{self, EntryRef, Hold};
 use crate::local::LocalAsync;
 use crate::local::timer::Sleep;
-use crate::order::{self, AsyncHold, SyncHold, Task};
+use crate::order::{self, AsyncOrderToken, OrderToken, Task};
 use crate::registry::{self, Entry};
 use crate::spec::{Kind, Mode, Options, Wait};
 use crate::trace::{self, Site};
@@ -52,7 +52,7 @@ impl Request<'_> {
 pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, LockError> {
     // Before anything can wait: a cycle is reported even for a free lock.
     let order = if order::is_off() {
-        SyncHold::NONE
+        OrderToken::NONE
     } else {
         order_enter(&entry, req)?
     };
@@ -79,7 +79,7 @@ pub(crate) async fn acquire_async(
     req: Request<'_>,
 ) -> Result<AsyncLockGuard, LockError> {
     let order = if order::is_off() {
-        AsyncHold::NONE
+        AsyncOrderToken::NONE
     } else {
         order_enter_async(&entry, &req).await?
     };
@@ -380,7 +380,7 @@ fn order_site(site: Site) -> order::Site {
 
 #[cold]
 #[inline(never)]
-fn order_enter(entry: &Entry, req: &Request<'_>) -> Result<SyncHold, LockError> {
+fn order_enter(entry: &Entry, req: &Request<'_>) -> Result<OrderToken, LockError> {
     // SAFETY: the entry (and so its name) outlives the returned hold: the
     // guard owning both drops the hold first, and on a failed acquisition
     // the hold, a local, drops before the entry, a parameter.
@@ -389,7 +389,7 @@ fn order_enter(entry: &Entry, req: &Request<'_>) -> Result<SyncHold, LockError> 
 
 #[cold]
 #[inline(never)]
-async fn order_enter_async(entry: &Entry, req: &Request<'_>) -> Result<AsyncHold, LockError> {
+async fn order_enter_async(entry: &Entry, req: &Request<'_>) -> Result<AsyncOrderToken, LockError> {
     let task = Task::current().await;
     let waits = !req.opts.wait.is_try();
     order::enter_async(entry.name(), order_site(req.site), waits, task)

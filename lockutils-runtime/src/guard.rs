@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use crate::external::Lost;
 use crate::hold::Hold;
-use crate::order::{AsyncHold, SyncHold};
+use crate::order::{AsyncOrderToken, OrderToken};
 use crate::registry::{self, Entry};
 use crate::trace::{self, Site};
 
@@ -171,7 +171,7 @@ fn end_trace(entry: &Entry, t: Option<Box<Trace>>) {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     // Dropped before `hold`: it names the lock by the entry's name.
-    _order: SyncHold,
+    _order: OrderToken,
     hold: Hold,
     // Freed by `end_trace`, keeping the drop glue small.
     trace: ManuallyDrop<Option<Box<Trace>>>,
@@ -182,7 +182,7 @@ impl LockGuard {
     #[inline(always)]
     pub(crate) fn new(
         hold: Hold,
-        order: SyncHold,
+        order: OrderToken,
         site: Site,
         started: Option<Instant>,
     ) -> LockGuard {
@@ -303,7 +303,7 @@ impl std::fmt::Debug for LockGuard {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct AsyncLockGuard {
     // Dropped before `hold`: it names the lock by the entry's name.
-    _order: AsyncHold,
+    _order: AsyncOrderToken,
     hold: Hold,
     trace: Option<Box<Trace>>,
 }
@@ -311,7 +311,7 @@ pub struct AsyncLockGuard {
 impl AsyncLockGuard {
     pub(crate) fn new(
         hold: Hold,
-        order: AsyncHold,
+        order: AsyncOrderToken,
         site: Site,
         started: Option<Instant>,
     ) -> AsyncLockGuard {

@@ -13,7 +13,7 @@ use crate::guard::{AsyncLockGuard, LockGuard};
 use crate::hold::{EntryRef, Hold};
 pub use crate::name::LockName;
 use crate::name::const_panic;
-use crate::order::AsyncHold;
+use crate::order::AsyncOrderToken;
 use crate::registry::{Entry, Handle};
 use crate::spec::{LockDir, Mode, Options, Wait};
 use crate::trace::{self, Site};
@@ -273,7 +273,7 @@ impl CallSite {
     pub fn acquire_async(&'static self) -> SiteAcquire {
         SiteAcquire {
             site: self,
-            state: State::Start,
+            state: Step::Start,
         }
     }
 
@@ -311,10 +311,10 @@ type BoxedAcquire = Pin<Box<dyn Future<Output = Result<AsyncLockGuard, LockError
 #[must_use = "futures do nothing unless polled"]
 pub struct SiteAcquire {
     site: &'static CallSite,
-    state: State,
+    state: Step,
 }
 
-enum State {
+enum Step {
     Start,
     /// Queued on the in-process lock (`wait` as started, for its error).
     Local(InProcessWait<'static>, Wait),
@@ -330,7 +330,12 @@ impl SiteAcquire {
         // SAFETY: the caller took `entry`'s lock exclusively just now,
         // without waiting.
         let hold = unsafe { Hold::new(EntryRef::Static(entry), Mode::Exclusive) };
-        AsyncLockGuard::new(hold, AsyncHold::NONE, self.site.spec.request().site, None)
+        AsyncLockGuard::new(
+            hold,
+            AsyncOrderToken::NONE,
+            self.site.spec.request().site,
+            None,
+        )
     }
 
     #[cold]
@@ -339,12 +344,12 @@ impl SiteAcquire {
         let entry = match site.entry.get() {
             Some(e) if site.inline_ok() && !site.spec.opts.wait.is_try() => e,
             _ => {
-                self.state = State::Full(site.full_async());
+                self.state = Step::Full(site.full_async());
                 return;
             }
         };
         let wait = site.spec.opts.wait.start();
-        self.state = State::Local(
+        self.state = Step::Local(
             InProcessWait::new(entry, Mode::Exclusive, wait.deadline()),
             wait,
         );
@@ -357,13 +362,13 @@ impl Future for SiteAcquire {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let State::Start = this.state {
+        if let Step::Start = this.state {
             let site = this.site;
             if site.inline_ok()
                 && let Some(entry) = site.entry.get()
                 && entry.local.try_lock(Mode::Exclusive)
             {
-                this.state = State::Done;
+                this.state = Step::Done;
                 return Poll::Ready(Ok(this.guard(entry)));
             }
             this.start_slow();
@@ -376,7 +381,7 @@ impl SiteAcquire {
     #[inline(never)]
     fn poll_slow(&mut self, cx: &mut Context<'_>) -> Poll<Result<AsyncLockGuard, LockError>> {
         let result = match &mut self.state {
-            State::Local(fut, wait) => {
+            Step::Local(fut, wait) => {
                 let taken = ready!(Pin::new(fut).poll(cx));
                 let wait = *wait;
                 // Only `Local` states are built from a cached entry.
@@ -386,16 +391,16 @@ impl SiteAcquire {
                     let hold =
                         unsafe { Hold::waited(EntryRef::Static(entry), Mode::Exclusive, false) };
                     let site = self.site.spec.request().site;
-                    Ok(AsyncLockGuard::new(hold, AsyncHold::NONE, site, None))
+                    Ok(AsyncLockGuard::new(hold, AsyncOrderToken::NONE, site, None))
                 } else {
                     Err(wait.busy(entry.name()))
                 }
             }
-            State::Full(fut) => ready!(fut.as_mut().poll(cx)),
-            State::Start | State::Done => panic!("lockutils: SiteAcquire polled after completion"),
+            Step::Full(fut) => ready!(fut.as_mut().poll(cx)),
+            Step::Start | Step::Done => panic!("lockutils: SiteAcquire polled after completion"),
         };
         // Drops the finished inner future (its lock wait is over).
-        self.state = State::Done;
+        self.state = Step::Done;
         Poll::Ready(result)
     }
 }

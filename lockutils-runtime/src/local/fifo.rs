@@ -21,10 +21,10 @@ use crate::spec::Mode;
 
 pub(crate) struct FifoLock {
     cap: usize,
-    state: Mutex<State>,
+    state: Mutex<Line>,
 }
 
-struct State {
+struct Line {
     used: usize,
     queue: VecDeque<Arc<Node>>,
 }
@@ -39,7 +39,7 @@ impl FifoLock {
     pub(crate) fn new(cap: usize) -> Self {
         FifoLock {
             cap,
-            state: Mutex::new(State {
+            state: Mutex::new(Line {
                 used: 0,
                 queue: VecDeque::new(),
             }),
@@ -144,7 +144,7 @@ impl FifoLock {
         true
     }
 
-    fn grant(&self, st: &mut State) {
+    fn grant(&self, st: &mut Line) {
         while let Some(front) = st.queue.front() {
             if st.used + front.need > self.cap {
                 break;

@@ -21,14 +21,14 @@ use std::time::Instant;
 use crate::fork::Born;
 
 struct Timer {
-    state: Mutex<State>,
+    state: Mutex<Deadlines>,
     changed: Condvar,
     /// The fork generation whose thread runs this timer.
     born: Born,
 }
 
 #[derive(Default)]
-struct State {
+struct Deadlines {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     wakers: HashMap<u64, Waker>,
     next_id: u64,
@@ -87,7 +87,7 @@ fn start(seen: *mut Timer) -> &'static Timer {
 }
 
 impl Timer {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Deadlines> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -192,7 +192,7 @@ impl Drop for Sleep {
         let mut st = t.lock();
         st.wakers.remove(&id);
         if st.heap.len() > 64 + 2 * st.wakers.len() {
-            let State { heap, wakers, .. } = &mut *st;
+            let Deadlines { heap, wakers, .. } = &mut *st;
             heap.retain(|Reverse((_, id))| wakers.contains_key(id));
         }
     }

@@ -362,15 +362,15 @@ fn next_id() -> u64 {
 /// A lock listed as held by this thread; dropping it unlists the lock.
 /// Not `Send`: the thread that listed it unlists it.
 #[must_use]
-pub(crate) struct SyncHold {
+pub(crate) struct OrderToken {
     /// 0: nothing was listed (check off, or thread-locals gone).
     id: u64,
     _not_send: PhantomData<*const ()>,
 }
 
-impl SyncHold {
+impl OrderToken {
     /// A hold that lists nothing, for acquisitions made with the check off.
-    pub(crate) const NONE: SyncHold = SyncHold {
+    pub(crate) const NONE: OrderToken = OrderToken {
         id: 0,
         _not_send: PhantomData,
     };
@@ -386,10 +386,10 @@ impl SyncHold {
 ///
 /// # Safety
 /// `name` must stay valid and unchanged until the returned hold is dropped.
-pub(crate) unsafe fn enter(name: &str, site: Site, waits: bool) -> Result<SyncHold, LockError> {
+pub(crate) unsafe fn enter(name: &str, site: Site, waits: bool) -> Result<OrderToken, LockError> {
     let mode = resolve_for(name)?;
     if mode == OFF {
-        return Ok(SyncHold::NONE);
+        return Ok(OrderToken::NONE);
     }
     let id = next_id();
     let me = Listed { name, site, id };
@@ -406,9 +406,9 @@ pub(crate) unsafe fn enter(name: &str, site: Site, waits: bool) -> Result<SyncHo
     });
     let Ok(report) = found else {
         // Thread-locals are gone (a guard taken in a TLS destructor).
-        return Ok(SyncHold::NONE);
+        return Ok(OrderToken::NONE);
     };
-    let hold = SyncHold {
+    let hold = OrderToken {
         id,
         _not_send: PhantomData,
     };
@@ -420,7 +420,7 @@ pub(crate) unsafe fn enter(name: &str, site: Site, waits: bool) -> Result<SyncHo
     Ok(hold)
 }
 
-impl Drop for SyncHold {
+impl Drop for OrderToken {
     #[inline]
     fn drop(&mut self) {
         if self.id != 0 {
@@ -527,15 +527,15 @@ static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 /// A lock listed as held by an async task; dropping it unlists the lock.
 /// `Send`: the future holding it may move between threads.
 #[must_use]
-pub(crate) struct AsyncHold {
+pub(crate) struct AsyncOrderToken {
     task: TaskKey,
     /// 0: nothing was listed.
     id: u64,
 }
 
-impl AsyncHold {
+impl AsyncOrderToken {
     /// A hold that lists nothing, for acquisitions made with the check off.
-    pub(crate) const NONE: AsyncHold = AsyncHold {
+    pub(crate) const NONE: AsyncOrderToken = AsyncOrderToken {
         task: TaskKey::Waker(0),
         id: 0,
     };
@@ -552,10 +552,10 @@ pub(crate) fn enter_async(
     site: Site,
     waits: bool,
     task: Task,
-) -> Result<AsyncHold, LockError> {
+) -> Result<AsyncOrderToken, LockError> {
     let mode = resolve_for(name)?;
     if mode == OFF {
-        return Ok(AsyncHold::NONE);
+        return Ok(AsyncOrderToken::NONE);
     }
     // A copy (of counted names), so the table is not locked while the
     // graph is searched, and no name dies while the copy is read.
@@ -575,7 +575,7 @@ pub(crate) fn enter_async(
     Ok(hold)
 }
 
-fn list_async(task: Task, name: &str, site: Site) -> AsyncHold {
+fn list_async(task: Task, name: &str, site: Site) -> AsyncOrderToken {
     // A task moves between threads: its ids come from one global counter.
     let id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
     let me = TaskListed {
@@ -601,10 +601,10 @@ fn list_async(task: Task, name: &str, site: Site) -> AsyncHold {
     };
     drop(tasks);
     drop(spare);
-    AsyncHold { task: key, id }
+    AsyncOrderToken { task: key, id }
 }
 
-impl Drop for AsyncHold {
+impl Drop for AsyncOrderToken {
     fn drop(&mut self) {
         if self.id == 0 {
             return;

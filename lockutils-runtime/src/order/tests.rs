@@ -23,7 +23,7 @@ fn with_mode<T>(check: LockOrderCheck, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-fn take(name: &'static str, site: &'static str) -> SyncHold {
+fn take(name: &'static str, site: &'static str) -> OrderToken {
     // SAFETY: a `'static` name outlives every hold.
     unsafe { enter(name, Site::Function(site), true) }.expect("valid check")
 }
@@ -112,7 +112,7 @@ fn consistent_orders_across_many_threads_are_never_reported() {
                     for i in 0..ROUNDS as u32 / 10 {
                         // Each thread takes a different increasing subset.
                         let mask = (i * 7 + t * 13) % 64;
-                        let holds: Vec<SyncHold> = (0..6)
+                        let holds: Vec<OrderToken> = (0..6)
                             .filter(|b| mask & (1 << b) != 0)
                             .map(|b| take(NAMES[b], "worker"))
                             .collect();
@@ -206,7 +206,7 @@ fn off_lists_nothing() {
 
 #[test]
 fn async_holds_belong_to_their_task() {
-    fn take_in(task: &Task, name: &'static str) -> AsyncHold {
+    fn take_in(task: &Task, name: &'static str) -> AsyncOrderToken {
         enter_async(name, Site::Function("task"), true, task.clone()).unwrap()
     }
     let (t1, t2) = (&fake_task(1), &fake_task(2));
@@ -292,7 +292,7 @@ fn a_task_is_known_by_its_waker_and_call_sites_print_as_file_line() {
 
 /// An async hold of a registry entry's name by `task`, as an async
 /// acquisition makes one; the hold must drop before the handle.
-fn take_entry(name: &str, task: Task) -> (AsyncHold, Handle) {
+fn take_entry(name: &str, task: Task) -> (AsyncOrderToken, Handle) {
     let entry = registry::get(name, Kind::MUTEX).expect("a mutex");
     let hold = enter_async(entry.name(), Site::Function("task"), true, task);
     (hold.expect("valid check"), entry)

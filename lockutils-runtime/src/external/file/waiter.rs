@@ -59,10 +59,10 @@ pub(crate) struct Waiter {
     key: FileKey,
     /// The full lock name, for errors.
     name: Box<str>,
-    state: Mutex<State>,
+    state: Mutex<Queue>,
 }
 
-struct State {
+struct Queue {
     tickets: VecDeque<Arc<Ticket>>,
     /// The thread is running (it clears this as it ends, under the lock).
     running: bool,
@@ -74,11 +74,11 @@ pub(crate) struct Ticket {
     /// Until when (in `handoff::clock` time) other processes have their
     /// turn at the file: the thread waits it out before it locks.
     turn: u64,
-    inner: Mutex<TicketState>,
+    inner: Mutex<Delivery>,
 }
 
 #[derive(Default)]
-struct TicketState {
+struct Delivery {
     /// A file the caller lent, for the thread to wait on if it has none.
     open: Option<Open>,
     outcome: Option<Result<Got, LockError>>,
@@ -113,9 +113,9 @@ impl Wait {
         let ticket = Arc::new(Ticket {
             want,
             turn,
-            inner: Mutex::new(TicketState {
+            inner: Mutex::new(Delivery {
                 open: Some(open),
-                ..TicketState::default()
+                ..Delivery::default()
             }),
         });
         let mut map = lock(WAITERS.get());
@@ -125,7 +125,7 @@ impl Wait {
                 let w = Arc::new(Waiter {
                     key,
                     name: name.into(),
-                    state: Mutex::new(State {
+                    state: Mutex::new(Queue {
                         tickets: VecDeque::new(),
                         running: false,
                     }),
