@@ -190,6 +190,30 @@
 //! task. The graph keeps at most 4,096 names (least recently used ones are
 //! forgotten), so dynamic names stay bounded.
 //!
+//! # Leader election
+//!
+//! [`election`]`(name)` elects one leader among candidates on any backend
+//! (lock files on one host, or a lock server across hosts): the leader is
+//! whoever holds the exclusive lock `name`, and its identity is kept
+//! beside the lock, where [`Election::leader`] reads it from any process.
+//!
+//! ```
+//! # fn main() -> Result<(), lockutils::LockError> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let lead = lockutils::election("scheduler")
+//!     .identity("host-a:4242") // default: "<hostname>:<pid>"
+//!     .lock_path(dir.path()) // or .backend("etcd://10.0.0.5:2379"), or $LOCKUTILS_BACKEND
+//!     .campaign()?; // blocks until elected; campaign_async().await on an executor
+//! let now = lockutils::election("scheduler").lock_path(dir.path()).leader()?;
+//! assert_eq!(now.unwrap().identity, "host-a:4242");
+//! let _token = lead.fencing_token(); // grows with every new leader
+//! drop(lead); // resigns
+//! # Ok(()) }
+//! ```
+//!
+//! [`Leadership::lost`] and [`Leadership::is_lost`] tell a lock server's
+//! loss as [`LockGuard::lost`] does.
+//!
 //! # Prefix aliases
 //!
 //! oslo's `synchronized_with_prefix("nova-")` gives a project its own
@@ -220,6 +244,7 @@ pub use lockutils_runtime::{
     remove_external_lock_file, reset_lock_path, set_backend, set_cohort_limit,
     set_lock_order_check, set_lock_path, set_process_locking,
 };
+pub use lockutils_runtime::{Election, Leader, Leadership, default_identity, election};
 pub use lockutils_runtime::{
     HoldKind, HoldMode, Holder, Holders, HoldersSource, holders, holders_of_file, holders_of_files,
 };

@@ -57,6 +57,14 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
         order_enter(&entry, req)?
     };
     let started = trace::start();
+    let hold = take(entry, req)?;
+    Ok(LockGuard::new(hold, order, req.site, started))
+}
+
+/// The locks of [`acquire`], without a guard: for a holder that is not
+/// one thread's (an election's `Leadership`).
+#[inline(always)]
+pub(crate) fn take(entry: EntryRef, req: &Request<'_>) -> Result<Hold, LockError> {
     let mode = req.opts.mode;
     let wait = req.opts.wait.start();
     let hold = if entry.local.try_lock(mode) {
@@ -65,12 +73,11 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
     } else {
         wait_in_process(entry, mode, wait, req.wants_external())?
     };
-    let hold = if req.wants_external() {
-        finish_sync(hold, req, wait)?
+    if req.wants_external() {
+        finish_sync(hold, req, wait)
     } else {
-        hold
-    };
-    Ok(LockGuard::new(hold, order, req.site, started))
+        Ok(hold)
+    }
 }
 
 /// The async counterpart of [`acquire`]: never blocks the caller's thread.
@@ -84,6 +91,12 @@ pub(crate) async fn acquire_async(
         order_enter_async(&entry, &req).await?
     };
     let started = trace::start();
+    let hold = take_async(entry, &req).await?;
+    Ok(AsyncLockGuard::new(hold, order, req.site, started))
+}
+
+/// The locks of [`acquire_async`], without a guard (see [`take`]).
+pub(crate) async fn take_async(entry: EntryRef, req: &Request<'_>) -> Result<Hold, LockError> {
     let mode = req.opts.mode;
     let wait = req.opts.wait.start();
     let hold = if entry.local.try_lock(mode) {
@@ -99,12 +112,11 @@ pub(crate) async fn acquire_async(
         // SAFETY: just taken in `mode`, by waiting.
         unsafe { Hold::waited(entry, mode, req.wants_external()) }
     };
-    let hold = if req.wants_external() {
-        finish_async(hold, &req, wait).await?
+    if req.wants_external() {
+        finish_async(hold, req, wait).await
     } else {
-        hold
-    };
-    Ok(AsyncLockGuard::new(hold, order, req.site, started))
+        Ok(hold)
+    }
 }
 
 #[cold]
@@ -210,12 +222,13 @@ fn usable(hold: &Hold, backend: &Backend<'_>, handed: Option<Session>) -> Option
     }
 }
 
-/// What a backend is asked to lock for `hold`.
-fn target(hold: &Hold) -> Target<'_> {
+/// What a backend is asked to lock for `hold`, as `req` asks.
+fn target<'h>(hold: &'h Hold, req: &Request<'h>) -> Target<'h> {
     Target {
         name: hold.entry().name(),
         kind: hold.entry().kind(),
         mode: hold.mode(),
+        identity: req.opts.identity,
     }
 }
 
@@ -228,7 +241,7 @@ fn finish_sync(mut hold: Hold, req: &Request<'_>, wait: Wait) -> Result<Hold, Lo
         match usable(&hold, &backend, handed) {
             Some(s) => Some(s),
             None => {
-                let t = target(&hold);
+                let t = target(&hold, req);
                 match wait {
                     Wait::Try => backend.try_lock(&t)?,
                     _ => backend.lock_blocking(&t, wait)?,
@@ -255,7 +268,7 @@ async fn finish_async(mut hold: Hold, req: &Request<'_>, wait: Wait) -> Result<H
         match usable(&hold, &backend, handed) {
             Some(s) => Some(s),
             None => {
-                let t = target(&hold);
+                let t = target(&hold, req);
                 let cheap = backend.try_is_cheap();
                 match if cheap { backend.try_lock(&t)? } else { None } {
                     Some(s) => Some(s),
