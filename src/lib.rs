@@ -214,6 +214,22 @@
 //! [`Leadership::lost`] and [`Leadership::is_lost`] tell a lock server's
 //! loss as [`LockGuard::lost`] does.
 //!
+//! # Metrics
+//!
+//! With the feature `metrics`, every acquisition is reported through the
+//! [`metrics`](https://docs.rs/metrics) facade to whatever exporter the
+//! application installs (Prometheus, StatsD, OpenTelemetry), labelled
+//! `lock="<full name>"`: `lockutils_acquisitions_total`,
+//! `lockutils_contended_acquisitions_total` (the lock was taken when first
+//! tried), and the histograms `lockutils_wait_seconds` and
+//! `lockutils_hold_seconds`. At most [`metric_name_limit`] names (256
+//! unless [`set_metric_name_limit`] or `$LOCKUTILS_METRICS_NAMES` say
+//! otherwise) get series of their own; later names share
+//! `lock="(other)"`. Without the feature nothing is measured, and the
+//! inline fast path of `#[synchronized]` stays as it is; with it, every
+//! acquisition reads the clock twice and its release once
+//! (`examples/prometheus.rs` serves a scrape).
+//!
 //! # Prefix aliases
 //!
 //! oslo's `synchronized_with_prefix("nova-")` gives a project its own
@@ -247,6 +263,10 @@ pub use lockutils_runtime::{
 pub use lockutils_runtime::{Election, Leader, Leadership, default_identity, election};
 pub use lockutils_runtime::{
     HoldKind, HoldMode, Holder, Holders, HoldersSource, holders, holders_of_file, holders_of_files,
+};
+#[cfg(feature = "metrics")]
+pub use lockutils_runtime::{
+    METRICS_FOLDED, METRICS_NAMES_ENV, metric_name_limit, set_metric_name_limit,
 };
 
 /// What `#[synchronized]` expands to. Not a stable API. Its name carries

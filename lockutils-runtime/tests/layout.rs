@@ -13,7 +13,8 @@ fn src() -> PathBuf {
 /// The runtime's modules, top layer first (as lib.rs describes them).
 const LAYERS: &[&str] = &[
     "private", "election", "holders", "builder", "acquire", "guard", "trace", "hold", "order",
-    "registry", "external", "local", "mounts", "fork", "config", "name", "spec", "error",
+    "registry", "metrics", "external", "local", "mounts", "fork", "config", "name", "spec",
+    "error",
 ];
 
 /// The `mod x;` lines of lib.rs.
