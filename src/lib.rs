@@ -227,8 +227,9 @@
 //! otherwise) get series of their own; later names share
 //! `lock="(other)"`. Without the feature nothing is measured, and the
 //! inline fast path of `#[synchronized]` stays as it is; with it, every
-//! acquisition reads the clock twice and its release once
-//! (`examples/prometheus.rs` serves a scrape).
+//! acquisition goes the full way, reads the clock once (twice if it
+//! waited) and its release once (`examples/prometheus.rs` serves a
+//! scrape).
 //!
 //! # Prefix aliases
 //!

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `lockutils_acquisitions_total{lock}` | counter | acquisitions that got the lock |
 //! | `lockutils_contended_acquisitions_total{lock}` | counter | those that found it taken and waited |
-//! | `lockutils_wait_seconds{lock}` | histogram | from asking to holding, every acquisition |
+//! | `lockutils_wait_seconds{lock}` | histogram | from finding the lock taken to holding it, every acquisition (0 for one that found it free) |
 //! | `lockutils_hold_seconds{lock}` | histogram | from holding to releasing |
 //!
 //! Invariants:
@@ -133,26 +133,26 @@ mod on {
         LIMIT.store(names.min(usize::MAX - 1), Ordering::Relaxed);
     }
 
-    /// An acquisition's start, and whether it found the lock taken.
+    /// When an acquisition found the lock taken (`None`: not yet, and an
+    /// acquisition that never does waited 0 s: the clock is read only
+    /// for one that waits).
     #[derive(Clone, Copy)]
     pub(crate) struct Clock {
-        started: Instant,
-        contended: bool,
+        contended: Option<Instant>,
     }
 
     impl Clock {
         #[inline]
         pub(crate) fn start() -> Clock {
-            Clock {
-                started: Instant::now(),
-                contended: false,
-            }
+            Clock { contended: None }
         }
 
-        /// The lock was taken when first tried.
+        /// The lock was taken when first tried: the wait starts now.
         #[inline]
         pub(crate) fn contended(&mut self) {
-            self.contended = true;
+            if self.contended.is_none() {
+                self.contended = Some(Instant::now());
+            }
         }
 
         /// Counts the acquisition of `name` (whose slot is `slot`), now
@@ -160,10 +160,12 @@ mod on {
         #[inline]
         pub(crate) fn acquired(self, slot: &Slot, name: &str) -> Since {
             let now = Instant::now();
-            let waited = now.duration_since(self.started).as_secs_f64();
+            let waited = self
+                .contended
+                .map_or(0.0, |at| now.duration_since(at).as_secs_f64());
             slot.series(name).with(|h| {
                 h.acquisitions.increment(1);
-                if self.contended {
+                if self.contended.is_some() {
                     h.contended.increment(1);
                 }
                 h.wait.record(waited);
@@ -273,7 +275,7 @@ mod on {
         r.describe_histogram(
             name(WAIT),
             Some(Unit::Seconds),
-            text("Time from asking for the lock to holding it, by lock name"),
+            text("Time from finding the lock taken to holding it (0 if it was free), by lock name"),
         );
         r.describe_histogram(
             name(HOLD),
