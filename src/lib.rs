@@ -190,6 +190,47 @@
 //! task. The graph keeps at most 4,096 names (least recently used ones are
 //! forgotten), so dynamic names stay bounded.
 //!
+//! # Leader election
+//!
+//! [`election`]`(name)` elects one leader among candidates on any backend
+//! (lock files on one host, or a lock server across hosts): the leader is
+//! whoever holds the exclusive lock `name`, and its identity is kept
+//! beside the lock, where [`Election::leader`] reads it from any process.
+//!
+//! ```
+//! # fn main() -> Result<(), lockutils::LockError> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let lead = lockutils::election("scheduler")
+//!     .identity("host-a:4242") // default: "<hostname>:<pid>"
+//!     .lock_path(dir.path()) // or .backend("etcd://10.0.0.5:2379"), or $LOCKUTILS_BACKEND
+//!     .campaign()?; // blocks until elected; campaign_async().await on an executor
+//! let now = lockutils::election("scheduler").lock_path(dir.path()).leader()?;
+//! assert_eq!(now.unwrap().identity, "host-a:4242");
+//! let _token = lead.fencing_token(); // grows with every new leader
+//! drop(lead); // resigns
+//! # Ok(()) }
+//! ```
+//!
+//! [`Leadership::lost`] and [`Leadership::is_lost`] tell a lock server's
+//! loss as [`LockGuard::lost`] does.
+//!
+//! # Metrics
+//!
+//! With the feature `metrics`, every acquisition is reported through the
+//! [`metrics`](https://docs.rs/metrics) facade to whatever exporter the
+//! application installs (Prometheus, StatsD, OpenTelemetry), labelled
+//! `lock="<full name>"`: `lockutils_acquisitions_total`,
+//! `lockutils_contended_acquisitions_total` (the lock was taken when first
+//! tried), and the histograms `lockutils_wait_seconds` and
+//! `lockutils_hold_seconds`. At most [`metric_name_limit`] names (256
+//! unless [`set_metric_name_limit`] or `$LOCKUTILS_METRICS_NAMES` say
+//! otherwise) get series of their own; later names share
+//! `lock="(other)"`. Without the feature nothing is measured, and the
+//! inline fast path of `#[synchronized]` stays as it is; with it, every
+//! acquisition goes the full way, reads the clock once (twice if it
+//! waited) and its release once (`examples/prometheus.rs` serves a
+//! scrape).
+//!
 //! # Prefix aliases
 //!
 //! oslo's `synchronized_with_prefix("nova-")` gives a project its own
@@ -220,8 +261,13 @@ pub use lockutils_runtime::{
     remove_external_lock_file, reset_lock_path, set_backend, set_cohort_limit,
     set_lock_order_check, set_lock_path, set_process_locking,
 };
+pub use lockutils_runtime::{Election, Leader, Leadership, default_identity, election};
 pub use lockutils_runtime::{
     HoldKind, HoldMode, Holder, Holders, HoldersSource, holders, holders_of_file, holders_of_files,
+};
+#[cfg(feature = "metrics")]
+pub use lockutils_runtime::{
+    METRICS_FOLDED, METRICS_NAMES_ENV, metric_name_limit, set_metric_name_limit,
 };
 
 /// What `#[synchronized]` expands to. Not a stable API. Its name carries

@@ -392,7 +392,7 @@ fn kind_mismatch_and_backend_errors_read_as_sentences() {
     assert_eq!(
         e.to_string(),
         "lock server memcached://u:***@h:11211: cannot configure: unknown scheme \
-         \"memcached\": expected file://, postgres://, etcd:// or redis://"
+         \"memcached\": expected file://, postgres://, etcd://, redis:// or mysql://"
     );
     let e = lockutils::lock("msg-backend")
         .external()
@@ -402,6 +402,6 @@ fn kind_mismatch_and_backend_errors_read_as_sentences() {
     assert_eq!(
         e.to_string(),
         "lock \"msg-backend\" on memcached://h: cannot configure: unknown scheme \
-         \"memcached\": expected file://, postgres://, etcd:// or redis://"
+         \"memcached\": expected file://, postgres://, etcd://, redis:// or mysql://"
     );
 }

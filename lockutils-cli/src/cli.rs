@@ -53,6 +53,20 @@ pub enum Command {
     /// Remove lock files safely (never while someone holds them).
     #[command(long_about = REMOVE_ABOUT, after_help = REMOVE_EXAMPLES)]
     Remove(RemoveArgs),
+    /// Run a command while this host leads an election (one leader at a time).
+    #[command(long_about = ELECT_ABOUT, after_help = ELECT_EXAMPLES)]
+    Elect(ElectArgs),
+    /// Show who leads an election.
+    #[command(long_about = LEADER_ABOUT, after_help = LEADER_EXAMPLES)]
+    Leader(LeaderArgs),
+}
+
+/// What a command gets when its lock is lost on a lock server.
+#[derive(Debug, Args)]
+pub struct OnLoss {
+    /// When the lock is lost, CMD gets SIGTERM, then SIGKILL after DUR.
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "10s")]
+    pub kill_after: Duration,
 }
 
 /// Which lock files: prefix and lock path.
@@ -97,7 +111,20 @@ SIGINT, SIGTERM, SIGHUP and SIGQUIT that arrive while waiting end the wait:
 the lock is not taken, CMD does not run, and the exit code is 128+N (130
 for SIGINT, 143 for SIGTERM). While CMD runs they are forwarded to it
 (except those the terminal already sent to CMD's process group), and
-lockutils waits for CMD to end.";
+lockutils waits for CMD to end.
+
+On a lock server (--backend URL, else $LOCKUTILS_BACKEND: postgres://,
+etcd://, redis://, mysql://), CMD gets LOCKUTILS_LOCK_NAME and, where the
+server gives one, LOCKUTILS_FENCING_TOKEN (a number that grows with every
+acquisition: pass it to what CMD writes, which can then refuse a stale
+holder). If the server lets the lock go while CMD runs (the session or
+lease ended, the key was deleted), CMD gets SIGTERM, then SIGKILL after
+--kill-after (10s), and lockutils exits 76 whatever CMD returns.
+
+--at-least DUR keeps the lock until DUR after it was taken even if CMD
+ends sooner (ShedLock's lockAtLeastFor): a job started by cron on several
+hosts at once runs once, and a host whose clock is a little late does not
+run it again.";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -117,9 +144,16 @@ Examples:
   # Also exclude `flock /var/lock/myapp/backup ...` users
   lockutils run backup --lock-path /var/lock/myapp --flock -- ./backup.sh
 
-Exit codes: CMD's own; 64 bad arguments, 73 lock path error, 75 lock busy
-(--nonblock), 79 timed out, 126/127 CMD cannot run / not found, 130/143
-interrupted by SIGINT/SIGTERM while waiting. See `lockutils --help`.";
+  # A cron job on several hosts, run by one of them each time
+  lockutils run nightly-report --backend etcd://10.0.0.5:2379 --nonblock --at-least 5m -- ./report.sh
+
+  # Pass the fencing token on
+  lockutils run ledger --backend postgres://locks@db/locks -- sh -c 'ledger-apply --fence \"$LOCKUTILS_FENCING_TOKEN\"'
+
+Exit codes: CMD's own; 64 bad arguments, 69 lock server unavailable, 73
+lock path error, 75 lock busy (--nonblock), 76 lock lost while CMD ran, 79
+timed out, 126/127 CMD cannot run / not found, 130/143 interrupted by
+SIGINT/SIGTERM while waiting. See `lockutils --help`.";
 
 /// `lockutils run`.
 #[derive(Debug, Args)]
@@ -146,9 +180,108 @@ pub struct RunArgs {
     /// Do not let CMD inherit the locked file (flock's -o): the lock is held by lockutils alone.
     #[arg(long, short = 'o')]
     pub close: bool,
+    /// Take the lock on this lock server (postgres://, etcd://, redis://, mysql://) [default: $LOCKUTILS_BACKEND, else lock files].
+    #[arg(long, short = 'b', value_name = "URL")]
+    pub backend: Option<String>,
+    /// Keep the lock until DUR after it was taken, even if CMD ends sooner.
+    #[arg(long, value_name = "DUR", value_parser = duration::parse)]
+    pub at_least: Option<Duration>,
+    #[command(flatten)]
+    pub on_loss: OnLoss,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+const ELECT_ABOUT: &str = "\
+Run a command while this host leads an election.
+
+Campaigns in the election NAME (waiting until elected unless --nonblock or
+--timeout say otherwise), runs CMD while it leads, and resigns when CMD
+ends, passing CMD's exit code through. The election is the exclusive lock
+NAME on the lock server (--backend URL, else $LOCKUTILS_BACKEND) or on lock
+files (--lock-path, else the lock path), with this candidate's identity
+(--identity, default <hostname>:<pid>) kept beside it, where `lockutils
+leader NAME` and lockutils::election(NAME).leader() read it.
+
+CMD gets LOCKUTILS_LOCK_NAME, LOCKUTILS_LEADER_IDENTITY and, where the
+backend gives one, LOCKUTILS_FENCING_TOKEN (it grows with every leader).
+If the leadership is lost while CMD runs (the lock server let the lock
+go), CMD gets SIGTERM, then SIGKILL after --kill-after (10s), and lockutils
+exits 76. Signals while campaigning end the campaign (128+N); while CMD
+runs they are forwarded to it.";
+
+const ELECT_EXAMPLES: &str = "\
+Examples:
+  # A daemon that only the leader runs; the others wait to take over
+  lockutils elect scheduler --backend etcd://10.0.0.5:2379 -- /usr/bin/scheduler
+
+  # Give up at once if another host leads (exit 75)
+  lockutils elect scheduler --nonblock --identity \"$(hostname)\" -- ./run-once.sh
+
+Exit codes: CMD's own; 64 bad arguments, 69 lock server unavailable, 73
+lock path error, 75 another leads (--nonblock), 76 leadership lost while
+CMD ran, 79 timed out, 126/127, 128+N as for run.";
+
+/// `lockutils elect`.
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// Election name.
+    pub name: String,
+    /// Who this candidate is, as `lockutils leader` shows it [default: <hostname>:<pid>].
+    #[arg(long, short = 'i', value_name = "ID")]
+    pub identity: Option<String>,
+    /// Hold the election on this lock server [default: $LOCKUTILS_BACKEND, else lock files].
+    #[arg(long, short = 'b', value_name = "URL")]
+    pub backend: Option<String>,
+    /// Hold the election on lock files in DIR.
+    #[arg(long, short = 'd', value_name = "DIR")]
+    pub lock_path: Option<PathBuf>,
+    /// Campaign at most DUR, then exit 79.
+    #[arg(long, short = 'w', value_name = "DUR", value_parser = duration::parse)]
+    pub timeout: Option<Duration>,
+    /// Do not wait: exit 75 at once if another candidate leads.
+    #[arg(long, short = 'n', conflicts_with = "timeout")]
+    pub nonblock: bool,
+    /// No message when another leads, the campaign timed out or was interrupted.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub on_loss: OnLoss,
+    /// The command to run while leading, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+const LEADER_ABOUT: &str = "\
+Show who leads an election: the identity the leader campaigned with and
+its fencing token, as the backend records them (one look; any host can
+ask). A holder of the lock NAME that is no candidate (`lockutils run NAME`)
+shows with an empty identity. Prints `no leader` when nobody holds it.";
+
+const LEADER_EXAMPLES: &str = "\
+Examples:
+  lockutils leader scheduler --backend etcd://10.0.0.5:2379
+  lockutils leader scheduler --json | jq -r '.leader.identity // \"none\"'
+
+JSON: {\"name\": NAME, \"leader\": null or {\"identity\", \"fencing_token\" (null
+if the backend gives none)}}. Exit codes: 0 (leader or not); 64 bad
+arguments; 69 lock server unavailable; 73 lock path error.";
+
+/// `lockutils leader`.
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// Election name.
+    pub name: String,
+    /// The election's lock server [default: $LOCKUTILS_BACKEND, else lock files].
+    #[arg(long, short = 'b', value_name = "URL")]
+    pub backend: Option<String>,
+    /// The election's lock files are in DIR.
+    #[arg(long, short = 'd', value_name = "DIR")]
+    pub lock_path: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 const WRAPPER_ABOUT: &str = "\

@@ -25,6 +25,10 @@ pub const LOCK_PATH: i32 = 73;
 /// The lock is held by someone else: `run --nonblock`, or `remove`
 /// without `--wait` (`EX_TEMPFAIL`: try again later).
 pub const BUSY: i32 = 75;
+/// The lock (or leadership) was lost on the lock server while the command
+/// ran: the command was sent SIGTERM, then SIGKILL after `--kill-after`
+/// (`EX_PROTOCOL`'s number: the server broke the arrangement).
+pub const LOST: i32 = 76;
 /// `run --timeout` ran out before the lock was free.
 pub const TIMEOUT: i32 = 79;
 /// The command was found but could not be executed (as in shells).
@@ -38,8 +42,8 @@ pub const SIGNAL_BASE: i32 = 128;
 /// The exit-code table, for `--help`.
 pub const TABLE: &str = "\
 Exit codes:
-  0-255  run, wrapper: the command's own exit code
-  128+N  run, wrapper: the command died of signal N; run: signal N (INT 130,
+  0-255  run, wrapper, elect: the command's own exit code
+  128+N  run, wrapper, elect: the command died of signal N; run, elect: signal N (INT 130,
          TERM 143, HUP 129, QUIT 131) arrived while waiting, lock not taken
      64  bad arguments (unknown subcommand or option, no `-- CMD`, invalid
          lock name or duration)
@@ -47,8 +51,12 @@ Exit codes:
      70  internal error
      73  lock path error: not set, cannot be created or opened, or not a
          regular file where the lock file goes
-     75  lock busy: run --nonblock, or remove without --wait
-     79  run --timeout: timed out waiting for the lock
+     75  lock busy: run --nonblock, or remove without --wait; elect
+         --nonblock: another candidate leads
+     76  run, elect: the lock or leadership was lost on the lock server
+         while the command ran (it got SIGTERM, then SIGKILL after
+         --kill-after)
+     79  run --timeout, elect --timeout: timed out waiting
     126  the command cannot be executed
     127  the command was not found";
 

@@ -2,7 +2,7 @@
 //! the lockutils library and oslo.concurrency, and inspect or remove them.
 //!
 //! Subcommands: `run` (like util-linux `flock(1)`), `wrapper` (like oslo's
-//! `lockutils-wrapper`), `status`, `remove`. See `lockutils --help`, and
+//! `lockutils-wrapper`), `status`, `remove`, `elect` and `leader`. See `lockutils --help`, and
 //! [`exit`] for the exit codes.
 #![warn(missing_docs)]
 
@@ -13,11 +13,15 @@ mod cli;
 #[cfg(unix)]
 mod duration;
 #[cfg(unix)]
+mod elect;
+#[cfg(unix)]
 mod exit;
 #[cfg(unix)]
 mod holders;
 #[cfg(unix)]
 mod json;
+#[cfg(unix)]
+mod leader;
 #[cfg(unix)]
 mod place;
 #[cfg(unix)]
@@ -44,6 +48,8 @@ fn main() {
         cli::Command::Wrapper(args) => wrapper::wrapper(args),
         cli::Command::Status(args) => status::status(args),
         cli::Command::Remove(args) => remove::remove(args),
+        cli::Command::Elect(args) => elect::elect(args),
+        cli::Command::Leader(args) => leader::leader(args),
     };
     std::process::exit(code);
 }
@@ -60,7 +66,7 @@ fn usage_error(e: &clap::Error) -> i32 {
             // `lockutils run NAME cmd`: clap says "unexpected argument";
             // say what is wrong in our terms too.
             let sub = std::env::args().nth(1).unwrap_or_default();
-            if sub == "run" || sub == "wrapper" {
+            if sub == "run" || sub == "wrapper" || sub == "elect" {
                 eprintln!(
                     "\nnote: the command goes after `--`: lockutils {sub} ... -- CMD [ARGS...]"
                 );

@@ -1,5 +1,6 @@
 //! `lockutils run`: take the lock, run the command, release.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{IsTerminal, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -29,13 +30,55 @@ pub fn run(args: RunArgs) -> i32 {
         Err(e) => return exit::lock_error(&e),
     };
     signals::install();
-    let held = match wait_for_lock(&args, &named.full, named.file) {
+    let mut held = match wait_for_lock(&args, &named.full, named.file) {
         Ok(held) => held,
         Err(code) => return code,
     };
-    let code = child::run(&args.command, &[], held.inherit);
+    let token = held
+        .got
+        .fencing_token
+        .map(|t| OsString::from(t.to_string()));
+    let mut env = vec![(LOCK_NAME_ENV, OsStr::new(&named.full))];
+    if let Some(t) = &token {
+        env.push((FENCING_TOKEN_ENV, t.as_os_str()));
+    }
+    let watch = held.got.lost.take().map(|lost| child::Watch {
+        lost,
+        kill_after: args.on_loss.kill_after,
+        what: format!("lock {:?}", named.full),
+    });
+    let code = child::run(&args.command, &env, held.got.inherit, watch);
+    if code != exit::LOST
+        && let Some(least) = args.at_least
+    {
+        hold_until(held.taken + least, &named.full);
+    }
     held.release();
     code
+}
+
+/// The variable that names the lock to the command.
+pub const LOCK_NAME_ENV: &str = "LOCKUTILS_LOCK_NAME";
+/// The variable that gives the command the lock's fencing token.
+pub const FENCING_TOKEN_ENV: &str = "LOCKUTILS_FENCING_TOKEN";
+
+/// `--at-least`: keeps the lock until `until`, or until a signal says
+/// to stop (the lock then goes at once, as at any exit).
+fn hold_until(until: Instant, full: &str) {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        if let Some(sig) = signals::take_pending() {
+            eprintln!(
+                "lockutils: {} during --at-least; releasing lock {full:?} early",
+                signals::name(sig)
+            );
+            return;
+        }
+        thread::sleep(left.min(TICK));
+    }
 }
 
 /// The lock, held by a thread of ours: a `LockGuard` stays on the thread
@@ -43,8 +86,18 @@ pub fn run(args: RunArgs) -> i32 {
 struct Held {
     release: mpsc::Sender<()>,
     thread: JoinHandle<()>,
+    got: Got,
+    /// When the lock was taken (as this thread learnt it).
+    taken: Instant,
+}
+
+/// What the thread taking the lock reports once it holds it.
+struct Got {
     /// The locked descriptor for the command to inherit (unless `--close`).
     inherit: Option<RawFd>,
+    fencing_token: Option<u64>,
+    /// Completes when a lock server lets the lock go.
+    lost: Option<lockutils::Lost>,
 }
 
 impl Held {
@@ -60,20 +113,26 @@ impl Held {
 fn wait_for_lock(args: &RunArgs, full: &str, file: String) -> Result<Held, i32> {
     let (result_rx, release_tx, thread) = start_taking(args)
         .map_err(|e| exit::fail(exit::INTERNAL, format!("cannot start a thread: {e}")))?;
+    // A lock file, unless a lock server holds the lock.
+    let on_server = args.place.lock_path.is_none()
+        && (args.backend.is_some()
+            || std::env::var(lockutils::BACKEND_ENV)
+                .is_ok_and(|u| !u.is_empty() && !u.starts_with("file:")));
     let path = args
         .place
         .lock_path
         .clone()
         .or_else(lockutils::lock_path)
+        .filter(|_| !on_server)
         .map(|d| d.join(file));
     let show = !args.quiet && std::io::stderr().is_terminal();
     let mut display = Display::new(show, full, path, args.timeout);
     let started = Instant::now();
-    let inherit = loop {
+    let got = loop {
         match result_rx.recv_timeout(TICK) {
-            Ok(Ok(fd)) => {
+            Ok(Ok(got)) => {
                 display.clear();
-                break fd;
+                break got;
             }
             Ok(Err(e)) => {
                 display.clear();
@@ -97,7 +156,8 @@ fn wait_for_lock(args: &RunArgs, full: &str, file: String) -> Result<Held, i32> 
     let held = Held {
         release: release_tx,
         thread,
-        inherit,
+        got,
+        taken: Instant::now(),
     };
     // A signal between taking the lock and starting the command also means
     // "don't run it".
@@ -108,9 +168,8 @@ fn wait_for_lock(args: &RunArgs, full: &str, file: String) -> Result<Held, i32> 
     Ok(held)
 }
 
-/// What the thread taking the lock reports: the descriptor the command is
-/// to inherit, if any.
-type Taken = Result<Option<RawFd>, LockError>;
+/// What the thread taking the lock reports.
+type Taken = Result<Got, LockError>;
 
 /// Starts the thread that takes the lock, reports, and holds it until the
 /// returned sender is dropped.
@@ -121,6 +180,7 @@ fn start_taking(
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let (name, prefix) = (args.name.clone(), args.place.prefix.clone());
     let lock_path = args.place.lock_path.clone();
+    let backend = args.backend.clone();
     let (timeout, nonblock, shared) = (args.timeout, args.nonblock, args.shared);
     let (close, flock) = (args.close, args.flock);
     let thread = thread::Builder::new()
@@ -130,6 +190,9 @@ fn start_taking(
             let mut lock = lockutils::lock(&name).prefix(&prefix).external();
             if let Some(dir) = &lock_path {
                 lock = lock.lock_path(dir);
+            }
+            if let Some(url) = &backend {
+                lock = lock.backend(url);
             }
             if shared {
                 lock = lock.shared();
@@ -147,7 +210,12 @@ fn start_taking(
                     // Valid while `guard` lives, which is until the command
                     // has ended (`Held::release`).
                     let fd = guard.lock_file_fd().filter(|_| !close);
-                    let _ = result_tx.send(Ok(fd.map(|fd| fd.as_raw_fd())));
+                    let got = Got {
+                        inherit: fd.map(|fd| fd.as_raw_fd()),
+                        fencing_token: guard.fencing_token(),
+                        lost: Some(guard.lost()),
+                    };
+                    let _ = result_tx.send(Ok(got));
                     // Hold until the sender is dropped (or the process ends).
                     let _ = release_rx.recv();
                     drop(guard);

@@ -22,7 +22,7 @@ pub fn wrapper(args: WrapperArgs) -> i32 {
         .iter()
         .map(|var| (*var, dir.as_os_str()))
         .collect();
-    let code = child::run(&args.command, &env, None);
+    let code = child::run(&args.command, &env, None, None);
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         eprintln!(
             "lockutils: cannot remove temporary lock path {}: {e}",

@@ -25,6 +25,7 @@ use crate::guard::{AsyncLockGuard, LockGuard, check_reentry};
 use crate::hold::{self, EntryRef, Hold};
 use crate::local::LocalAsync;
 use crate::local::timer::Sleep;
+use crate::metrics;
 use crate::order::{self, AsyncOrderToken, OrderToken, Task};
 use crate::registry::{self, Entry};
 use crate::spec::{Kind, Mode, Options, Wait};
@@ -57,20 +58,31 @@ pub(crate) fn acquire(entry: EntryRef, req: &Request<'_>) -> Result<LockGuard, L
         order_enter(&entry, req)?
     };
     let started = trace::start();
+    let hold = take(entry, req)?;
+    Ok(LockGuard::new(hold, order, req.site, started))
+}
+
+/// The locks of [`acquire`], without a guard: for a holder that is not
+/// one thread's (an election's `Leadership`).
+#[inline(always)]
+pub(crate) fn take(entry: EntryRef, req: &Request<'_>) -> Result<Hold, LockError> {
+    let mut clock = metrics::Clock::start();
     let mode = req.opts.mode;
     let wait = req.opts.wait.start();
     let hold = if entry.local.try_lock(mode) {
         // SAFETY: just taken in `mode`, without waiting.
         unsafe { Hold::new(entry, mode) }
     } else {
+        clock.contended();
         wait_in_process(entry, mode, wait, req.wants_external())?
     };
-    let hold = if req.wants_external() {
-        finish_sync(hold, req, wait)?
+    let mut hold = if req.wants_external() {
+        finish_sync(hold, req, wait, &mut clock)?
     } else {
         hold
     };
-    Ok(LockGuard::new(hold, order, req.site, started))
+    hold.acquired(clock);
+    Ok(hold)
 }
 
 /// The async counterpart of [`acquire`]: never blocks the caller's thread.
@@ -84,6 +96,13 @@ pub(crate) async fn acquire_async(
         order_enter_async(&entry, &req).await?
     };
     let started = trace::start();
+    let hold = take_async(entry, &req).await?;
+    Ok(AsyncLockGuard::new(hold, order, req.site, started))
+}
+
+/// The locks of [`acquire_async`], without a guard (see [`take`]).
+pub(crate) async fn take_async(entry: EntryRef, req: &Request<'_>) -> Result<Hold, LockError> {
+    let mut clock = metrics::Clock::start();
     let mode = req.opts.mode;
     let wait = req.opts.wait.start();
     let hold = if entry.local.try_lock(mode) {
@@ -92,6 +111,7 @@ pub(crate) async fn acquire_async(
     } else if wait.is_try() {
         return Err(wait.busy(entry.name()));
     } else {
+        clock.contended();
         let got = InProcessWait::new(&entry, mode, wait.deadline()).await;
         if !got {
             return Err(wait.busy(entry.name()));
@@ -99,12 +119,13 @@ pub(crate) async fn acquire_async(
         // SAFETY: just taken in `mode`, by waiting.
         unsafe { Hold::waited(entry, mode, req.wants_external()) }
     };
-    let hold = if req.wants_external() {
-        finish_async(hold, &req, wait).await?
+    let mut hold = if req.wants_external() {
+        finish_async(hold, req, wait, &mut clock).await?
     } else {
         hold
     };
-    Ok(AsyncLockGuard::new(hold, order, req.site, started))
+    hold.acquired(clock);
+    Ok(hold)
 }
 
 #[cold]
@@ -210,27 +231,41 @@ fn usable(hold: &Hold, backend: &Backend<'_>, handed: Option<Session>) -> Option
     }
 }
 
-/// What a backend is asked to lock for `hold`.
-fn target(hold: &Hold) -> Target<'_> {
+/// What a backend is asked to lock for `hold`, as `req` asks.
+fn target<'h>(hold: &'h Hold, req: &Request<'h>) -> Target<'h> {
     Target {
         name: hold.entry().name(),
         kind: hold.entry().kind(),
         mode: hold.mode(),
+        identity: req.opts.identity,
     }
 }
 
 /// The external phase of [`acquire`]: the backend's session, waiting on
 /// this thread as `wait` allows.
-fn finish_sync(mut hold: Hold, req: &Request<'_>, wait: Wait) -> Result<Hold, LockError> {
+fn finish_sync(
+    mut hold: Hold,
+    req: &Request<'_>,
+    wait: Wait,
+    clock: &mut metrics::Clock,
+) -> Result<Hold, LockError> {
     let handed = hold.take_session();
     let session = {
         let backend = backend_for(&hold, req)?;
         match usable(&hold, &backend, handed) {
             Some(s) => Some(s),
             None => {
-                let t = target(&hold);
+                let t = target(&hold, req);
                 match wait {
                     Wait::Try => backend.try_lock(&t)?,
+                    // Counting contention: one try first (see `metrics`).
+                    _ if metrics::ON => match backend.try_lock(&t)? {
+                        Some(s) => Some(s),
+                        None => {
+                            clock.contended();
+                            backend.lock_blocking(&t, wait)?
+                        }
+                    },
                     _ => backend.lock_blocking(&t, wait)?,
                 }
             }
@@ -248,19 +283,39 @@ fn finish_sync(mut hold: Hold, req: &Request<'_>, wait: Wait) -> Result<Hold, Lo
 
 /// The external phase of [`acquire_async`]: a lock file is tried at once
 /// (a system call); anything that must wait is polled.
-async fn finish_async(mut hold: Hold, req: &Request<'_>, wait: Wait) -> Result<Hold, LockError> {
+async fn finish_async(
+    mut hold: Hold,
+    req: &Request<'_>,
+    wait: Wait,
+    clock: &mut metrics::Clock,
+) -> Result<Hold, LockError> {
     let handed = hold.take_session();
     let session = {
         let backend = backend_for(&hold, req)?;
         match usable(&hold, &backend, handed) {
             Some(s) => Some(s),
             None => {
-                let t = target(&hold);
+                let t = target(&hold, req);
                 let cheap = backend.try_is_cheap();
-                match if cheap { backend.try_lock(&t)? } else { None } {
+                // Counting contention: one try first (see `metrics`), on
+                // the helper thread for a lock server.
+                let tried = cheap || metrics::ON;
+                let first = if cheap {
+                    backend.try_lock(&t)?
+                } else if tried {
+                    wait_external(&backend, &t, Wait::Try).await?
+                } else {
+                    None
+                };
+                match first {
                     Some(s) => Some(s),
-                    None if cheap && wait.is_try() => None,
-                    None => wait_external(&backend, &t, wait).await?,
+                    None if tried && wait.is_try() => None,
+                    None => {
+                        if tried {
+                            clock.contended();
+                        }
+                        wait_external(&backend, &t, wait).await?
+                    }
                 }
             }
         }

@@ -151,10 +151,17 @@ impl<'a> Lock<'a> {
         &self.opts
     }
 
+    /// An election's candidate: the identity a lock server records beside
+    /// the lock (see `election`).
+    pub(crate) fn candidate(mut self, identity: &'a str) -> Self {
+        self.opts.identity = Some(identity);
+        self
+    }
+
     /// The registry entry, keyed by the lock's canonical name: its file
     /// name, so that names sharing a lock file (`a/b` and `a_b`) are one
     /// lock in-process too.
-    fn entry(&self) -> Result<EntryRef, LockError> {
+    pub(crate) fn entry(&self) -> Result<EntryRef, LockError> {
         let handle = if self.prefix.is_empty() && !self.name.contains('/') {
             lockutils_name::check("", self.name).map_err(|problem| LockError::InvalidName {
                 name: self.name.to_owned(),

@@ -67,7 +67,7 @@ fn lock_path_from_env() -> Option<Arc<Path>> {
 }
 
 /// `/dir` for `file:///dir`.
-fn file_url_path(url: &str) -> Option<&str> {
+pub(crate) fn file_url_path(url: &str) -> Option<&str> {
     if scheme(url).as_deref() != Some("file") {
         return None;
     }

@@ -53,6 +53,9 @@ pub(crate) struct Hold {
     /// Exclusive hold of a lock (not a semaphore): one holder at a time.
     writer: bool,
     session: ManuallyDrop<Option<Session>>,
+    /// When the lock was held, for the hold-time metric (feature
+    /// `metrics`; empty without it).
+    since: crate::metrics::Since,
 }
 
 impl Hold {
@@ -68,6 +71,7 @@ impl Hold {
             mode,
             writer,
             session: ManuallyDrop::new(None),
+            since: Default::default(),
         }
     }
 
@@ -97,6 +101,12 @@ impl Hold {
             }
         }
         hold
+    }
+
+    /// Counts the acquisition that made this hold (see `metrics`).
+    #[inline(always)]
+    pub(crate) fn acquired(&mut self, clock: crate::metrics::Clock) {
+        self.since = clock.acquired(&self.entry.metrics, self.entry.name());
     }
 
     #[inline]
@@ -194,6 +204,7 @@ impl Drop for Hold {
         if !self.entry.born.here() {
             return self.leave_inherited();
         }
+        self.entry.metrics.released(self.since);
         let session = self.session.take();
         // SAFETY: a Hold owns its in-process lock in `mode` (see `new`),
         // and this runs once.

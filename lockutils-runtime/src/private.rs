@@ -205,6 +205,7 @@ impl CallSite {
     #[inline(always)]
     fn try_fast(&'static self) -> Option<SiteGuard> {
         if self.fast
+            && !crate::metrics::ON
             && !trace::maybe_on()
             && crate::order::is_off()
             && let Some(entry) = self.entry.get()
@@ -287,7 +288,7 @@ impl CallSite {
     /// lock, nobody tracing, the lock-order check off.
     #[inline(always)]
     fn inline_ok(&'static self) -> bool {
-        self.fast && !trace::maybe_on() && crate::order::is_off()
+        self.fast && !crate::metrics::ON && !trace::maybe_on() && crate::order::is_off()
     }
 
     /// The full acquisition, boxed: only for what the inline paths do not

@@ -56,6 +56,8 @@ pub(crate) struct Entry {
     /// ([`Entry::files`]): a name locked only in-process, or on a lock
     /// server, does not allocate one.
     files: std::sync::OnceLock<Box<EntryFiles>>,
+    /// The name's metric handles (feature `metrics`; empty without it).
+    pub(crate) metrics: crate::metrics::Slot,
     /// Live [`Handle`]s. Raised only under the shard lock; the entry is
     /// removed (and freed) only under it, when this is 0.
     users: sync::AtomicUsize,
@@ -267,6 +269,7 @@ pub(crate) fn get(full_name: &str, kind: Kind) -> Result<Handle, Kind> {
         owner_seq: AtomicU64::new(0),
         born: reg.born,
         files: std::sync::OnceLock::new(),
+        metrics: Default::default(),
         users: sync::AtomicUsize::new(1),
     });
     let handle = Handle(entry.0);

@@ -172,6 +172,8 @@ pub(crate) struct Options<'a> {
     pub(crate) external: bool,
     pub(crate) lock_path: Option<LockDir<'a>>,
     pub(crate) backend: Option<&'a str>,
+    /// An election's candidate, recorded beside the lock on a lock server.
+    pub(crate) identity: Option<&'a str>,
 }
 
 /// Why a combination of options is refused; each text is written once.
@@ -196,6 +198,7 @@ impl<'a> Options<'a> {
         external: false,
         lock_path: None,
         backend: None,
+        identity: None,
     };
 
     /// Where the external lock lives: the lock's own `lock_path` wins

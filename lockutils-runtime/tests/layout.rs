@@ -12,8 +12,9 @@ fn src() -> PathBuf {
 
 /// The runtime's modules, top layer first (as lib.rs describes them).
 const LAYERS: &[&str] = &[
-    "private", "holders", "builder", "acquire", "guard", "trace", "hold", "order", "registry",
-    "external", "local", "mounts", "fork", "config", "name", "spec", "error",
+    "private", "election", "holders", "builder", "acquire", "guard", "trace", "hold", "order",
+    "registry", "metrics", "external", "local", "mounts", "fork", "config", "name", "spec",
+    "error",
 ];
 
 /// The `mod x;` lines of lib.rs.

@@ -37,6 +37,12 @@
 //! dies stops renewing its lease, so waiters proceed at most `ttl` seconds
 //! later.
 //!
+//! **Elections**: the key's value is the candidate's identity (empty for
+//! a plain lock), so the leader is the oldest key of the name's queue,
+//! as in etcd's own `concurrency.Election`: anyone reads it with one
+//! range request (sorted by create revision, limit 1), and its create
+//! revision is the leader's fencing token.
+//!
 //! After `fork` without `exec`, a child's first lock starts its own
 //! runtime and connection (the parent's runtime threads are not in the
 //! child); a guard it inherited is the parent's lease: `is_lost()` is
@@ -63,9 +69,10 @@ use parking_lot::Mutex;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+use super::Target;
 use super::etcd_tls::{self, Tls, TlsFiles};
 use super::lost::LostFlag;
-use super::server::{Server, ServerLock, error_chain, outside_runtime};
+use super::server::{Leader, NO_TOOZ_ELECTIONS, Server, ServerLock, error_chain, outside_runtime};
 use super::tooz::{self, Scheme};
 use crate::config::redact;
 use crate::error::LockError;
@@ -217,26 +224,79 @@ impl Inner {
     }
 }
 
-impl Server for Etcd {
-    fn lock(
-        &self,
-        name: &str,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
-        let wait = wait.start();
-        let inner = self.inner().map_err(|cause| LockError::Backend {
+impl Etcd {
+    fn connected(&self, name: &str) -> Result<&Arc<Inner>, LockError> {
+        self.inner().map_err(|cause| LockError::Backend {
             name: name.to_owned(),
             backend: self.url.clone(),
             op: "connect",
             cause: cause.to_owned(),
-        })?;
+        })
+    }
+}
+
+impl Server for Etcd {
+    fn lock(&self, t: &Target<'_>, wait: Wait) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+        let wait = wait.start();
+        let inner = self.connected(t.name)?;
+        if t.identity.is_some() && inner.scheme == Scheme::Tooz {
+            return Err(inner.no_tooz(t.name));
+        }
         let got = outside_runtime(|| {
             inner
                 .runtime
-                .block_on(inner.clone().acquire(name, mode, wait))
+                .block_on(inner.clone().acquire(t.name, t.mode, wait, t.identity))
         });
         Ok(got?.map(|h| Box::new(h) as Box<dyn ServerLock>))
+    }
+
+    fn leader(&self, name: &str) -> Result<Option<Leader>, LockError> {
+        let inner = self.connected(name)?;
+        if inner.scheme == Scheme::Tooz {
+            return Err(inner.no_tooz(name));
+        }
+        outside_runtime(|| inner.runtime.block_on(inner.leader(name)))
+    }
+}
+
+impl Inner {
+    fn no_tooz(&self, name: &str) -> LockError {
+        LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op: "elect a leader",
+            cause: NO_TOOZ_ELECTIONS.to_owned(),
+        }
+    }
+
+    /// The oldest key of `name`'s queue: its value (the identity) and its
+    /// create revision (the fencing token).
+    async fn leader(&self, name: &str) -> Result<Option<Leader>, LockError> {
+        let failed = |(op, cause): Failure| LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op,
+            cause,
+        };
+        let client = self.client().await.map_err(failed)?;
+        let queue = format!("{}{}/", self.prefix, escape(name));
+        let oldest = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        let found = self
+            .persist("read the leader", || {
+                let (mut c, q, o) = (client.clone(), queue.clone(), oldest.clone());
+                async move { c.get(q, Some(o)).await }
+            })
+            .await
+            .map_err(failed)?;
+        Ok(found.kvs().first().map(|kv| {
+            Leader::new(
+                String::from_utf8_lossy(kv.value()).into_owned(),
+                u64::try_from(kv.create_revision()).ok(),
+            )
+        }))
     }
 }
 
@@ -366,6 +426,7 @@ impl Inner {
         name: &str,
         mode: Mode,
         wait: Wait,
+        identity: Option<&str>,
     ) -> Result<Option<EtcdHold>, LockError> {
         let to_error = |(op, mut cause): Failure| {
             if let Some(cert) = self.tls {
@@ -404,7 +465,10 @@ impl Inner {
             key_watch: None,
             revoked: false,
         };
-        let r = hold.enqueue_and_wait(&mut client, name, mode, wait).await;
+        let value = identity.unwrap_or("");
+        let r = hold
+            .enqueue_and_wait(&mut client, name, mode, wait, value)
+            .await;
         if !matches!(r, Ok(true)) {
             // Revoking the lease removes our key from the queue.
             hold.revoke(&mut client).await;
@@ -583,6 +647,7 @@ impl EtcdHold {
         name: &str,
         mode: Mode,
         wait: Wait,
+        value: &str,
     ) -> Result<bool, Failure> {
         if self.inner.scheme == Scheme::Tooz {
             return self.take_tooz_key(client, name, mode, wait).await;
@@ -610,7 +675,7 @@ impl EtcdHold {
             .and_then([
                 TxnOp::put(
                     self.key.as_str(),
-                    "",
+                    value,
                     Some(PutOptions::new().with_lease(self.lease)),
                 ),
                 TxnOp::get(blockers.as_str(), Some(oldest)),

@@ -75,8 +75,9 @@ pub use lost::Lost;
 
 pub(crate) use file::Unlock;
 use file::{EntryFiles, FileRequest, FileSession, FileWait, Files};
-pub(crate) use server::ServerLock;
-use server::{Server, ServerWait};
+pub use server::Leader;
+use server::ServerWait;
+pub(crate) use server::{Server, ServerLock};
 
 /// What an acquisition asks a backend to lock.
 #[derive(Clone, Copy)]
@@ -85,6 +86,10 @@ pub(crate) struct Target<'a> {
     pub(crate) name: &'a str,
     pub(crate) kind: Kind,
     pub(crate) mode: Mode,
+    /// An election's candidate: the identity a lock server records beside
+    /// the lock (see [`Server::leader`]); lock files ignore it (the
+    /// election keeps it beside the file).
+    pub(crate) identity: Option<&'a str>,
 }
 
 /// Lock files chosen for one acquisition: where, and the entry's state.
@@ -137,6 +142,16 @@ pub(crate) fn choose<'a>(
     server.map(Backend::Server).map_err(|e| e.for_lock(name))
 }
 
+/// The lock server `place` names, or `None` for lock files: for asking a
+/// server about a lock nobody here holds ([`Server::leader`]).
+pub(crate) fn server_at(place: Place<'_>) -> Result<Option<Arc<dyn Server>>, LockError> {
+    match place {
+        Place::Dir(_) => Ok(None),
+        Place::Server(url) => get(url).map(Some),
+        Place::Configured => config::with_backend_url(get).transpose(),
+    }
+}
+
 impl<'a> Backend<'a> {
     /// Whether this is a lock server.
     pub(crate) fn is_server(&self) -> bool {
@@ -149,7 +164,7 @@ impl<'a> Backend<'a> {
     pub(crate) fn try_lock(&self, t: &Target<'a>) -> Result<Option<Session>, LockError> {
         match self {
             Backend::Files(f) => Ok(f.state.try_lock(&f.request(t))?.map(Session::File)),
-            Backend::Server(s) => Ok(s.lock(t.name, t.mode, Wait::Try)?.map(Session::Server)),
+            Backend::Server(s) => Ok(s.lock(t, Wait::Try)?.map(Session::Server)),
         }
     }
 
@@ -186,7 +201,7 @@ impl<'a> Backend<'a> {
                     },
                 }
             }
-            Backend::Server(s) => Ok(s.lock(t.name, t.mode, wait)?.map(Session::Server)),
+            Backend::Server(s) => Ok(s.lock(t, wait)?.map(Session::Server)),
         }
     }
 
@@ -195,12 +210,7 @@ impl<'a> Backend<'a> {
     pub(crate) fn wait(&self, t: &Target<'a>, wait: Wait) -> Result<Waiting<'a>, LockError> {
         match self {
             Backend::Files(f) => Ok(Waiting::File(f.state.wait(&f.request(t))?, *f)),
-            Backend::Server(s) => Ok(Waiting::Server(ServerWait::start(
-                s.clone(),
-                t.name,
-                t.mode,
-                wait,
-            )?)),
+            Backend::Server(s) => Ok(Waiting::Server(ServerWait::start(s.clone(), t, wait)?)),
         }
     }
 }
@@ -353,6 +363,7 @@ impl Session {
     }
 
     /// The open lock file, for a lock on lock files.
+    #[cfg(unix)]
     pub(crate) fn file(&self) -> Option<&std::fs::File> {
         match self {
             Session::File(f) => Some(f.file()),

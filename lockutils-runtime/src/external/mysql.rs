@@ -45,6 +45,15 @@
 //!   (sequences are not transactional: no commit, no row lock). MySQL has
 //!   no sequences (a counter row would cost a logged write per
 //!   acquisition): no token there, nor without the right to create it.
+//! * **Elections**: the leader's lock is the lock of the same name; once
+//!   granted, its session writes its identity, fencing token and
+//!   `CONNECTION_ID()` into the table [`LEADERS_TABLE`] of the URL's
+//!   database (created by the first election; without a database in the
+//!   URL, or the right to create it, an election fails saying so). Anyone
+//!   reads the leader as the row whose connection is the one
+//!   `IS_USED_LOCK` names: a row left by a leader whose session is gone is
+//!   never shown. A holder with no row (a plain lock) is a leader with an
+//!   empty identity.
 //! * **Galera** (MariaDB Galera Cluster, Percona XtraDB Cluster): `GET_LOCK`
 //!   is not replicated; each node has its own locks. Point every user of
 //!   a lock at the same node (or at a proxy that sends them all to one
@@ -63,9 +72,10 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Runtime;
 
+use super::Target;
 use super::lost::LostFlag;
 use super::mysql_url::{self, SslMode};
-use super::server::{Server, ServerLock, error_chain, outside_runtime};
+use super::server::{Leader, NO_TOOZ_ELECTIONS, Server, ServerLock, error_chain, outside_runtime};
 use super::tooz::Scheme;
 use crate::config::redact;
 use crate::error::LockError;
@@ -95,6 +105,17 @@ const MAX_NAME: usize = 64;
 
 /// The sequence fencing tokens come from.
 const FENCE_SEQUENCE: &str = "lockutils_fence";
+
+/// The table elections record their leaders in (see the module docs).
+pub(crate) const LEADERS_TABLE: &str = "lockutils_leaders";
+
+const CREATE_LEADERS: &str = "CREATE TABLE IF NOT EXISTS lockutils_leaders (\
+     name VARBINARY(255) PRIMARY KEY, identity TEXT NOT NULL, \
+     fencing_token BIGINT UNSIGNED NULL, connection_id BIGINT UNSIGNED NOT NULL, \
+     since TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))";
+
+/// MySQL's "no such table" and "no database selected".
+const NO_TABLE: [u16; 2] = [1146, 1046];
 
 /// The `GET_LOCK` name of a full lock name (see the module docs).
 pub(crate) fn lock_name(name: &str, scheme: Scheme) -> Vec<u8> {
@@ -139,6 +160,9 @@ struct Inner {
     /// The held sessions, for the checking task.
     held: Mutex<Vec<Weak<Held>>>,
     checking: Once,
+    /// Whether [`LEADERS_TABLE`] exists (made by the first election):
+    /// `Err` says why not.
+    leaders: tokio::sync::OnceCell<Result<(), String>>,
 }
 
 /// A session in the idle pool, and since when it is idle.
@@ -180,6 +204,7 @@ impl Mysql {
             verified: Mutex::new(None),
             held: Mutex::new(Vec::new()),
             checking: Once::new(),
+            leaders: tokio::sync::OnceCell::new(),
         };
         Ok(Mysql {
             inner: Arc::new(inner),
@@ -188,14 +213,14 @@ impl Mysql {
 }
 
 impl Server for Mysql {
-    fn lock(
-        &self,
-        name: &str,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+    fn lock(&self, t: &Target<'_>, wait: Wait) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+        let (name, mode) = (t.name, t.mode);
         let wait = wait.start();
         let inner = &self.inner;
+        if t.identity.is_some() && inner.settings.scheme == Scheme::Tooz {
+            let why = NO_TOOZ_ELECTIONS.to_owned();
+            return Err(inner.error(name, "elect a leader", why));
+        }
         if mode == Mode::Shared {
             return Err(inner.error(
                 name,
@@ -206,10 +231,113 @@ impl Server for Mysql {
             ));
         }
         let key = lock_name(name, inner.settings.scheme);
-        let got = outside_runtime(|| inner.runtime.block_on(inner.acquire(name, &key, wait)))?;
+        let got = outside_runtime(|| {
+            inner.runtime.block_on(async {
+                let got = inner.acquire(name, &key, wait).await?;
+                match (got, t.identity) {
+                    (Some((mut conn, fence)), Some(identity)) => {
+                        // On failure the session closes as `conn` drops,
+                        // and the lock with it.
+                        inner
+                            .record_leader(&mut conn, name, &key, identity, fence)
+                            .await?;
+                        Ok(Some((conn, fence)))
+                    }
+                    (got, _) => Ok(got),
+                }
+            })
+        })?;
         Ok(got.map(|(conn, fence)| {
             Box::new(MyHold::new(inner.clone(), conn, key, fence)) as Box<dyn ServerLock>
         }))
+    }
+
+    fn leader(&self, name: &str) -> Result<Option<Leader>, LockError> {
+        let inner = &self.inner;
+        if inner.settings.scheme == Scheme::Tooz {
+            let why = NO_TOOZ_ELECTIONS.to_owned();
+            return Err(inner.error(name, "elect a leader", why));
+        }
+        let key = lock_name(name, inner.settings.scheme);
+        outside_runtime(|| inner.runtime.block_on(inner.leader(name, &key)))
+    }
+}
+
+impl Inner {
+    /// Records `identity` as the leader of `name` (server name `key`) on
+    /// `conn`, the session that has just been granted its lock.
+    async fn record_leader(
+        &self,
+        conn: &mut Conn,
+        name: &str,
+        key: &[u8],
+        identity: &str,
+        fence: Option<u64>,
+    ) -> Result<(), LockError> {
+        let made = self
+            .leaders
+            .get_or_init(|| async {
+                if self.settings.opts.db_name().is_none() {
+                    return Err(format!(
+                        "elections need a database in the URL (mysql://user@host/DB) for \
+                         the table {LEADERS_TABLE}"
+                    ));
+                }
+                conn.query_drop(CREATE_LEADERS).await.map_err(|e| {
+                    format!(
+                        "cannot create the table {LEADERS_TABLE} that records leaders \
+                         (create it, or grant CREATE): {}",
+                        error_chain(&e)
+                    )
+                })
+            })
+            .await;
+        if let Err(why) = made {
+            return Err(self.error(name, "record the leader", why.clone()));
+        }
+        let sql = format!(
+            "INSERT INTO {LEADERS_TABLE} (name, identity, fencing_token, connection_id) \
+             VALUES ({}, ?, ?, CONNECTION_ID()) ON DUPLICATE KEY UPDATE \
+             identity = VALUES(identity), fencing_token = VALUES(fencing_token), \
+             connection_id = VALUES(connection_id), since = CURRENT_TIMESTAMP(3)",
+            literal(key)
+        );
+        conn.exec_drop(sql, (identity, fence))
+            .await
+            .map_err(|e| self.error(name, "record the leader", error_chain(&e)))
+    }
+
+    /// The session `IS_USED_LOCK` names for `key`, and the row it wrote.
+    async fn leader(&self, name: &str, key: &[u8]) -> Result<Option<Leader>, LockError> {
+        let mut conn = match self.pop_idle() {
+            Some(c) => c,
+            None => self.connect(name).await?,
+        };
+        let failed = |e: mysql_async::Error| self.error(name, "read the leader", error_chain(&e));
+        let holder: Option<Option<u64>> = conn
+            .query_first(format!("SELECT IS_USED_LOCK({})", literal(key)))
+            .await
+            .map_err(failed)?;
+        let Some(id) = holder.flatten() else {
+            self.give_back(conn);
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT identity, fencing_token FROM {LEADERS_TABLE} \
+             WHERE name = {} AND connection_id = {id}",
+            literal(key)
+        );
+        let row: Result<Option<(String, Option<u64>)>, _> = conn.query_first(sql).await;
+        let leader = match row {
+            Ok(Some((identity, token))) => Leader::new(identity, token),
+            Ok(None) => Leader::new(String::new(), None),
+            Err(mysql_async::Error::Server(e)) if NO_TABLE.contains(&e.code) => {
+                Leader::new(String::new(), None)
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        self.give_back(conn);
+        Ok(Some(leader))
     }
 }
 

@@ -59,6 +59,16 @@
 //! Any of the client settings may be overridden in the URL
 //! (`?keepalives_idle=30&connect_timeout=10`, as libpq names them).
 //!
+//! * **Elections**: the leader's lock is the lock of the same name; once
+//!   it is granted, the leader's session writes its identity, fencing
+//!   token and `pg_backend_pid()` into the table [`LEADERS_TABLE`]
+//!   (created on the first election, `CREATE TABLE IF NOT EXISTS`; an
+//!   election fails, saying so, without the right to create it). Anyone
+//!   reads the leader by joining `pg_locks` (the backend that holds the
+//!   advisory lock, in this database) with that row: a row whose backend
+//!   no longer holds the lock is stale and never shown. A holder with no
+//!   row (a plain lock) is a leader with an empty identity.
+//!
 //! * **fork without exec**: a child never uses the parent's sessions (their
 //!   sockets are shared with the parent); its first lock makes its own
 //!   pool and checking thread. A guard it inherited is the parent's lock:
@@ -86,9 +96,12 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::Target;
 use super::lost::LostFlag;
 use super::pg_tls;
-use super::server::{Server, ServerLock, error_chain as chain, outside_runtime};
+use super::server::{
+    Leader, NO_TOOZ_ELECTIONS, Server, ServerLock, error_chain as chain, outside_runtime,
+};
 use super::tooz::{self, Scheme};
 use crate::config::redact;
 use crate::error::LockError;
@@ -114,6 +127,18 @@ pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The sequence fencing tokens come from.
 const FENCE_SEQUENCE: &str = "lockutils_fence";
+
+/// The table elections record their leaders in (see the module docs).
+pub(crate) const LEADERS_TABLE: &str = "lockutils_leaders";
+
+const CREATE_LEADERS: &str = "CREATE TABLE IF NOT EXISTS lockutils_leaders (\
+     name text PRIMARY KEY, identity text NOT NULL, fencing_token bigint, \
+     pid integer NOT NULL, since timestamptz NOT NULL DEFAULT now())";
+
+const RECORD_LEADER: &str = "INSERT INTO lockutils_leaders (name, identity, fencing_token, pid) \
+     VALUES ($1, $2, $3, pg_backend_pid()) ON CONFLICT (name) DO UPDATE SET \
+     identity = EXCLUDED.identity, fencing_token = EXCLUDED.fencing_token, \
+     pid = EXCLUDED.pid, since = now()";
 
 /// The advisory-lock key of a full lock name (see the module docs).
 pub(crate) fn key(name: &str) -> i64 {
@@ -181,6 +206,9 @@ struct Pool {
     idle: Mutex<Vec<Client>>,
     /// Whether [`FENCE_SEQUENCE`] exists (decided on the first connect).
     fencing: OnceLock<bool>,
+    /// Whether [`LEADERS_TABLE`] exists (made by the first election):
+    /// `Err` says why not.
+    leaders: OnceLock<Result<(), String>>,
     /// Whether sessions are real (not pooled per transaction), found by
     /// the first connect: `Err` says why not.
     sessions: OnceLock<Result<(), String>>,
@@ -241,6 +269,7 @@ impl Postgres {
             url: redact(url),
             idle: Mutex::new(Vec::new()),
             fencing: OnceLock::new(),
+            leaders: OnceLock::new(),
             sessions: OnceLock::new(),
             held: Mutex::new(Vec::new()),
             checking: Once::new(),
@@ -252,23 +281,152 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    fn pool(&self) -> &Arc<Pool> {
+        self.pool
+            .renewed(|inherited| Arc::new(inherited.expect("made by new").fresh()))
+    }
+
+    fn no_tooz(&self, name: &str) -> Result<(), LockError> {
+        if self.scheme == Scheme::Tooz {
+            return Err(self
+                .pool()
+                .failed(name, "elect a leader", NO_TOOZ_ELECTIONS));
+        }
+        Ok(())
+    }
+}
+
 impl Server for Postgres {
-    fn lock(
-        &self,
-        name: &str,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+    fn lock(&self, t: &Target<'_>, wait: Wait) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+        let (name, mode) = (t.name, t.mode);
+        if t.identity.is_some() {
+            self.no_tooz(name)?;
+        }
         let wait = wait.start();
         let key = AdvisoryKey::of(name, self.scheme);
-        let pool = self
-            .pool
-            .renewed(|inherited| Arc::new(inherited.expect("made by new").fresh()));
-        let got = outside_runtime(|| pool.run(name, key, mode, wait))?;
+        let pool = self.pool();
+        let got = outside_runtime(|| {
+            let got = pool.run(name, key, mode, wait)?;
+            match (got, t.identity) {
+                (Some((mut client, fence)), Some(identity)) => {
+                    // On failure the session closes as `client` drops,
+                    // and the lock with it.
+                    pool.record_leader(&mut client, name, identity, fence)?;
+                    Ok(Some((client, fence)))
+                }
+                (got, _) => Ok(got),
+            }
+        })?;
         Ok(got.map(|(client, fence)| {
             let hold = PgHold::new(pool.clone(), client, key, mode, fence);
             Box::new(hold) as Box<dyn ServerLock>
         }))
+    }
+
+    fn leader(&self, name: &str) -> Result<Option<Leader>, LockError> {
+        self.no_tooz(name)?;
+        let key = AdvisoryKey::of(name, self.scheme);
+        let pool = self.pool();
+        outside_runtime(|| pool.leader(name, key))
+    }
+}
+
+impl Pool {
+    /// Records `identity` as the leader of `name` on `client`, the session
+    /// that has just been granted its lock.
+    fn record_leader(
+        &self,
+        client: &mut Client,
+        name: &str,
+        identity: &str,
+        fence: Option<u64>,
+    ) -> Result<(), LockError> {
+        let made = self.leaders.get_or_init(|| {
+            let made = client.simple_query(CREATE_LEADERS);
+            match made {
+                Ok(_) => Ok(()),
+                // Two first elections may race: "already exists" is fine.
+                Err(e)
+                    if [SqlState::UNIQUE_VIOLATION, SqlState::DUPLICATE_TABLE]
+                        .iter()
+                        .any(|c| e.code() == Some(c)) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(format!(
+                    "cannot create the table {LEADERS_TABLE} that records leaders \
+                     (create it, or grant CREATE): {}",
+                    chain(&e)
+                )),
+            }
+        });
+        if let Err(why) = made {
+            return Err(self.failed(name, "record the leader", why));
+        }
+        let token = fence.and_then(|f| i64::try_from(f).ok());
+        client
+            .execute(RECORD_LEADER, &[&name, &identity, &token])
+            .map_err(|e| self.error(name, "record the leader", &e))?;
+        Ok(())
+    }
+
+    /// The holder of `key` in this database, and what it recorded.
+    fn leader(&self, name: &str, key: AdvisoryKey) -> Result<Option<Leader>, LockError> {
+        let pooled = self.idle.lock().pop();
+        let mut client = match pooled {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect(name)?,
+        };
+        let r = read_leader(&mut client, name, key);
+        match r {
+            Ok(found) => {
+                self.give_back(client);
+                Ok(found)
+            }
+            Err(e) => Err(self.error(name, "read the leader", &e)),
+        }
+    }
+}
+
+/// One look at who holds `key` (`pg_locks`) and at the row it wrote.
+fn read_leader(
+    client: &mut Client,
+    name: &str,
+    key: AdvisoryKey,
+) -> Result<Option<Leader>, ::postgres::Error> {
+    let (classid, objid, objsubid) = match key {
+        AdvisoryKey::One(k) => {
+            let k = k as u64;
+            (k >> 32, k & 0xffff_ffff, 1)
+        }
+        AdvisoryKey::Two(k1, k2) => (u64::from(k1 as u32), u64::from(k2 as u32), 2),
+    };
+    let holder = format!(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND classid = {classid} AND objid = {objid} AND objsubid = {objsubid} \
+         ORDER BY mode = 'ExclusiveLock' DESC LIMIT 1"
+    );
+    let rows = client.query(&holder, &[])?;
+    let Some(pid) = rows.first().map(|r| r.get::<_, i32>(0)) else {
+        return Ok(None);
+    };
+    let sql = "SELECT identity, fencing_token FROM lockutils_leaders WHERE name = $1 AND pid = $2";
+    match client.query(sql, &[&name, &pid]) {
+        Ok(rows) => Ok(Some(match rows.first() {
+            Some(r) => Leader::new(
+                r.get(0),
+                r.get::<_, Option<i64>>(1)
+                    .and_then(|t| u64::try_from(t).ok()),
+            ),
+            None => Leader::new(String::new(), None),
+        })),
+        // No election ever recorded a leader here.
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+            Ok(Some(Leader::new(String::new(), None)))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -316,6 +474,11 @@ impl Pool {
                 .fencing
                 .get()
                 .copied()
+                .map_or_else(OnceLock::new, OnceLock::from),
+            leaders: self
+                .leaders
+                .get()
+                .cloned()
                 .map_or_else(OnceLock::new, OnceLock::from),
             sessions: self
                 .sessions
@@ -483,6 +646,15 @@ impl Pool {
         } else {
             drop(idle);
             drop(client); // closed outside the pool's lock
+        }
+    }
+
+    fn failed(&self, name: &str, op: &'static str, why: &str) -> LockError {
+        LockError::Backend {
+            name: name.to_owned(),
+            backend: self.url.clone(),
+            op,
+            cause: why.to_owned(),
         }
     }
 

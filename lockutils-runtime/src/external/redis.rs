@@ -22,6 +22,12 @@
 //!   is looked at once a second.
 //!   A deadline or `blocking(false)` gives up without leaving anything on
 //!   the server.
+//! * **Elections**: the key's value is the acquisition's token, a newline
+//!   and the candidate's identity: compare-and-delete and renewal compare
+//!   the whole value, so they stay safe. Anyone reads the leader with one
+//!   `MGET <key> <key>:fence`: the identity from the value, and the
+//!   counter, which no one can draw from while the key exists, is the
+//!   leader's fencing token.
 //! * **fork without exec**: a child never uses the parent's connections;
 //!   its first lock makes its own, and its own renewal thread. A guard it
 //!   inherited is the parent's key: `is_lost()` is `true` there, and
@@ -50,9 +56,10 @@ use std::time::{Duration, Instant, SystemTime};
 use ::redis::RedisError;
 use parking_lot::{Condvar, Mutex};
 
+use super::Target;
 use super::lost::LostFlag;
 use super::redis_link::{Link, Server as Endpoint};
-use super::server::{Server, ServerLock, error_chain};
+use super::server::{Leader, NO_TOOZ_ELECTIONS, Server, ServerLock, error_chain};
 use super::tooz::{self, Scheme};
 use crate::config::redact;
 use crate::error::LockError;
@@ -197,13 +204,13 @@ impl Redis {
 }
 
 impl Server for Redis {
-    fn lock(
-        &self,
-        name: &str,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+    fn lock(&self, t: &Target<'_>, wait: Wait) -> Result<Option<Box<dyn ServerLock>>, LockError> {
+        let (name, mode) = (t.name, t.mode);
         let wait = wait.start();
+        if t.identity.is_some() && self.inner().scheme == Scheme::Tooz {
+            let why = NO_TOOZ_ELECTIONS.to_owned();
+            return Err(self.inner().error(name, "elect a leader", why));
+        }
         if mode == Mode::Shared {
             return Err(self.inner().error(
                 name,
@@ -213,8 +220,36 @@ impl Server for Redis {
                     .into(),
             ));
         }
-        let got = self.inner().clone().acquire(name, wait)?;
+        let got = self.inner().clone().acquire(name, wait, t.identity)?;
         Ok(got.map(|h| Box::new(h) as Box<dyn ServerLock>))
+    }
+
+    fn leader(&self, name: &str) -> Result<Option<Leader>, LockError> {
+        let inner = self.inner();
+        if inner.scheme == Scheme::Tooz {
+            let why = NO_TOOZ_ELECTIONS.to_owned();
+            return Err(inner.error(name, "elect a leader", why));
+        }
+        let key = format!("lockutils:{name}");
+        let found: (Option<String>, Option<u64>) = inner
+            .with_connection(|c| {
+                ::redis::cmd("MGET")
+                    .arg(&key)
+                    .arg(format!("{key}:fence"))
+                    .query(c)
+            })
+            .map_err(|(op, e)| {
+                let op = if op == "connect" {
+                    op
+                } else {
+                    "read the leader"
+                };
+                inner.error(name, op, error_chain(&e))
+            })?;
+        Ok(found.0.map(|value| {
+            let identity = value.split_once('\n').map_or("", |(_, id)| id);
+            Leader::new(identity.to_owned(), found.1)
+        }))
     }
 }
 
@@ -311,12 +346,20 @@ impl Inner {
         }))
     }
 
-    fn acquire(self: Arc<Self>, name: &str, wait: Wait) -> Result<Option<RedisHold>, LockError> {
+    fn acquire(
+        self: Arc<Self>,
+        name: &str,
+        wait: Wait,
+        identity: Option<&str>,
+    ) -> Result<Option<RedisHold>, LockError> {
         let key = match self.scheme {
             Scheme::Lockutils => format!("lockutils:{name}"),
             Scheme::Tooz => tooz::redis_key(&self.namespace, name),
         };
-        let token = new_token();
+        let token = match identity {
+            Some(id) => format!("{}\n{id}", new_token()),
+            None => new_token(),
+        };
         let fail = |(op, e): (&'static str, RedisError)| {
             let mut cause = error_chain(&e);
             if self.tls && op == "connect" && e.is_timeout() {

@@ -1,6 +1,7 @@
 //! What a lock server is to the rest of the runtime: [`Server`] takes a
-//! lock, [`ServerLock`] is one held; and [`ServerWait`], an acquisition
-//! waiting on a helper thread for an async caller.
+//! lock and names the [`Leader`] of an election, [`ServerLock`] is one
+//! held; and [`ServerWait`], an acquisition waiting on a helper thread for
+//! an async caller.
 //!
 //! Invariants:
 //! * a server's calls are network round trips and may block: they never
@@ -11,28 +12,67 @@
 //!   it keeps nothing per registry entry;
 //! * a [`ServerWait`] that is given up holds nothing anyone needs: its
 //!   helper finishes the server's wait (which ends at the acquisition's
-//!   deadline, if it has one) and releases whatever it gets.
+//!   deadline, if it has one) and releases whatever it gets;
+//! * an election's lock is the lock of the same name, taken exclusively
+//!   with an identity ([`Target::identity`]) that the server keeps beside
+//!   it for as long as the lock is held, where any process can read it
+//!   ([`Server::leader`]); a holder that gave none (a plain lock) is a
+//!   leader with an empty identity.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use super::Target;
 use super::lost::LostFlag;
 use crate::error::LockError;
-use crate::spec::{Mode, Wait};
+use crate::spec::{Kind, Mode, Wait};
 
-/// A lock server (PostgreSQL, etcd, Redis).
+/// A lock server (PostgreSQL, etcd, Redis, MySQL).
 pub(crate) trait Server: Send + Sync {
-    /// Takes the lock `name` (a full lock name) in `mode`. `Wait::Try`:
-    /// `Ok(None)` if busy; `Wait::Block`: waits; `Wait::Until`/`Timeout`:
-    /// `Ok(None)` once the deadline passed. Waits happen in the server
-    /// where it can (no client-side polling), on the calling thread.
-    fn lock(
-        &self,
-        name: &str,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<Option<Box<dyn ServerLock>>, LockError>;
+    /// Takes the lock `t.name` (a full lock name) in `t.mode`, recording
+    /// `t.identity` as its holder if given. `Wait::Try`: `Ok(None)` if
+    /// busy; `Wait::Block`: waits; `Wait::Until`/`Timeout`: `Ok(None)` once
+    /// the deadline passed. Waits happen in the server where it can (no
+    /// client-side polling), on the calling thread.
+    fn lock(&self, t: &Target<'_>, wait: Wait) -> Result<Option<Box<dyn ServerLock>>, LockError>;
+
+    /// Who holds the lock `name` now, as the server records it: the
+    /// identity its holder gave (empty if none) and that holder's fencing
+    /// token. One look, from any process; `None` if nobody holds it.
+    fn leader(&self, name: &str) -> Result<Option<Leader>, LockError>;
 }
+
+/// The leader of an election: who holds its lock now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Leader {
+    /// The identity the leader campaigned with (by default
+    /// `<hostname>:<pid>`). Empty when the lock is held by a holder that
+    /// recorded none: a plain [`lock`](crate::lock) of the same name.
+    pub identity: String,
+    /// The leader's fencing token, where the backend gives one: it grows
+    /// with every new leader.
+    pub fencing_token: Option<u64>,
+}
+
+impl Leader {
+    pub(crate) fn new(identity: String, fencing_token: Option<u64>) -> Leader {
+        Leader {
+            identity,
+            fencing_token,
+        }
+    }
+}
+
+/// Why elections refuse `compat=tooz`: tooz's locks keep no identity.
+#[cfg(any(
+    feature = "postgres",
+    feature = "etcd",
+    feature = "redis",
+    feature = "mysql"
+))]
+pub(crate) const NO_TOOZ_ELECTIONS: &str = "elections record their leader beside lockutils' own \
+     locks; tooz's (compat=tooz) keep no identity: drop compat=tooz for elections";
 
 /// A lock held on a lock server. Dropping it without `release` must also
 /// release it (or let the server do so when the session ends).
@@ -84,20 +124,27 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 }
 
 impl ServerWait {
-    /// Starts `server.lock(name, mode, wait)` on a helper thread.
+    /// Starts `server.lock(t, wait)` on a helper thread.
     pub(crate) fn start(
         server: Arc<dyn Server>,
-        name: &str,
-        mode: Mode,
+        t: &Target<'_>,
         wait: Wait,
     ) -> Result<ServerWait, LockError> {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let theirs = shared.clone();
-        let owned = name.to_owned();
+        let name = t.name.to_owned();
+        let identity = t.identity.map(str::to_owned);
+        let (kind, mode): (Kind, Mode) = (t.kind, t.mode);
         std::thread::Builder::new()
             .name("lockutils-server".into())
             .spawn(move || {
-                let outcome = server.lock(&owned, mode, wait);
+                let t = Target {
+                    name: &name,
+                    kind,
+                    mode,
+                    identity: identity.as_deref(),
+                };
+                let outcome = server.lock(&t, wait);
                 let mut s = lock(&theirs);
                 if s.abandoned {
                     drop(s);
@@ -114,7 +161,7 @@ impl ServerWait {
                 }
             })
             .map_err(|source| LockError::Io {
-                name: name.to_owned(),
+                name: t.name.to_owned(),
                 path: Default::default(),
                 op: "start a thread to wait for",
                 source,

@@ -55,7 +55,7 @@ mod slots;
 mod sys;
 mod waiter;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -552,6 +552,7 @@ impl FileSession {
     }
 
     /// The open file the lock is held through.
+    #[cfg(unix)]
     pub(crate) fn file(&self) -> &std::fs::File {
         self.open.file.file()
     }
@@ -562,6 +563,9 @@ impl FileSession {
 /// file would drop every lock the process holds on it, so code that only
 /// asks about the file (`holders`) must use this one.
 #[cfg(unix)]
-pub(crate) fn with_classic_file<R>(path: &Path, f: impl FnOnce(&std::fs::File) -> R) -> Option<R> {
+pub(crate) fn with_classic_file<R>(
+    path: &std::path::Path,
+    f: impl FnOnce(&std::fs::File) -> R,
+) -> Option<R> {
     classic::find(path).map(|inode| f(inode.file()))
 }
