@@ -427,7 +427,7 @@ impl Inner {
         mode: Mode,
         wait: Wait,
         identity: Option<&str>,
-    ) -> Result<Option<EtcdHold>, LockError> {
+    ) -> Result<Option<EtcdLock>, LockError> {
         let to_error = |(op, mut cause): Failure| {
             if let Some(cert) = self.tls {
                 cause.push_str(&tls_hint(&cause, cert));
@@ -455,7 +455,7 @@ impl Inner {
         let keeper = self
             .runtime
             .spawn(keep_alive(client.clone(), lease.id(), state.clone()));
-        let mut hold = EtcdHold {
+        let mut hold = EtcdLock {
             inner: self.clone(),
             lease: lease.id(),
             key: String::new(),
@@ -597,7 +597,7 @@ async fn renew(client: &mut Client, lease: i64, state: &LeaseState, period: Dura
 }
 
 /// A lock held (or being taken) with one lease.
-struct EtcdHold {
+struct EtcdLock {
     inner: Arc<Inner>,
     lease: i64,
     /// Our key in the name's queue.
@@ -612,7 +612,7 @@ struct EtcdHold {
     revoked: bool,
 }
 
-impl EtcdHold {
+impl EtcdLock {
     /// Stops the keepalive and revokes the lease, which deletes our key.
     /// If etcd cannot be reached, the lease simply expires after its TTL.
     async fn revoke(&mut self, client: &mut Client) {
@@ -821,7 +821,7 @@ impl EtcdHold {
     }
 }
 
-impl EtcdHold {
+impl EtcdLock {
     /// `compat=tooz`: creates tooz's key for `name` with our lease if it is
     /// absent; while it exists, waits for its deletion and tries again.
     /// `Ok(false)`: busy (`Try`) or the deadline passed.
@@ -907,7 +907,7 @@ async fn deleted_after(client: &mut Client, key: &str, seen: i64) {
     tokio::time::sleep(RETRY).await;
 }
 
-impl ServerLock for EtcdHold {
+impl ServerLock for EtcdLock {
     fn release(self: Box<Self>) {
         // Drop does it.
     }
@@ -940,7 +940,7 @@ impl ServerLock for EtcdHold {
     }
 }
 
-impl Drop for EtcdHold {
+impl Drop for EtcdLock {
     /// Releases: the next in the queue goes.
     fn drop(&mut self) {
         if self.state.flag.inherited() {

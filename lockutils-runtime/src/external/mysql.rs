@@ -248,7 +248,7 @@ impl Server for Mysql {
             })
         })?;
         Ok(got.map(|(conn, fence)| {
-            Box::new(MyHold::new(inner.clone(), conn, key, fence)) as Box<dyn ServerLock>
+            Box::new(MysqlLock::new(inner.clone(), conn, key, fence)) as Box<dyn ServerLock>
         }))
     }
 
@@ -568,7 +568,7 @@ impl Inner {
 }
 
 /// A user lock held by one session.
-struct MyHold {
+struct MysqlLock {
     inner: Arc<Inner>,
     held: Arc<Held>,
     key: Vec<u8>,
@@ -583,8 +583,8 @@ struct Held {
     describe: String,
 }
 
-impl MyHold {
-    fn new(inner: Arc<Inner>, conn: Conn, key: Vec<u8>, fence: Option<u64>) -> MyHold {
+impl MysqlLock {
+    fn new(inner: Arc<Inner>, conn: Conn, key: Vec<u8>, fence: Option<u64>) -> MysqlLock {
         let describe = format!(
             "{} GET_LOCK({}) (IS_USED_LOCK gives session {})",
             inner.url,
@@ -601,7 +601,7 @@ impl MyHold {
         inner.checking.call_once(|| {
             inner.runtime.spawn(checked.check_forever());
         });
-        MyHold {
+        MysqlLock {
             inner,
             held,
             key,
@@ -640,7 +640,7 @@ impl Inner {
     }
 }
 
-impl ServerLock for MyHold {
+impl ServerLock for MysqlLock {
     fn release(self: Box<Self>) {
         // Drop does it.
     }
@@ -663,7 +663,7 @@ impl ServerLock for MyHold {
     }
 }
 
-impl Drop for MyHold {
+impl Drop for MysqlLock {
     fn drop(&mut self) {
         self.held.lost.released();
         let inner = &self.inner;

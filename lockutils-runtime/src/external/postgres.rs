@@ -319,7 +319,7 @@ impl Server for Postgres {
             }
         })?;
         Ok(got.map(|(client, fence)| {
-            let hold = PgHold::new(pool.clone(), client, key, mode, fence);
+            let hold = PgLock::new(pool.clone(), client, key, mode, fence);
             Box::new(hold) as Box<dyn ServerLock>
         }))
     }
@@ -694,7 +694,7 @@ fn attempt(client: &mut Client, sql: &str) -> Result<Option<Option<u64>>, ::post
 }
 
 /// An advisory lock held by one session of the pool.
-struct PgHold {
+struct PgLock {
     pool: Arc<Pool>,
     held: Arc<Held>,
     key: AdvisoryKey,
@@ -710,14 +710,14 @@ struct Held {
     describe: String,
 }
 
-impl PgHold {
+impl PgLock {
     fn new(
         pool: Arc<Pool>,
         client: Client,
         key: AdvisoryKey,
         mode: Mode,
         fence: Option<u64>,
-    ) -> PgHold {
+    ) -> PgLock {
         let describe = format!(
             "{} advisory lock {key} (pg_locks {})",
             pool.url,
@@ -738,7 +738,7 @@ impl PgHold {
                 tracing::error!(error = %e, "lockutils: cannot start the PostgreSQL check thread");
             }
         });
-        PgHold {
+        PgLock {
             pool,
             held,
             key,
@@ -774,7 +774,7 @@ impl Pool {
     }
 }
 
-impl ServerLock for PgHold {
+impl ServerLock for PgLock {
     fn release(self: Box<Self>) {
         // Drop does it.
     }
@@ -797,7 +797,7 @@ impl ServerLock for PgHold {
     }
 }
 
-impl Drop for PgHold {
+impl Drop for PgLock {
     fn drop(&mut self) {
         if self.held.lost.inherited() {
             // A forked child's copy: the session is the parent's. Unlocking

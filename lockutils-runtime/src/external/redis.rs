@@ -351,7 +351,7 @@ impl Inner {
         name: &str,
         wait: Wait,
         identity: Option<&str>,
-    ) -> Result<Option<RedisHold>, LockError> {
+    ) -> Result<Option<RedisLock>, LockError> {
         let key = match self.scheme {
             Scheme::Lockutils => format!("lockutils:{name}"),
             Scheme::Tooz => tooz::redis_key(&self.namespace, name),
@@ -407,7 +407,7 @@ impl Inner {
     }
 
     /// A hold of `key` taken at `sent`, registered for renewal.
-    fn held(self: Arc<Self>, key: String, token: String, fence: u64, sent: Instant) -> RedisHold {
+    fn held(self: Arc<Self>, key: String, token: String, fence: u64, sent: Instant) -> RedisLock {
         static IDS: AtomicU64 = AtomicU64::new(0);
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(HoldState {
@@ -432,7 +432,7 @@ impl Inner {
             }
         });
         self.added.notify_one();
-        RedisHold {
+        RedisLock {
             inner: self,
             id,
             key,
@@ -530,7 +530,7 @@ impl Inner {
 }
 
 /// A key held in Redis.
-struct RedisHold {
+struct RedisLock {
     inner: Arc<Inner>,
     id: u64,
     key: String,
@@ -539,7 +539,7 @@ struct RedisHold {
     state: Arc<HoldState>,
 }
 
-impl ServerLock for RedisHold {
+impl ServerLock for RedisLock {
     fn release(self: Box<Self>) {
         // Drop does it.
     }
@@ -568,7 +568,7 @@ impl ServerLock for RedisHold {
     }
 }
 
-impl Drop for RedisHold {
+impl Drop for RedisLock {
     /// Stops renewing and deletes the key if it is still ours. If Redis
     /// cannot be reached, the key expires after its time-to-live.
     fn drop(&mut self) {
