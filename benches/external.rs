@@ -1,4 +1,6 @@
-//! Inter-process benchmarks (SPEC §7): `cargo bench --bench external`.
+//! Inter-process benchmarks, each against the raw system call it wraps,
+//! measured in the same run: `cargo bench --bench external` (method and
+//! current figures in BENCHMARKS.md).
 //!
 //! 1. Uncontended external acquire+release against raw `F_OFD_SETLK` +
 //!    `F_UNLCK` on an already-open descriptor (bar: ≤ 1.5×), with

@@ -1,4 +1,6 @@
-//! In-process benchmarks (SPEC §7): `cargo bench --bench inprocess`.
+//! In-process benchmarks, each against the primitive it stands in for,
+//! measured in the same run: `cargo bench --bench inprocess` (method and
+//! current figures in BENCHMARKS.md).
 //!
 //! 1. An uncontended `#[synchronized("x")]` call against the same body under
 //!    a `static parking_lot::Mutex<()>` (bar: ≤ 1.5×), plus the run-time API
@@ -7,13 +9,13 @@
 //!    `parking_lot::Mutex` per thread (no global lock on the acquire path).
 //! 3. Memory: 1,000,000 distinct dynamic names, then 1,000,000 more; the
 //!    second million must add under 1 MiB of resident memory.
-//! 4. The lock-order check (SPEC §14) off and on, for one lock and for a
-//!    nested pair whose order is already known.
+//! 4. The lock-order check (`LOCKUTILS_LOCK_ORDER`) off and on, for one
+//!    lock and for a nested pair whose order is already known.
 //!
-//! 5. Issue 12's rows: an uncontended `#[synchronized] async fn` against a
-//!    `static tokio::sync::Mutex` (and `async-lock`), 64 tasks on one name
-//!    with 2 tokio workers, and 4 threads hammering one name against one
-//!    `parking_lot::Mutex` (a distribution over runs).
+//! 5. Async and contended: an uncontended `#[synchronized] async fn`
+//!    against a `static tokio::sync::Mutex` (and `async-lock`), 64 tasks on
+//!    one name with 2 tokio workers, and 4 threads hammering one name
+//!    against one `parking_lot::Mutex` (a distribution over runs).
 //!
 //! `BENCH_SAMPLES=n` changes the number of samples; `BENCH_ONLY=uncontended|
 //! threads|memory|order|async|tasks|contended` runs one part; `BENCH_ONLY=profile` only loops the

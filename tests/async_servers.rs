@@ -1,6 +1,6 @@
-//! Async code never waits for a lock server on its executor thread
-//! (SPEC §11): acquiring, waiting and dropping an `AsyncLockGuard` do
-//! their round trips on helper threads.
+//! Async code never waits for a lock server on its executor thread (it
+//! would stall every task sharing that thread): acquiring, waiting and
+//! dropping an `AsyncLockGuard` do their round trips on helper threads.
 //!
 //! To make a blocked executor show, the test freezes the whole PostgreSQL
 //! cluster (SIGSTOP to the postmaster and its backends) for a while around

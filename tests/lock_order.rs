@@ -1,4 +1,4 @@
-//! Lock-order checking (SPEC §14): the first acquisition that closes a
+//! Lock-order checking: the first acquisition that closes a
 //! cycle in "held A while taking B" is reported before it waits, naming
 //! every lock and the function that took it.
 //!

@@ -1,4 +1,6 @@
-//! `#[synchronized]` on every synchronous function shape of SPEC §3, and
+//! `#[synchronized]` on every synchronous function shape the attribute's
+//! docs list (free functions, methods, generics, `unsafe fn`, trait-impl
+//! methods, `impl Trait` returns), and
 //! the in-process semantics: exclusion, release on every exit path,
 //! `blocking = false`, `timeout`, re-entry.
 //!

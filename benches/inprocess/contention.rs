@@ -1,6 +1,6 @@
-//! Issue 12's in-process rows: async tasks (against tokio's and
-//! async-lock's mutexes) and several threads on one name (against one
-//! `parking_lot::Mutex`).
+//! Async and contended in-process benchmarks: async tasks (against
+//! tokio's and async-lock's mutexes) and several threads on one name
+//! (against one `parking_lot::Mutex`).
 
 use std::future::Future;
 use std::hint::black_box;
@@ -58,7 +58,7 @@ async fn builder_async(c: &mut u64) {
     *black_box(c) += 1;
 }
 
-/// Row 1 of issue 12: uncontended `#[synchronized] async fn`.
+/// Uncontended `#[synchronized] async fn`.
 pub fn uncontended_async(samples: usize) {
     let mut c = [0u64; 6];
     let [c0, c1, c2, c3, c4, c5] = &mut c;
@@ -174,7 +174,7 @@ fn tasks_run(rt: &tokio::runtime::Runtime, peer: Peer) -> f64 {
     dt as f64 / (TASKS as u64 * ROUNDS) as f64
 }
 
-/// Row 2 of issue 12: 64 tasks on one name, 2 workers.
+/// 64 tasks on one name, 2 workers.
 pub fn tasks_on_one_name(runs: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -260,8 +260,8 @@ fn hammer(sync: bool, dur: Duration) -> f64 {
     ops as f64 / ((end - start) as f64 / 1e3)
 }
 
-/// Row 7 of issue 12: 4 threads hammering one name, a distribution over
-/// runs (each run times both, back to back, in alternating order).
+/// 4 threads hammering one name, a distribution over runs (each run times
+/// both, back to back, in alternating order).
 pub fn threads_on_one_name(runs: usize) {
     let mut c = 0;
     synchronized_x(&mut c); // the call site caches its entry

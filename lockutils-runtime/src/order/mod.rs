@@ -1,5 +1,5 @@
-//! Lock-order checking (SPEC §14): the process records "held A while taking
-//! B" for every named lock, and the first acquisition that would close a
+//! Lock-order checking: the process records "held A while taking B" for
+//! every named lock, and the first acquisition that would close a
 //! cycle (A→B then B→A, or longer) is reported before it waits.
 //!
 //! # What "held" means
