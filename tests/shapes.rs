@@ -1,8 +1,8 @@
 //! `#[synchronized]` on every synchronous function shape the attribute's
 //! docs list (free functions, methods, generics, `unsafe fn`, trait-impl
-//! methods, `impl Trait` returns), and
-//! the in-process semantics: exclusion, release on every exit path,
-//! `blocking = false`, `timeout`, re-entry.
+//! methods, `impl Trait` returns), and the in-process semantics:
+//! exclusion, release on every exit path, `blocking = false`, `timeout`,
+//! re-entry.
 //!
 //! Every test uses its own lock names, so the tests can run in parallel.
 
