@@ -12,32 +12,42 @@
 //! 3. Throughput: 4 processes × 2 threads incrementing a counter file under
 //!    the lock, raw OFD (a descriptor per thread) against lockutils.
 //!
-//! The helper processes are this binary, re-run with `LOCKUTILS_BENCH_CHILD`
-//! set. `BENCH_ONLY=uncontended|kinds|handoff|throughput|busy|python` runs one part;
-//! `BENCH_RUNS=n` sets the throughput runs (default 5);
+//! The helper processes are this binary, re-run as the tests re-run
+//! theirs (`tests/support`: `LOCKUTILS_TEST_CHILD` names the child's role,
+//! its parameters travel in `LOCKUTILS_TEST_*`, its reports come back over
+//! a pipe; the two sides of the handoff share a `tests/support/shm.rs`
+//! mapping).
+//!
+//! `BENCH_ONLY=uncontended|kinds|handoff|throughput|busy|python` runs one
+//! part; `BENCH_RUNS=n` sets the throughput runs (default 5);
 //! `BENCH_ONLY=strace` (or `strace-dynamic`) runs 100,000 uncontended
 //! lockutils acquisitions and nothing else, for `strace -c -f`.
 
 #[path = "external/busy.rs"]
 mod busy;
 mod support;
+// The tests' child processes, shared memory and venv. Its generic child
+// tests are `#[test]`s, which a bench does not compile (nor what only they
+// import).
+#[allow(unused_imports)]
+#[path = "../tests/support/mod.rs"]
+mod test_support;
 
 use std::ffi::CString;
 use std::fs::File;
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use lockutils::__private_v0_1::{CallSite, LockSpec};
 use support::{mono_ns, percentile, print_table, run_group, variant};
-
-const CHILD_ENV: &str = "LOCKUTILS_BENCH_CHILD";
+use test_support::shm::Shm;
+use test_support::{param, param_as, report};
 
 // ---- raw OFD primitives ---------------------------------------------------
 
@@ -284,55 +294,26 @@ fn verdict(what: &str, ratio: f64, bar: f64) {
 
 const ROUNDS: usize = 4000;
 
-/// Shared between the two processes through a `MAP_SHARED` file mapping.
-#[repr(C)]
-struct Shm {
-    ready: AtomicU64,
-    /// `waiting[side]`: round + 1 that `side` is waiting for.
-    waiting: [AtomicU64; 2],
-    /// Last round whose waiter holds the lock, + 1.
-    acquired: AtomicU64,
-    released_at: [AtomicU64; ROUNDS],
-    acquired_at: [AtomicU64; ROUNDS],
-}
+/// The words of the mapping the two processes share.
+mod word {
+    use super::ROUNDS;
 
-fn map_shm(path: &Path, create: bool) -> &'static Shm {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(create)
-        .open(path)
-        .expect("shm");
-    let len = std::mem::size_of::<Shm>();
-    if create {
-        f.set_len(len as u64).expect("shm size");
-    }
-    // SAFETY: a fresh shared mapping of `len` bytes of a file that size;
-    // zero bytes are valid atomics. Leaked: lives as long as the process.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: a fresh shared mapping of at least `size_of::<Shm>()` zeroed
-    // bytes, never unmapped, and `Shm` is made of atomics (all-zero valid).
-    unsafe { &*(p as *const Shm) }
+    /// Set once side 0 holds the lock.
+    pub const READY: usize = 0;
+    /// `WAITING + side`: round + 1 that `side` is waiting for.
+    pub const WAITING: usize = 1;
+    /// Last round whose waiter holds the lock, + 1.
+    pub const ACQUIRED: usize = 3;
+    /// `RELEASED_AT + round`: when the holder unlocked (CLOCK_MONOTONIC ns).
+    pub const RELEASED_AT: usize = 4;
+    /// `ACQUIRED_AT + round`: when the waiter held the lock.
+    pub const ACQUIRED_AT: usize = RELEASED_AT + ROUNDS;
+    pub const END: usize = ACQUIRED_AT + ROUNDS;
 }
 
 /// Whether `pid`'s main thread is asleep (state `S`): blocked in the kernel.
 fn asleep(pid: u32) -> bool {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    s.rsplit(')')
-        .next()
-        .map(|r| r.trim_start().starts_with('S'))
-        .unwrap_or(false)
+    test_support::process_state(pid as i32) == Some('S')
 }
 
 enum Locker {
@@ -373,64 +354,60 @@ fn handoff_side(me: usize, peer: u32, locker: &mut Locker, shm: &Shm) {
     let other = 1 - me;
     if me == 0 {
         locker.lock();
-        shm.ready.store(1, Ordering::SeqCst);
+        shm.word(word::READY).store(1, Ordering::SeqCst);
     } else {
-        while shm.ready.load(Ordering::SeqCst) == 0 {
+        while shm.word(word::READY).load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
         }
     }
     for r in 0..ROUNDS {
         let tag = r as u64 + 1;
         if r % 2 == me {
-            while shm.waiting[other].load(Ordering::SeqCst) != tag || !asleep(peer) {
+            while shm.word(word::WAITING + other).load(Ordering::SeqCst) != tag || !asleep(peer) {
                 std::thread::yield_now();
             }
-            shm.released_at[r].store(mono_ns(), Ordering::SeqCst);
+            shm.word(word::RELEASED_AT + r)
+                .store(mono_ns(), Ordering::SeqCst);
             locker.unlock();
-            while shm.acquired.load(Ordering::SeqCst) < tag {
+            while shm.word(word::ACQUIRED).load(Ordering::SeqCst) < tag {
                 std::thread::yield_now();
             }
         } else {
-            shm.waiting[me].store(tag, Ordering::SeqCst);
+            shm.word(word::WAITING + me).store(tag, Ordering::SeqCst);
             locker.lock();
-            shm.acquired_at[r].store(mono_ns(), Ordering::SeqCst);
-            shm.acquired.store(tag, Ordering::SeqCst);
+            shm.word(word::ACQUIRED_AT + r)
+                .store(mono_ns(), Ordering::SeqCst);
+            shm.word(word::ACQUIRED).store(tag, Ordering::SeqCst);
         }
     }
     locker.unlock();
 }
 
-fn handoff_run(exe: &Path, dir: &Path, kind: &str, run: usize) -> Vec<f64> {
+fn handoff_run(dir: &Path, kind: &str, run: usize) -> Vec<f64> {
     let shm_path = dir.join(format!("shm-{kind}-{run}"));
-    let shm = map_shm(&shm_path, true);
-    let mut child = Command::new(exe)
-        .env(CHILD_ENV, format!("handoff-{kind}"))
-        .env("BENCH_DIR", dir)
-        .env("BENCH_SHM", &shm_path)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn child");
+    let shm = Shm::create_words(&shm_path, word::END);
+    let child = test_support::child(&format!("handoff-{kind}"))
+        .param("DIR", dir)
+        .param("SHM", &shm_path)
+        .spawn();
     let mut locker = Locker::new(kind, dir);
-    handoff_side(0, child.id(), &mut locker, shm);
-    assert!(
-        child.wait().expect("child").success(),
-        "handoff child failed"
-    );
+    handoff_side(0, child.pid(), &mut locker, &shm);
+    child.finish();
     (0..ROUNDS)
         .map(|r| {
-            let a = shm.acquired_at[r].load(Ordering::SeqCst);
-            let b = shm.released_at[r].load(Ordering::SeqCst);
+            let a = shm.word(word::ACQUIRED_AT + r).load(Ordering::SeqCst);
+            let b = shm.word(word::RELEASED_AT + r).load(Ordering::SeqCst);
             a.saturating_sub(b) as f64
         })
         .collect()
 }
 
-fn handoff(exe: &Path, dir: &Path, runs: usize) {
+fn handoff(dir: &Path, runs: usize) {
     let mut raw = Vec::new();
     let mut lu = Vec::new();
     for run in 0..runs {
-        raw.extend(handoff_run(exe, dir, "raw", run));
-        lu.extend(handoff_run(exe, dir, "lu", run));
+        raw.extend(handoff_run(dir, "raw", run));
+        lu.extend(handoff_run(dir, "lu", run));
     }
     println!(
         "\n## 2. Cross-process handoff: holder unlocks -> waiter (asleep in the kernel) holds \
@@ -469,13 +446,10 @@ fn handoff(exe: &Path, dir: &Path, runs: usize) {
 }
 
 fn handoff_child(kind: &str) {
-    let dir = PathBuf::from(std::env::var_os("BENCH_DIR").expect("BENCH_DIR"));
-    let shm = map_shm(
-        Path::new(&std::env::var_os("BENCH_SHM").expect("BENCH_SHM")),
-        false,
-    );
+    let dir = PathBuf::from(param("DIR"));
+    let shm = Shm::from_parent();
     let mut locker = Locker::new(kind, &dir);
-    handoff_side(1, std::os::unix::process::parent_id(), &mut locker, shm);
+    handoff_side(1, std::os::unix::process::parent_id(), &mut locker, &shm);
 }
 
 // ---- 3. throughput --------------------------------------------------------
@@ -486,42 +460,28 @@ const THREADS: usize = 2;
 /// One throughput run: increments per second, and the longest any thread
 /// waited for one acquisition (ns). `others`: unrelated locks held on the
 /// host meanwhile (by another process).
-fn throughput_run(exe: &Path, dir: &Path, kind: &str, ops: u64, others: usize) -> (f64, u64) {
-    let hoard = (others > 0).then(|| busy::start(exe, dir, &format!("hoard-{others}")).0);
+fn throughput_run(dir: &Path, kind: &str, ops: u64, others: usize) -> (f64, u64) {
+    let hoard = (others > 0).then(|| busy::start(dir, &format!("hoard-{others}")));
     let counter = dir.join(format!("counter-{kind}"));
     std::fs::write(&counter, 0u64.to_le_bytes()).expect("counter");
     let mut children: Vec<_> = (0..PROCS)
         .map(|_| {
-            let mut cmd = Command::new(exe);
+            let mut child = test_support::child(&format!("throughput-{kind}"))
+                .param("DIR", dir)
+                .param("COUNTER", &counter)
+                .param("OPS", ops.to_string());
             if kind == "lu-off" {
-                cmd.env("LOCKUTILS_COHORT", "off");
+                child = child.env("LOCKUTILS_COHORT", "off");
             }
-            cmd.env(CHILD_ENV, format!("throughput-{kind}"))
-                .env("BENCH_DIR", dir)
-                .env("BENCH_COUNTER", &counter)
-                .env("BENCH_OPS", ops.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn")
+            child.spawn()
         })
         .collect();
-    let mut outs: Vec<_> = children
-        .iter_mut()
-        .map(|c| BufReader::new(c.stdout.take().expect("stdout")))
-        .collect();
-    for o in &mut outs {
-        let mut line = String::new();
-        o.read_line(&mut line).expect("ready");
-        assert_eq!(line.trim(), "ready");
-    }
-    for c in &mut children {
-        c.stdin.take().expect("stdin").write_all(b"g").expect("go");
-    }
+    test_support::ready_set_go(&mut children);
     let (mut start, mut end, mut worst) = (u64::MAX, 0u64, 0u64);
-    for o in outs {
-        for line in o.lines() {
-            let line = line.expect("line");
+    for child in &mut children {
+        // One report per thread: its start, its end and its longest wait.
+        for _ in 0..THREADS {
+            let line = child.next_report();
             let mut it = line
                 .split_whitespace()
                 .map(|x| x.parse::<u64>().expect("num"));
@@ -531,12 +491,16 @@ fn throughput_run(exe: &Path, dir: &Path, kind: &str, ops: u64, others: usize) -
                 worst = worst.max(w);
             }
         }
+        if cohort_stats_wanted() {
+            let stats = child.next_report();
+            eprintln!("cohort stats (handoffs, longest batch): {stats}");
+        }
     }
-    for mut c in children {
-        assert!(c.wait().expect("wait").success(), "throughput child failed");
+    for child in children {
+        child.finish();
     }
-    if let Some(h) = hoard {
-        busy::stop(h);
+    if let Some(hoard) = hoard {
+        hoard.finish();
     }
     let total = (PROCS * THREADS) as u64 * ops;
     let bytes = std::fs::read(&counter).expect("counter");
@@ -545,7 +509,7 @@ fn throughput_run(exe: &Path, dir: &Path, kind: &str, ops: u64, others: usize) -
     (total as f64 / ((end - start) as f64 / 1e9), worst)
 }
 
-fn throughput(exe: &Path, dir: &Path, runs: usize) {
+fn throughput(dir: &Path, runs: usize) {
     let ops = 25_000;
     let (handoffs, within) = lockutils::cohort_limit();
     println!(
@@ -571,7 +535,7 @@ fn throughput(exe: &Path, dir: &Path, runs: usize) {
         let mut worst = vec![0f64; kinds.len()];
         for _ in 0..runs {
             for (i, kind) in kinds.iter().enumerate() {
-                let (rate, w) = throughput_run(exe, dir, kind, ops, others);
+                let (rate, w) = throughput_run(dir, kind, ops, others);
                 rates[i].push(rate);
                 worst[i] = worst[i].max(w as f64 / 1e6);
             }
@@ -617,13 +581,16 @@ fn increment(counter: &File) {
     assert_eq!(n, 8);
 }
 
+/// `BENCH_COHORT_STATS` set: each throughput child reports its cohort
+/// statistics, which the parent prints.
+fn cohort_stats_wanted() -> bool {
+    std::env::var_os("BENCH_COHORT_STATS").is_some()
+}
+
 fn throughput_child(kind: &str) {
-    let dir = PathBuf::from(std::env::var_os("BENCH_DIR").expect("BENCH_DIR"));
-    let counter = PathBuf::from(std::env::var_os("BENCH_COUNTER").expect("BENCH_COUNTER"));
-    let ops: u64 = std::env::var("BENCH_OPS")
-        .expect("BENCH_OPS")
-        .parse()
-        .expect("ops");
+    let dir = PathBuf::from(param("DIR"));
+    let counter = PathBuf::from(param("COUNTER"));
+    let ops: u64 = param_as("OPS");
     let site = call_site("throughput-lu", &dir);
     let barrier = Arc::new(Barrier::new(THREADS + 1));
     let threads: Vec<_> = (0..THREADS)
@@ -657,27 +624,26 @@ fn throughput_child(kind: &str) {
             })
         })
         .collect();
-    println!("ready");
-    let mut go = [0u8; 1];
-    std::io::Read::read_exact(&mut std::io::stdin(), &mut go).expect("go");
+    test_support::await_go();
     barrier.wait();
     for t in threads {
         let (a, b, w) = t.join().expect("thread");
-        println!("{a} {b} {w}");
+        report(format!("{a} {b} {w}"));
     }
-    if std::env::var_os("BENCH_COHORT_STATS").is_some() {
+    if cohort_stats_wanted() {
         let stats = lockutils::__private_v0_1::cohort_stats("throughput-lu");
-        eprintln!("cohort stats (handoffs, longest batch): {stats:?}");
+        report(format!("{stats:?}"));
     }
 }
 
 // ---- python anchor --------------------------------------------------------
 
+/// Nothing without the tests' venv (`tests/support/pyenv.rs`): a benchmark
+/// installs nothing.
 fn python_anchor(dir: &Path) {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lockutils-pyenv/bin/python");
-    if !py.exists() {
+    let Some(py) = test_support::pyenv::python_if_ready() else {
         return;
-    }
+    };
     let script = r#"
 import sys, time
 from oslo_concurrency import lockutils
@@ -732,7 +698,7 @@ fn strace_loop(dir: &Path, dynamic: bool) {
 }
 
 fn main() {
-    if let Ok(role) = std::env::var(CHILD_ENV) {
+    if let Ok(role) = std::env::var(test_support::CHILD_ENV) {
         match role.split_once('-') {
             Some(("handoff", kind)) => handoff_child(kind),
             Some(("throughput", kind)) => throughput_child(kind),
@@ -751,7 +717,6 @@ fn main() {
         strace_loop(dir, only == "strace-dynamic");
         return;
     }
-    let exe = std::env::current_exe().expect("current_exe");
     let run = |part: &str| only.is_empty() || only == part;
     println!("# lockutils external (lock file) benchmarks");
     println!("machine: {}", support::machine());
@@ -763,17 +728,17 @@ fn main() {
         kinds(dir, support::samples(200));
     }
     if run("handoff") {
-        handoff(&exe, dir, 4);
+        handoff(dir, 4);
     }
     if run("throughput") {
         let runs = std::env::var("BENCH_RUNS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(5);
-        throughput(&exe, dir, runs);
+        throughput(dir, runs);
     }
     if run("busy") {
-        busy::busy(&exe, dir);
+        busy::busy(dir);
     }
     if run("python") {
         python_anchor(dir);

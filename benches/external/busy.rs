@@ -4,54 +4,37 @@
 //! throughput runs), and how long dropping a pending async acquisition
 //! takes.
 //!
-//! Child roles (this binary re-run with `LOCKUTILS_BENCH_CHILD`):
+//! Child roles (this binary re-run as a `tests/support` child):
 //! `hoard-N` holds N unrelated byte locks, `hammer-lu`/`hammer-raw` keep a
 //! lock busy from two threads, `blocked` takes it again and again with
 //! `F_OFD_SETLKW` and reports its waits, `holdfiles` holds lock files.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::support::{mono_ns, percentile};
-use super::{CHILD_ENV, call_site, ofd, open_rw};
+use super::test_support::{self, Child, param, report};
+use super::{call_site, ofd, open_rw};
 
-fn dir_env() -> PathBuf {
-    PathBuf::from(std::env::var_os("BENCH_DIR").expect("BENCH_DIR"))
+fn dir_param() -> PathBuf {
+    PathBuf::from(param("DIR"))
 }
 
-/// Starts this binary as the child `role`, and waits for its `ready`.
-pub(super) fn start(
-    exe: &Path,
-    dir: &Path,
-    role: &str,
-) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(exe)
-        .env(CHILD_ENV, role)
-        .env("BENCH_DIR", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("ready");
-    assert_eq!(line.trim(), "ready", "{role}");
-    (child, out)
+/// Starts this binary as the child `role`, and waits for its `ready`. The
+/// child stops when the parent closes its stdin ([`Child::finish`]).
+pub(super) fn start(dir: &Path, role: &str) -> Child {
+    let mut child = test_support::child(role).param("DIR", dir).spawn();
+    child.expect("ready");
+    child
 }
 
-/// Ends a child started by [`start`] (closing its stdin tells it to stop).
-pub(super) fn stop(mut child: Child) {
-    drop(child.stdin.take());
-    assert!(child.wait().expect("wait").success(), "child failed");
-}
-
-/// Blocks until stdin is closed (the parent's stop).
+/// Blocks until stdin is closed (the parent's [`Child::finish`]).
 fn await_stop() {
     let mut buf = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut buf);
@@ -60,7 +43,7 @@ fn await_stop() {
 /// Child `hoard-N`: holds N byte locks (every other byte, so none merge)
 /// of a file of its own, as N unrelated locks on the host.
 pub(super) fn hoard_child(n: usize) {
-    let f = open_rw(&dir_env().join(format!("hoard-{n}")));
+    let f = open_rw(&dir_param().join(format!("hoard-{n}")));
     for i in 0..n {
         // SAFETY: `flock` is a plain C struct; all-zero is a valid value.
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -72,14 +55,14 @@ pub(super) fn hoard_child(n: usize) {
         let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
         assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     }
-    println!("ready");
+    report("ready");
     await_stop();
 }
 
 /// Child `hammer-lu` or `hammer-raw`: two threads take and release the
 /// lock `busy` with no pause (as a service under load does) until stopped.
 pub(super) fn hammer_child(kind: &str) {
-    let dir = dir_env();
+    let dir = dir_param();
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..2)
         .map(|_| {
@@ -100,7 +83,7 @@ pub(super) fn hammer_child(kind: &str) {
             })
         })
         .collect();
-    println!("ready");
+    report("ready");
     await_stop();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -111,8 +94,8 @@ pub(super) fn hammer_child(kind: &str) {
 /// Child `blocked`: 300 acquisitions of `busy` with `F_OFD_SETLKW`, each
 /// held briefly; prints the median and the longest wait (ns).
 pub(super) fn blocked_child() {
-    let f = open_rw(&dir_env().join("busy"));
-    println!("ready");
+    let f = open_rw(&dir_param().join("busy"));
+    report("ready");
     let mut waits = Vec::new();
     for _ in 0..300 {
         let asked = mono_ns();
@@ -121,22 +104,21 @@ pub(super) fn blocked_child() {
         ofd(f.as_raw_fd(), libc::F_OFD_SETLK, libc::F_UNLCK);
         std::thread::sleep(Duration::from_micros(200));
     }
-    println!(
+    report(format!(
         "{} {}",
         percentile(&waits, 50.0),
         waits.iter().copied().fold(0.0, f64::max)
-    );
+    ));
     await_stop();
 }
 
 /// The waits (median, longest; ms) of a blocked process beside `hammer`.
-fn blocked_beside(exe: &Path, dir: &Path, hammer: &str) -> (f64, f64) {
-    let (h, _) = start(exe, dir, &format!("hammer-{hammer}"));
-    let (b, mut out) = start(exe, dir, "blocked");
-    let mut line = String::new();
-    out.read_line(&mut line).expect("waits");
-    stop(b);
-    stop(h);
+fn blocked_beside(dir: &Path, hammer: &str) -> (f64, f64) {
+    let h = start(dir, &format!("hammer-{hammer}"));
+    let mut b = start(dir, "blocked");
+    let line = b.next_report();
+    b.finish();
+    h.finish();
     let mut it = line
         .split_whitespace()
         .map(|x| x.parse::<f64>().expect("ns"));
@@ -145,12 +127,10 @@ fn blocked_beside(exe: &Path, dir: &Path, hammer: &str) -> (f64, f64) {
 
 /// The waits (median, longest; ms) of an oslo.concurrency process taking
 /// the lock 100 times (a fresh `lockutils.lock(...)` each time, as a
-/// service does) beside `hammer`; `None` without the test venv.
-fn oslo_beside(exe: &Path, dir: &Path, hammer: &str) -> Option<(f64, f64)> {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lockutils-pyenv/bin/python");
-    if !py.exists() {
-        return None;
-    }
+/// service does) beside `hammer`; `None` without the tests' venv
+/// (`tests/support/pyenv.rs`: a benchmark installs nothing).
+fn oslo_beside(dir: &Path, hammer: &str) -> Option<(f64, f64)> {
+    let py = test_support::pyenv::python_if_ready()?;
     let script = r#"
 import sys, time
 from oslo_concurrency import lockutils
@@ -164,14 +144,14 @@ for _ in range(100):
 waits.sort()
 print(waits[len(waits) // 2] * 1e3, waits[-1] * 1e3)
 "#;
-    let (h, _) = start(exe, dir, &format!("hammer-{hammer}"));
+    let h = start(dir, &format!("hammer-{hammer}"));
     let out = Command::new(&py)
         .arg("-c")
         .arg(script)
         .arg(dir)
         .output()
         .ok()?;
-    stop(h);
+    h.finish();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut it = text.split_whitespace().map(|x| x.parse::<f64>().ok());
     Some((it.next()??, it.next()??))
@@ -179,7 +159,7 @@ print(waits[len(waits) // 2] * 1e3, waits[-1] * 1e3)
 
 /// Child `holdfiles`: holds `busy-*` lock files of every kind below.
 pub(super) fn holdfiles_child() {
-    let dir = dir_env();
+    let dir = dir_param();
     let files: Vec<File> = KINDS
         .iter()
         .map(|(name, _)| {
@@ -204,7 +184,7 @@ pub(super) fn holdfiles_child() {
             f
         })
         .collect();
-    println!("ready");
+    report("ready");
     await_stop();
     drop(files);
 }
@@ -221,8 +201,8 @@ const KINDS: [(&str, Build); 4] = [
 
 /// How long dropping a pending async acquisition of each kind takes
 /// (median, longest; µs) while another process holds its lock file.
-fn drops(exe: &Path, dir: &Path) -> Vec<(&'static str, f64, f64)> {
-    let (holder, _) = start(exe, dir, "holdfiles");
+fn drops(dir: &Path) -> Vec<(&'static str, f64, f64)> {
+    let holder = start(dir, "holdfiles");
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let out = KINDS
         .iter()
@@ -243,11 +223,11 @@ fn drops(exe: &Path, dir: &Path) -> Vec<(&'static str, f64, f64)> {
             )
         })
         .collect();
-    stop(holder);
+    holder.finish();
     out
 }
 
-pub(super) fn busy(exe: &Path, dir: &Path) {
+pub(super) fn busy(dir: &Path) {
     println!("\n## 4. Other processes: worst waits beside two threads that keep the lock busy");
     println!(
         "| {:<62} | {:>11} | {:>11} |",
@@ -255,7 +235,7 @@ pub(super) fn busy(exe: &Path, dir: &Path) {
     );
     println!("|{:-<64}|{:->13}|{:->13}|", "", ":", ":");
     for (hammer, what) in [("raw", "raw OFD threads"), ("lu", "lockutils threads")] {
-        let (m, w) = blocked_beside(exe, dir, hammer);
+        let (m, w) = blocked_beside(dir, hammer);
         println!(
             "| {:<62} | {:>11.3} | {:>11.3} |",
             format!("blocked in F_OFD_SETLKW, beside 2 {what}"),
@@ -264,7 +244,7 @@ pub(super) fn busy(exe: &Path, dir: &Path) {
         );
     }
     for (hammer, what) in [("raw", "raw OFD threads"), ("lu", "lockutils threads")] {
-        match oslo_beside(exe, dir, hammer) {
+        match oslo_beside(dir, hammer) {
             Some((m, w)) => println!(
                 "| {:<62} | {:>11.3} | {:>11.3} |",
                 format!("oslo.concurrency poller, beside 2 {what}"),
@@ -280,7 +260,7 @@ pub(super) fn busy(exe: &Path, dir: &Path) {
     println!("| {:<24} | {:>10} | {:>10} |", "kind", "median", "longest");
     println!("|{:-<26}|{:->12}|{:->12}|", "", ":", ":");
     let mut worst: f64 = 0.0;
-    for (name, m, w) in drops(exe, dir) {
+    for (name, m, w) in drops(dir) {
         println!("| {name:<24} | {m:>10.1} | {w:>10.1} |");
         worst = worst.max(w);
     }

@@ -701,7 +701,7 @@ impl Drop for Stopped {
 }
 
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T`, ...).
-fn process_state(pid: i32) -> Option<char> {
+pub fn process_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) S ...": comm may hold spaces and parentheses.
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()

@@ -52,19 +52,39 @@ fn workspace() -> &'static Path {
         .expect("no ancestor of the crate holds tests/support/pyenv.rs")
 }
 
+/// The interpreter [`python`] would give, if it needs no bootstrap: for
+/// the benchmarks, which compare with oslo.concurrency where the tests have
+/// made the venv, and install nothing.
+pub fn python_if_ready() -> Option<PathBuf> {
+    if let Some(py) = std::env::var_os("LOCKUTILS_PYTHON") {
+        return Some(PathBuf::from(py));
+    }
+    let venv = venv();
+    complete(&venv).then(|| venv.join("bin").join("python"))
+}
+
+/// Where the venv is (or will be).
+fn venv() -> PathBuf {
+    std::env::var_os("LOCKUTILS_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target").join("lockutils-pyenv"))
+}
+
+/// Whether the venv at `venv` holds every package of [`PACKAGES`].
+fn complete(venv: &Path) -> bool {
+    std::fs::read_to_string(venv.join(MARKER)).is_ok_and(|m| m == PACKAGES.join("\n"))
+}
+
 fn bootstrap() -> PathBuf {
     if let Some(py) = std::env::var_os("LOCKUTILS_PYTHON") {
         let py = PathBuf::from(py);
         check_imports(&py);
         return py;
     }
-    let venv = std::env::var_os("LOCKUTILS_PYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target").join("lockutils-pyenv"));
+    let venv = venv();
     let py = venv.join("bin").join("python");
     let marker = venv.join(MARKER);
-    let complete = || std::fs::read_to_string(&marker).is_ok_and(|m| m == PACKAGES.join("\n"));
-    if complete() {
+    if complete(&venv) {
         return py;
     }
     let parent = venv.parent().expect("venv path has a parent");
@@ -75,7 +95,7 @@ fn bootstrap() -> PathBuf {
         .lock_path(parent)
         .acquire()
         .unwrap_or_else(|e| panic!("cannot lock the venv bootstrap: {e}"));
-    if complete() {
+    if complete(&venv) {
         return py;
     }
     let python3 = std::env::var_os("LOCKUTILS_PYTHON3").unwrap_or_else(|| "python3".into());
