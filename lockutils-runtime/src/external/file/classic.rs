@@ -54,8 +54,8 @@ struct Held {
     epoch: u64,
     /// Semaphore slots this process holds, and slots a thread of it waits
     /// for in the kernel (nobody else of this process may use those).
-    slots: Vec<u64>,
-    watched: Vec<u64>,
+    slots: Vec<u32>,
+    watched: Vec<u32>,
 }
 
 /// Files open in classic mode, by (device, inode), in this process (the
@@ -174,7 +174,7 @@ impl Inode {
 
     fn lock_slot(
         &self,
-        slot: u64,
+        slot: u32,
         how: How,
         kernel: impl Fn(Mode, Range, How) -> io::Result<bool>,
     ) -> io::Result<bool> {

@@ -39,19 +39,25 @@ pub(crate) enum Files<'a> {
 pub(crate) struct Open {
     pub(crate) file: LockFile,
     dir: Arc<Path>,
-    /// The config generation `dir` was read under; `None` for an explicit dir.
-    generation: Option<u64>,
+    /// The config generation `dir` was read under; [`EXPLICIT`] for an
+    /// explicit dir (a plain `u64`, not an `Option`, keeps a held lock
+    /// file, and so every guard, small).
+    generation: u64,
     /// The process it was opened in.
     born: Born,
 }
+
+/// The generation of an [`Open`] whose directory the lock named itself
+/// (configuration generations count from 0 and never get this far).
+const EXPLICIT: u64 = u64::MAX;
 
 impl Open {
     /// Opens the lock file of `name` (a full name) in `files`.
     pub(crate) fn new(name: &str, files: Files<'_>) -> Result<Open, LockError> {
         let (generation, dir) = match files {
-            Files::Explicit(p) => (None, Arc::from(p)),
+            Files::Explicit(p) => (EXPLICIT, Arc::from(p)),
             Files::Configured => match config::current_lock_path() {
-                (g, Some(d)) => (Some(g), d),
+                (g, Some(d)) => (g, d),
                 (_, None) => {
                     return Err(LockError::LockPathNotSet {
                         name: name.to_owned(),
@@ -77,10 +83,10 @@ impl Open {
             && match files {
                 // Equal bytes first: `Path`'s own equality walks components.
                 Files::Explicit(p) => {
-                    self.generation.is_none()
+                    self.generation == EXPLICIT
                         && (self.dir.as_os_str() == p.as_os_str() || *self.dir == *p)
                 }
-                Files::Configured => self.generation == Some(config::generation()),
+                Files::Configured => self.generation == config::generation(),
             }
     }
 

@@ -29,7 +29,7 @@ pub(crate) fn try_slots(
     permits: u32,
 ) -> Result<Option<Range>, LockError> {
     for i in 0..permits {
-        let slot = Range::Byte(i.into());
+        let slot = Range::Byte(i);
         match open.file.try_lock(Mode::Exclusive, slot) {
             Ok(true) => return Ok(Some(slot)),
             Ok(false) => {}

@@ -29,8 +29,9 @@ pub(crate) enum Range {
     /// The whole file (from byte 0, however long it grows): what oslo's
     /// `lockf` and fasteners lock. On Windows, byte 0.
     Whole,
-    /// One byte: a semaphore slot.
-    Byte(u64),
+    /// One byte: a semaphore slot (`u32`, as permits are, which keeps a
+    /// held lock file small).
+    Byte(u32),
 }
 
 /// Whether a lock call may wait in the kernel.
@@ -177,7 +178,7 @@ mod imp {
     fn span(range: Range) -> (u64, u64) {
         match range {
             Range::Whole => (0, 0),
-            Range::Byte(i) => (i, 1),
+            Range::Byte(i) => (u64::from(i), 1),
         }
     }
 
@@ -371,8 +372,8 @@ mod imp {
             Range::Byte(i) => i,
         };
         ov.Anonymous.Anonymous = OVERLAPPED_0_0 {
-            Offset: at as u32,
-            OffsetHigh: (at >> 32) as u32,
+            Offset: at,
+            OffsetHigh: 0,
         };
         ov
     }

@@ -287,7 +287,7 @@ fn wait_for(name: &str, open: Open, want: Want, turn: u64) -> Result<Got, LockEr
         Want::Slot { permits } => {
             let first = std::process::id().wrapping_add(SLOT_TURN.fetch_add(1, Ordering::Relaxed))
                 % permits.max(1);
-            (Mode::Exclusive, Range::Byte(u64::from(first)))
+            (Mode::Exclusive, Range::Byte(first))
         }
     };
     match open.file.lock(mode, range) {
