@@ -163,7 +163,7 @@ fn uncontended(dir: &Path, samples: usize) {
     let raw_fd = raw_file.as_raw_fd();
     let naive_path = CString::new(dir.join("naive").as_os_str().as_bytes()).expect("path");
     let site = call_site("bench-site", dir);
-    lockutils::set_lock_path(dir);
+    lockutils::config::set_lock_path(dir);
     let mut c = 0;
     lockutils_site(site, &mut c); // opens the file once; the call site keeps it
     lockutils_macro(&mut c);
@@ -511,7 +511,7 @@ fn throughput_run(dir: &Path, kind: &str, ops: u64, others: usize) -> (f64, u64)
 
 fn throughput(dir: &Path, runs: usize) {
     let ops = 25_000;
-    let (handoffs, within) = lockutils::cohort_limit();
+    let (handoffs, within) = lockutils::config::cohort_limit();
     println!(
         "\n## 3. Throughput: {PROCS} processes x {THREADS} threads, {ops} locked increments \
          of a counter file each (k ops/s; median of {runs} runs, interleaved, totals verified)"

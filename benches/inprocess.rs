@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Weak};
 use std::time::{Duration, Instant};
 
-use lockutils::{LockOrderCheck, synchronized};
+use lockutils::{config::LockOrderCheck, synchronized};
 use parking_lot::Mutex;
 use support::{Padded, mono_ns, print_table, run_group, variant, variant_setup};
 
@@ -424,8 +424,8 @@ fn runtime_async(c: &mut u64) {
 }
 
 fn lock_order(samples: usize) {
-    let off = || lockutils::set_lock_order_check(LockOrderCheck::Off);
-    let on = || lockutils::set_lock_order_check(LockOrderCheck::Panic);
+    let off = || lockutils::config::set_lock_order_check(LockOrderCheck::Off);
+    let on = || lockutils::config::set_lock_order_check(LockOrderCheck::Panic);
     let mut c = [0u64; 9];
     let [c0, c1, c2, c3, c4, c5, c6, c7, c8] = &mut c;
     // Record the nested pair's edge once, so "on" measures the common case.

@@ -136,7 +136,7 @@ fn worker(args: &[String]) -> Result<(), String> {
     let dir = PathBuf::from(dir);
     let turns: u64 = turns.parse().map_err(|e| format!("turns: {e}"))?;
     let epoch: u128 = epoch.parse().map_err(|e| format!("epoch: {e}"))?;
-    lockutils::set_lock_path(&dir);
+    lockutils::config::set_lock_path(&dir);
     let counter = dir.join("counter");
     for _ in 0..turns {
         let t = take_turn(&counter, epoch).map_err(|e| e.to_string())?;

@@ -5,7 +5,7 @@
 //!
 //! `cargo run --example lock_order`
 
-use lockutils::{LockOrderCheck, synchronized};
+use lockutils::{config::LockOrderCheck, synchronized};
 
 #[synchronized("iptables", prefix = "nova-")]
 fn apply_rules() {
@@ -26,7 +26,7 @@ fn flush_rules() {}
 fn main() {
     // The default in debug builds; `Warn` logs instead, `Off` (the release
     // default) records nothing.
-    lockutils::set_lock_order_check(LockOrderCheck::Panic);
+    lockutils::config::set_lock_order_check(LockOrderCheck::Panic);
     // Keep the panic message for the report below instead of stderr.
     std::panic::set_hook(Box::new(|_| {}));
 

@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .install_recorder()?;
     // Per-request names stay bounded: the first 16 names get their own
     // series, the rest share lock="(other)".
-    lockutils::set_metric_name_limit(16);
+    lockutils::config::set_metric_name_limit(16);
 
     std::thread::scope(|s| {
         for _ in 0..4 {

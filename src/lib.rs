@@ -1,7 +1,8 @@
 //! Named locks for Rust services: inside one process, across processes on
 //! one host through lock files that interoperate with OpenStack's
-//! oslo.concurrency, with a `#[synchronized]` attribute in the style of
-//! oslo's `@synchronized` decorator.
+//! oslo.concurrency, and across hosts through PostgreSQL, etcd, Redis or
+//! MySQL, with a `#[synchronized]` attribute in the style of oslo's
+//! `@synchronized` decorator.
 //!
 //! ```
 //! use lockutils::synchronized;
@@ -23,7 +24,7 @@
 //! ```
 //! # fn main() -> Result<(), lockutils::LockError> {
 //! # let dir = tempfile::tempdir().unwrap();
-//! lockutils::set_lock_path(dir.path());
+//! lockutils::config::set_lock_path(dir.path()); // or $LOCKUTILS_LOCK_PATH, $OSLO_LOCK_PATH
 //!
 //! #[lockutils::synchronized("iptables", prefix = "nova-", external)]
 //! fn apply_rules() -> Result<(), lockutils::LockError> {
@@ -34,52 +35,42 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # What is here
+//!
+//! * The attribute [`synchronized`] (its page lists every argument), and
+//!   [`lock`], which builds a [`Lock`] to take at run time; [`LockName`]
+//!   for names checked at compile time; [`remove_external_lock_file`].
+//! * Guards: [`LockGuard`] and [`AsyncLockGuard`] (the lock is held until
+//!   they drop), [`Lost`] (a lock server's loss, as a future), [`Location`]
+//!   (where an external lock lives), [`locks_held`].
+//! * Errors: [`LockError`], with [`NameProblem`] for names.
+//! * Who holds a lock file: [`holders`], [`holders_of_file`],
+//!   [`holders_of_files`] and what they return.
+//! * Elections: [`election`] builds an [`Election`]; a campaign wins a
+//!   [`Leadership`]; [`Election::leader`] names the [`Leader`] from any
+//!   process.
+//! * [`config`]: process-wide settings (lock path, process locking, lock
+//!   server, handoff batches, the lock-order check, metrics).
+//! * [`guide`]: how lockutils behaves at the edges: giving up, fork,
+//!   shared files, platforms, lock servers, lock-order checking, the CLI.
+//!
 //! # What is locked, and in what order
 //!
 //! * A lock is known by its *full name*: the prefix, a `-` unless the prefix
 //!   is empty or already ends in `-`, and the name (`"nova-" + "iptables"`).
 //!   Functions naming the same full name exclude each other; different names
 //!   do not.
-//! * The in-process lock is taken first, then (for `external`) the lock file;
-//!   they are released in reverse order on every exit path, early `return`,
-//!   `?` and panics included.
+//! * The in-process lock is taken first, then (for `external`) the lock file
+//!   or the lock server's lock; they are released in reverse order on every
+//!   exit path, early `return`, `?` and panics included.
 //! * There is no poisoning: a panic inside the body releases the lock, and
 //!   the next caller runs normally.
 //! * Locks are not re-entrant. A thread that would wait for a lock it
 //!   already holds panics with a message naming the lock, instead of
 //!   deadlocking silently as oslo does. Async tasks that share a worker
 //!   thread are different tasks: they simply wait for each other.
-//! * The guard cannot be reached from the body.
-//!
-//! # Lock files
-//!
-//! * `<lock path>/<prefix>[-]<name>`, with `/` in the name replaced by `_`:
-//!   byte for byte oslo.concurrency's file name (so `a/b` and `a_b` share a
-//!   file, as in oslo, and are one lock in-process too). Names that cannot be a file name (empty, NUL, `.`,
-//!   `..`, over 255 bytes with the prefix) are [`LockError::InvalidName`].
-//! * Lock path: the lock's `lock_path`, else [`set_lock_path`], else
-//!   `$LOCKUTILS_LOCK_PATH`, else `$OSLO_LOCK_PATH`, else
-//!   [`LockError::LockPathNotSet`]. There is deliberately no temp-dir
-//!   default. Missing directories are created (mode 0755 less umask).
-//! * Linux open-file-description locks (`F_OFD_SETLKW`) on the whole file:
-//!   they exclude threads and descriptors within one process, and they
-//!   conflict with the POSIX `lockf` locks Python's oslo.concurrency and
-//!   fasteners take. Waiting happens in the kernel, not in a sleep loop.
-//! * Files are opened with `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC`, created
-//!   with mode 0644 (less umask), never truncated or written. A symlink,
-//!   FIFO, directory or other non-regular file at the path is refused
-//!   ([`LockError::NotRegularFile`]) and left untouched.
-//! * The kernel drops the lock when the holder dies, `kill -9` included.
-//!   Children started with `exec` never inherit it; a child forked without
-//!   `exec` never locks through, nor unlocks, a descriptor it inherited.
-//! * Where only classic per-process `fcntl` locks exist (or OFD locks are
-//!   refused), one descriptor per file is shared by the process's holders,
-//!   readers are counted and semaphore slots tracked in-process, so shared
-//!   and counted locks stay correct.
-//! * Files are kept after release (deleting them would split waiters across
-//!   inodes); [`remove_external_lock_file`] removes one safely.
-//! * [`set_process_locking(false)`](set_process_locking) turns `external`
-//!   into a no-op, like oslo's `disable_process_locking`.
+//! * `async fn` bodies hold the lock across their awaits; the executor
+//!   thread never blocks on it.
 //!
 //! # Failing to get a lock
 //!
@@ -89,12 +80,8 @@
 //! `Result<_, E>` with `E: From<LockError>` returns the error (`io::Error`,
 //! `String`, `Box<dyn Error>` and `anyhow::Error` all qualify); any other
 //! function panics with a message naming the lock, the path and the cause.
-//!
-//! Giving up gives everything back at once: after a timeout, a would-block,
-//! an error or a dropped `acquire_async()` future, the in-process lock is
-//! free the next instant and no helper thread or descriptor is left behind
-//! (a helper's kernel wait is interrupted and joined). Async acquisitions
-//! never make a lock-server round trip on the executor thread.
+//! Giving up gives everything back at once, with no thread, descriptor or
+//! lock left behind: see [`guide::giving_up`].
 //!
 //! # Without the macro
 //!
@@ -128,67 +115,26 @@
 //! # assert_eq!(upload(), 1); read_catalog(); migrate();
 //! ```
 //!
-//! With `external` these work across processes too: a semaphore takes one
-//! byte-range lock per permit in the lock file, a reader a whole-file
-//! `F_RDLCK` (what fasteners' reader/writer lock takes). Every user of a
-//! name must ask for the same kind (fair or not, the same number of
-//! permits), or get [`LockError::KindMismatch`]. In-process, a waiting
-//! writer keeps new readers out, so readers cannot starve writers. The
-//! run-time API has [`Lock::fair`], [`Lock::permits`] and [`Lock::shared`].
+//! With `external` these work across processes too (see
+//! [`guide::shared_files`]). Every user of a name must ask for the same
+//! kind (fair or not, the same number of permits), or get
+//! [`LockError::KindMismatch`]. In-process, a waiting writer keeps new
+//! readers out, so readers cannot starve writers. The run-time API has
+//! [`Lock::fair`], [`Lock::permits`] and [`Lock::shared`].
 //!
 //! # Lock servers
 //!
-//! `external` locks go to lock files unless a lock server is configured:
-//! [`set_backend`]`("postgres://user@db/locks")` or `$LOCKUTILS_BACKEND`
-//! (PostgreSQL session advisory locks with the `postgres` feature; etcd
-//! leases with `etcd`; Redis keys with `redis`; MySQL/MariaDB `GET_LOCK`
-//! with `mysql`), or per lock with [`Lock::backend`]. User code does not
-//! change. A guard held on a lock server can tell whether the server may
-//! have given the lock away since ([`LockGuard::is_lost`]) and offers a
-//! fencing token where the server has one ([`LockGuard::fencing_token`]).
-//! `?compat=tooz` in a server's URL takes the very lock OpenStack's tooz
-//! takes for the same name, so Python services using tooz and Rust ones
-//! exclude each other.
-//!
-//! # Lock-order checking
-//!
-//! The first acquisition that would close a cycle in the order locks are
-//! taken ("held A while taking B", then B while taking A, or longer) is
-//! reported before it waits, naming every lock of the cycle and the
-//! function or call site that took each. [`set_lock_order_check`] or
-//! `$LOCKUTILS_LOCK_ORDER` choose [`LockOrderCheck::Panic`] (the default with
-//! `debug_assertions`), [`LockOrderCheck::Warn`] (a `tracing` warning once
-//! per cycle) or [`LockOrderCheck::Off`] (the release default: one relaxed
-//! atomic load per acquisition).
-//!
-//! ```
-//! use lockutils::{LockOrderCheck, synchronized};
-//!
-//! #[synchronized("iptables")]
-//! fn apply_rules() { refresh_instance() }
-//! #[synchronized("instance")]
-//! fn refresh_instance() {}
-//!
-//! lockutils::set_lock_order_check(LockOrderCheck::Panic);
-//! apply_rules(); // iptables, then instance
-//! let inverted = std::thread::spawn(|| {
-//!     let _instance = lockutils::lock("instance").acquire().unwrap();
-//!     let _iptables = lockutils::lock("iptables").acquire(); // panics here
-//! });
-//! let report = inverted.join().unwrap_err();
-//! let report = report.downcast_ref::<String>().unwrap();
-//! assert!(report.contains("lock order cycle (possible deadlock) among 2 locks"));
-//! assert!(report.contains("\"iptables\" taken by") && report.contains("::apply_rules"));
-//! ```
-//!
-//! A lock counts as held by the thread that took it synchronously, or by
-//! the async task (known by its waker; with a no-op waker, the polling
-//! thread) that took it with
-//! [`Lock::acquire_async`] or an `async fn`. Shared, counted, fair and
-//! external locks all take part; try-locks (`blocking = false`) add no
-//! edge, since they cannot deadlock. Branches of one `join!` share their
-//! task. The graph keeps at most 4,096 names (least recently used ones are
-//! forgotten), so dynamic names stay bounded.
+//! `external` locks go to lock files unless a lock server is configured
+//! with [`config::set_backend`] or `$LOCKUTILS_BACKEND`, or given per lock
+//! with [`Lock::backend`]: PostgreSQL advisory locks (`postgres://`,
+//! feature `postgres`), etcd leases (`etcd://`, feature `etcd`), Redis keys
+//! (`redis://`, `rediss://`, feature `redis`), MySQL and MariaDB `GET_LOCK`
+//! (`mysql://`, feature `mysql`). The code that takes the locks does not
+//! change. A guard on a lock server tells whether the server may have
+//! given the lock away ([`LockGuard::is_lost`], [`LockGuard::lost`]) and
+//! carries a fencing token where the server has one
+//! ([`LockGuard::fencing_token`]). `?compat=tooz` takes the very lock
+//! OpenStack's tooz takes for the same name. See [`guide::lock_servers`].
 //!
 //! # Leader election
 //!
@@ -214,22 +160,14 @@
 //! [`Leadership::lost`] and [`Leadership::is_lost`] tell a lock server's
 //! loss as [`LockGuard::lost`] does.
 //!
-//! # Metrics
+//! # Lock-order checking
 //!
-//! With the feature `metrics`, every acquisition is reported through the
-//! [`metrics`](https://docs.rs/metrics) facade to whatever exporter the
-//! application installs (Prometheus, StatsD, OpenTelemetry), labelled
-//! `lock="<full name>"`: `lockutils_acquisitions_total`,
-//! `lockutils_contended_acquisitions_total` (the lock was taken when first
-//! tried), and the histograms `lockutils_wait_seconds` and
-//! `lockutils_hold_seconds`. At most [`metric_name_limit`] names (256
-//! unless [`set_metric_name_limit`] or `$LOCKUTILS_METRICS_NAMES` say
-//! otherwise) get series of their own; later names share
-//! `lock="(other)"`. Without the feature nothing is measured, and the
-//! inline fast path of `#[synchronized]` stays as it is; with it, every
-//! acquisition goes the full way, reads the clock once (twice if it
-//! waited) and its release once (`examples/prometheus.rs` serves a
-//! scrape).
+//! The first acquisition that would close a cycle in the order locks are
+//! taken ("held A while taking B", then B while taking A, or longer) is
+//! reported before it waits, naming every lock of the cycle and the
+//! function that took each: a panic by default in debug builds, a warning
+//! or nothing as [`config::set_lock_order_check`] says. See
+//! [`guide::lock_order`].
 //!
 //! # Prefix aliases
 //!
@@ -246,29 +184,72 @@
 //! every argument `#[synchronized]` takes. Without an extra crate, share a
 //! `const PREFIX: &str = "nova-";` and write `prefix = PREFIX`.
 //!
-//! # Tracing
+//! # Tracing and metrics
 //!
 //! Acquisitions and releases are `debug` events with target `lockutils`
 //! and fields `lock`, `function`, `lock_path`, `waited` / `held` (seconds),
 //! in the spirit of oslo's `Lock "x" acquired by "f" :: waited 0.000s`.
+//!
+//! With the feature `metrics`, every acquisition is reported through the
+//! [`metrics`](https://docs.rs/metrics) facade to whatever exporter the
+//! application installs (Prometheus, StatsD, OpenTelemetry), labelled
+//! `lock="<full name>"`: `lockutils_acquisitions_total`,
+//! `lockutils_contended_acquisitions_total` (the lock was taken when first
+//! tried), and the histograms `lockutils_wait_seconds` and
+//! `lockutils_hold_seconds`. At most 256 names (see
+//! `config::set_metric_name_limit`) get series of their own; later names
+//! share `lock="(other)"`. Without the feature nothing is measured; with
+//! it, every acquisition goes the full way (the attribute's inline fast
+//! path steps aside), reads the clock once (twice if it waited) and its
+//! release once (`examples/prometheus.rs` serves a scrape).
 #![warn(missing_docs)]
+
+pub mod guide;
 
 pub use lockutils_macros::synchronized;
 pub use lockutils_runtime::{
-    AsyncLockGuard, BACKEND_ENV, COHORT_ENV, LOCK_ORDER_ENV, LOCK_PATH_ENV, Location, Lock,
-    LockError, LockGuard, LockName, LockOrderCheck, Lost, NameProblem, cohort_limit, lock,
-    lock_order_check, lock_path, locks_held, process_locking, redact_url,
-    remove_external_lock_file, reset_lock_path, set_backend, set_cohort_limit,
-    set_lock_order_check, set_lock_path, set_process_locking,
+    AsyncLockGuard, Location, Lock, LockError, LockGuard, LockName, Lost, NameProblem, lock,
+    locks_held, remove_external_lock_file,
 };
 pub use lockutils_runtime::{Election, Leader, Leadership, default_identity, election};
 pub use lockutils_runtime::{
     HoldKind, HoldMode, Holder, Holders, HoldersSource, holders, holders_of_file, holders_of_files,
 };
-#[cfg(feature = "metrics")]
-pub use lockutils_runtime::{
-    METRICS_FOLDED, METRICS_NAMES_ENV, metric_name_limit, set_metric_name_limit,
-};
+
+pub mod config {
+    //! Process-wide settings. Each has an environment variable, read once at
+    //! first use, and a setter that wins over it from then on.
+    //!
+    //! | setting | setter | environment | default |
+    //! |---|---|---|---|
+    //! | where lock files live | [`set_lock_path`], [`reset_lock_path`] | `LOCKUTILS_LOCK_PATH`, then `OSLO_LOCK_PATH` | none: an `external` lock fails with [`LockError::LockPathNotSet`](crate::LockError::LockPathNotSet) |
+    //! | whether `external` takes its file or server lock | [`set_process_locking`] | | on |
+    //! | the lock server | [`set_backend`] | `LOCKUTILS_BACKEND` | lock files |
+    //! | batches of handoffs between a process's threads | [`set_cohort_limit`] | `LOCKUTILS_COHORT` | 1,024 handoffs or 1 ms |
+    //! | the lock-order check | [`set_lock_order_check`] | `LOCKUTILS_LOCK_ORDER` | `Panic` with debug assertions, else `Off` |
+    //! | names with metrics of their own (feature `metrics`) | `set_metric_name_limit` | `LOCKUTILS_METRICS_NAMES` | 256 |
+    //!
+    //! ```
+    //! # fn main() -> Result<(), lockutils::LockError> {
+    //! use lockutils::config;
+    //! # let dir = tempfile::tempdir().unwrap();
+    //! config::set_lock_path(dir.path());
+    //! assert_eq!(config::lock_path().as_deref(), Some(dir.path()));
+    //! config::set_lock_order_check(config::LockOrderCheck::Warn);
+    //! # config::set_lock_order_check(config::LockOrderCheck::Panic);
+    //! # Ok(()) }
+    //! ```
+
+    pub use lockutils_runtime::{
+        BACKEND_ENV, COHORT_ENV, LOCK_ORDER_ENV, LOCK_PATH_ENV, LockOrderCheck, cohort_limit,
+        lock_order_check, lock_path, process_locking, redact_url, reset_lock_path, set_backend,
+        set_cohort_limit, set_lock_order_check, set_lock_path, set_process_locking,
+    };
+    #[cfg(feature = "metrics")]
+    pub use lockutils_runtime::{
+        METRICS_FOLDED, METRICS_NAMES_ENV, metric_name_limit, set_metric_name_limit,
+    };
+}
 
 /// What `#[synchronized]` expands to. Not a stable API. Its name carries
 /// the version (see `lockutils-codegen`), and must match the codegen's.

@@ -178,7 +178,7 @@ fn configured_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        lockutils::set_lock_path(dir.path());
+        lockutils::config::set_lock_path(dir.path());
         dir
     })
     .path()

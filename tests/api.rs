@@ -388,7 +388,7 @@ fn kind_mismatch_and_backend_errors_read_as_sentences() {
     );
     drop(plain);
 
-    let e = lockutils::set_backend("memcached://u:secret@h:11211").unwrap_err();
+    let e = lockutils::config::set_backend("memcached://u:secret@h:11211").unwrap_err();
     assert_eq!(
         e.to_string(),
         "lock server memcached://u:***@h:11211: cannot configure: unknown scheme \

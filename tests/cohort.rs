@@ -301,7 +301,7 @@ fn a_timed_waiter_is_handed_the_file_or_gives_up_with_nothing() {
         got.load(Ordering::Relaxed)
     );
     support::check_handoffs(handoffs, "timed waiters");
-    assert!(longest <= lockutils::cohort_limit().0);
+    assert!(longest <= lockutils::config::cohort_limit().0);
     assert_eq!(try_in_child(dir.path(), "", name), "ok");
 }
 
@@ -335,7 +335,7 @@ fn while_threads_hand_over<R>(name: &str, dir: &Path, f: impl FnOnce() -> R) -> 
     });
     let (_, longest) = cohort_stats(name).unwrap();
     assert!(
-        longest <= lockutils::cohort_limit().0,
+        longest <= lockutils::config::cohort_limit().0,
         "a batch of {longest} handoffs passed the bound"
     );
     (r, rounds.load(Ordering::Relaxed))

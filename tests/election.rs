@@ -368,7 +368,7 @@ fn child_candidate_without_process_locking() {
     if !running_as("child_candidate_without_process_locking") {
         return;
     }
-    lockutils::set_process_locking(false);
+    lockutils::config::set_process_locking(false);
     let lead = lockutils::election(&param("NAME"))
         .lock_path(&param("DIR"))
         .campaign()

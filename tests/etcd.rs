@@ -170,7 +170,7 @@ fn child_etcd_counter() {
     if !running_as("child_etcd_counter") {
         return;
     }
-    lockutils::set_backend(servers::etcd()).unwrap();
+    lockutils::config::set_backend(servers::etcd()).unwrap();
     let counter = PathBuf::from(param("COUNTER"));
     let (threads, increments): (usize, u64) = (param_as("THREADS"), param_as("INCREMENTS"));
     report("ready");

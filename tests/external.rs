@@ -105,7 +105,7 @@ fn child_planted() {
     }
     let dir = PathBuf::from(support::param("DIR"));
     let outside = PathBuf::from(support::param("OUTSIDE"));
-    lockutils::set_lock_path(&dir);
+    lockutils::config::set_lock_path(&dir);
     let at = dir.join("planted");
     let ran = AtomicBool::new(false);
     for planted in Planted::ALL {
@@ -382,7 +382,7 @@ fn child_emfile() {
         }
     }
     // A #[synchronized] body does not run either.
-    lockutils::set_lock_path(&dir);
+    lockutils::config::set_lock_path(&dir);
     let ran = AtomicBool::new(false);
     let r = emfile_result(&ran);
     // SAFETY: a valid rlimit to read.
@@ -448,7 +448,7 @@ fn child_no_lock_path() {
     if !support::running_as("child_no_lock_path") {
         return;
     }
-    assert_eq!(lockutils::lock_path(), None);
+    assert_eq!(lockutils::config::lock_path(), None);
     let e = lockutils::lock("nopath")
         .external()
         .acquire()
@@ -482,7 +482,7 @@ fn child_no_lock_path() {
     );
     assert!(!ran.load(Ordering::SeqCst), "the body ran without its lock");
 
-    lockutils::set_lock_path(support::param("DIR"));
+    lockutils::config::set_lock_path(support::param("DIR"));
     let g = lockutils::lock("nopath").external().acquire().unwrap();
     assert!(
         g.location()
@@ -554,12 +554,12 @@ fn child_env_path() {
     };
     let env = || lockutils::lock("env").external();
 
-    assert_eq!(lockutils::lock_path().as_deref(), Some(&*expect));
+    assert_eq!(lockutils::config::lock_path().as_deref(), Some(&*expect));
     assert_eq!(file_of(env()), expect.join("env"));
-    lockutils::set_lock_path(&set);
+    lockutils::config::set_lock_path(&set);
     assert_eq!(file_of(env()), set.join("env"));
     assert_eq!(file_of(env().lock_path(&explicit)), explicit.join("env"));
-    lockutils::reset_lock_path();
+    lockutils::config::reset_lock_path();
     assert_eq!(file_of(env()), expect.join("env"));
     report("ok");
 }
@@ -752,8 +752,8 @@ fn child_no_process_locking() {
         return;
     }
     let dir = PathBuf::from(support::param("DIR"));
-    lockutils::set_process_locking(false);
-    assert!(!lockutils::process_locking());
+    lockutils::config::set_process_locking(false);
+    assert!(!lockutils::config::process_locking());
     let fresh = lockutils::lock("fresh")
         .external()
         .lock_path(&dir)
@@ -790,7 +790,7 @@ fn child_no_process_locking() {
     );
     drop(g);
 
-    lockutils::set_process_locking(true);
+    lockutils::config::set_process_locking(true);
     let r = shared.clone().blocking(false).acquire();
     assert!(matches!(r, Err(LockError::WouldBlock { .. })), "{r:?}");
     report("ok");

@@ -220,7 +220,7 @@ async fn async_flock_times_out_then_acquires() {
 #[test]
 fn attribute_takes_flock_too() {
     let dir = tempfile::tempdir().unwrap();
-    lockutils::set_lock_path(dir.path());
+    lockutils::config::set_lock_path(dir.path());
     let path = dir.path().join("attr-flock");
 
     #[lockutils::synchronized("attr-flock", external, flock, blocking = false)]

@@ -185,7 +185,10 @@ fn oslo_gets_its_turn_while_rust_threads_hand_the_lock_file_over() {
         "lost or duplicated increments"
     );
     support::check_handoffs(handoffs, "Rust threads beside oslo");
-    assert!(longest <= lockutils::cohort_limit().0, "batch of {longest}");
+    assert!(
+        longest <= lockutils::config::cohort_limit().0,
+        "batch of {longest}"
+    );
     let span = |r: &str| -> (u64, u64) {
         let (a, b) = r
             .strip_prefix("span ")

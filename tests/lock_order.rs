@@ -15,14 +15,14 @@ use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use lockutils::{LockError, LockOrderCheck, synchronized};
+use lockutils::{LockError, config::LockOrderCheck, synchronized};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One test at a time, with the check set to `check`.
 fn serial(check: LockOrderCheck) -> MutexGuard<'static, ()> {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    lockutils::set_lock_order_check(check);
+    lockutils::config::set_lock_order_check(check);
     guard
 }
 
@@ -405,7 +405,7 @@ fn off_records_and_reports_nothing() {
     let _a = lockutils::lock("off-a").acquire().unwrap();
     drop((_a, _b));
     // Nothing was recorded while off: switching on finds no cycle.
-    lockutils::set_lock_order_check(LockOrderCheck::Panic);
+    lockutils::config::set_lock_order_check(LockOrderCheck::Panic);
     let _a = lockutils::lock("off-a").acquire().unwrap();
     let _b = lockutils::lock("off-b").acquire().unwrap();
 }
@@ -425,7 +425,7 @@ fn child(value: &str) -> (bool, String) {
             "--test-threads=1",
         ])
         .env(CHILD, "1")
-        .env(lockutils::LOCK_ORDER_ENV, value)
+        .env(lockutils::config::LOCK_ORDER_ENV, value)
         .output()
         .unwrap();
     let text =
@@ -440,7 +440,7 @@ fn child_inversion() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    match lockutils::lock_order_check() {
+    match lockutils::config::lock_order_check() {
         Ok(check) => println!("check={check}"),
         Err(e) => {
             let err = lockutils::lock("env-a").acquire().unwrap_err();

@@ -165,7 +165,7 @@ fn child_many_names() {
         .lines()
         .filter(|l| l.starts_with("lockutils_acquisitions_total{lock=\"m-fold-"))
         .count();
-    let folded = acquisitions(&text, lockutils::METRICS_FOLDED);
+    let folded = acquisitions(&text, lockutils::config::METRICS_FOLDED);
     report(format!("own {own} folded {folded}"));
 }
 
@@ -174,7 +174,7 @@ fn child_many_names() {
 fn names_past_the_limit_are_folded_into_one_series() {
     let mut c = support::child("child_many_names")
         .param("COUNT", "10")
-        .env(lockutils::METRICS_NAMES_ENV, "3")
+        .env(lockutils::config::METRICS_NAMES_ENV, "3")
         .spawn();
     c.expect("own 3 folded 7");
     c.finish();

@@ -135,7 +135,7 @@ fn child_panic() {
     if !support::running_as("child_panic") {
         return;
     }
-    lockutils::set_lock_path(support::param("DIR"));
+    lockutils::config::set_lock_path(support::param("DIR"));
     let r = std::panic::catch_unwind(panics_while_holding);
     assert!(r.is_err(), "the body should have panicked");
     assert!(

@@ -124,7 +124,7 @@ fn child_mysql_counter() {
     if !running_as("child_mysql_counter") {
         return;
     }
-    lockutils::set_backend(servers::mysql()).unwrap();
+    lockutils::config::set_backend(servers::mysql()).unwrap();
     let counter = PathBuf::from(param("COUNTER"));
     let (threads, increments): (usize, u64) = (param_as("THREADS"), param_as("INCREMENTS"));
     support::await_go();

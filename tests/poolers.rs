@@ -37,7 +37,7 @@ fn child_pgbouncer_counter() {
     if !running_as("child_pgbouncer_counter") {
         return;
     }
-    lockutils::set_backend(&param("URL")).unwrap();
+    lockutils::config::set_backend(&param("URL")).unwrap();
     let table = param("TABLE");
     let increments: u64 = param_as("INCREMENTS");
     report("ready");
@@ -95,7 +95,7 @@ fn child_pgbouncer_transaction() {
     if !running_as("child_pgbouncer_transaction") {
         return;
     }
-    lockutils::set_backend(&param("URL")).unwrap();
+    lockutils::config::set_backend(&param("URL")).unwrap();
     let ran = AtomicBool::new(false);
     let r = guarded(&ran);
     assert!(

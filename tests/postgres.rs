@@ -139,7 +139,7 @@ fn child_pg_counter() {
     if !running_as("child_pg_counter") {
         return;
     }
-    lockutils::set_backend(servers::postgres()).unwrap();
+    lockutils::config::set_backend(servers::postgres()).unwrap();
     let table = param("TABLE");
     let (threads, increments): (usize, u64) = (param_as("THREADS"), param_as("INCREMENTS"));
     report("ready");

@@ -98,7 +98,7 @@ fn child_redis_counter() {
     if !running_as("child_redis_counter") {
         return;
     }
-    lockutils::set_backend(servers::redis()).unwrap();
+    lockutils::config::set_backend(servers::redis()).unwrap();
     let counter = PathBuf::from(param("COUNTER"));
     let (threads, increments): (usize, u64) = (param_as("THREADS"), param_as("INCREMENTS"));
     report("ready");

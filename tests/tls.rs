@@ -319,7 +319,7 @@ fn every_tls_and_cluster_url_in_lockutils_backend_gives_an_exact_counter() {
         let mut children: Vec<support::Child> = (0..ENV_PROCESSES)
             .map(|_| {
                 support::child("child_env_counter")
-                    .env(lockutils::BACKEND_ENV, &url)
+                    .env(lockutils::config::BACKEND_ENV, &url)
                     .param("COUNTER", &counter)
                     .param("NAME", format!("env-counter-{what}"))
                     .spawn()

@@ -20,7 +20,7 @@ impl Place {
     /// (`$LOCKUTILS_LOCK_PATH`, `$OSLO_LOCK_PATH`). Prints the problem and
     /// returns the exit code if there is none.
     pub fn dir(&self) -> Result<PathBuf, i32> {
-        match self.lock_path.clone().or_else(lockutils::lock_path) {
+        match self.lock_path.clone().or_else(lockutils::config::lock_path) {
             Some(dir) => Ok(dir),
             None => Err(exit::fail(exit::LOCK_PATH, exit::NO_LOCK_PATH)),
         }

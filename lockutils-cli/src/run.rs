@@ -116,13 +116,13 @@ fn wait_for_lock(args: &RunArgs, full: &str, file: String) -> Result<Held, i32> 
     // A lock file, unless a lock server holds the lock.
     let on_server = args.place.lock_path.is_none()
         && (args.backend.is_some()
-            || std::env::var(lockutils::BACKEND_ENV)
+            || std::env::var(lockutils::config::BACKEND_ENV)
                 .is_ok_and(|u| !u.is_empty() && !u.starts_with("file:")));
     let path = args
         .place
         .lock_path
         .clone()
-        .or_else(lockutils::lock_path)
+        .or_else(lockutils::config::lock_path)
         .filter(|_| !on_server)
         .map(|d| d.join(file));
     let show = !args.quiet && std::io::stderr().is_terminal();

@@ -18,7 +18,7 @@ pub fn wrapper(args: WrapperArgs) -> i32 {
         Err(e) => return exit::fail(exit::LOCK_PATH, e),
     };
     signals::install();
-    let env: Vec<(&str, &OsStr)> = lockutils::LOCK_PATH_ENV
+    let env: Vec<(&str, &OsStr)> = lockutils::config::LOCK_PATH_ENV
         .iter()
         .map(|var| (*var, dir.as_os_str()))
         .collect();

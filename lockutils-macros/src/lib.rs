@@ -30,13 +30,14 @@ use proc_macro::TokenStream;
 /// | `"name"` | the lock name, checked at compile time (not empty, no NUL byte, not `.` or `..`; with the prefix, at most 255 bytes) |
 /// | `NAME` | a path to a `const NAME: lockutils::LockName`, checked during constant evaluation |
 /// | `prefix = "nova-"` or `prefix = CONST` | the lock prefix; a `-` is added unless it is empty or already ends in `-` (oslo's rule); `CONST` is a `&'static str` |
-/// | `external` | also take the inter-process lock (a lock file by default) |
+/// | `external` | also take the inter-process lock: a lock file, or the lock server `lockutils::config::set_backend` names |
 /// | `lock_path = "/dir"` or `lock_path = CONST` | the lock file's directory, instead of the configured one |
 /// | `blocking = false` | do not wait: a busy lock is `Err(LockError::WouldBlock { .. })` |
 /// | `timeout = "250ms"` | wait at most this long, then `Err(LockError::Timeout { .. })`; units `ns`, `us`, `ms`, `s`, `m`, `h`, decimals allowed (`"1.5s"`) |
 /// | `fair` | first come, first served: this process's waiters get the lock in the order they asked (oslo's `fair=True`) |
 /// | `shared` | take the lock as a reader: readers overlap, a writer (the default, exclusive mode) excludes everyone; with `external`, an `F_RDLCK` on the lock file (fasteners' `InterProcessReaderWriterLock` understands it). While a writer waits, new readers wait behind it |
 /// | `permits = 4` or `permits = CONST` | a counted semaphore: at most that many holders at once, in this process, and with `external` across every process using the lock file; at least 1 (`0` is a compile error); `CONST` is a `u32`, checked during constant evaluation. Not with `shared` |
+/// | `flock` | with `external` on Linux, also take `flock(2)` on the lock file, after the record lock, so that util-linux `flock(1)`, py-filelock and std `File::lock` users are excluded too; not with `permits` |
 /// | `crate = path` | where the generated code finds `lockutils` (default `::lockutils`), for crates that rename or re-export it |
 ///
 /// A const name, prefix or `permits` must be nameable from an item inside

@@ -523,7 +523,7 @@ pub fn check_unreachable(
     guarded: fn(&std::sync::atomic::AtomicBool) -> Result<u32, lockutils::LockError>,
 ) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    lockutils::set_backend(url).unwrap();
+    lockutils::config::set_backend(url).unwrap();
     let ran = AtomicBool::new(false);
     let started = std::time::Instant::now();
     let err = guarded(&ran).unwrap_err();
