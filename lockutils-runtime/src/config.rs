@@ -193,11 +193,11 @@ const DEFAULT_COHORT: (u32, u64) = (1024, 1_000_000);
 /// process leaves it to other processes (lockutils, oslo.concurrency) for
 /// a turn of an eighth of the batch's length (20 µs to 1 ms), which ends
 /// as soon as another process has taken the file; a non-blocking try of
-/// this process during it reports busy. While processes that poll rather
-/// than wait in the kernel (oslo.concurrency, py-filelock) are seen
-/// wanting the file, a streak of a millisecond or more in which this
-/// process kept it earns them a turn of three times the streak (at most
-/// 3 ms). The default is 1,024 handoffs or
+/// this process during it reports busy. While another process has been
+/// seen holding the file within the last second, a streak of a
+/// millisecond or more in which this process kept it earns the others a
+/// turn of three times the streak (at most 3 ms), long enough for
+/// processes that poll (oslo.concurrency, py-filelock) to find it free. The default is 1,024 handoffs or
 /// 1 ms; `max_handoffs = 0` turns cohorting off. `$LOCKUTILS_COHORT` sets
 /// it at start-up (`off`, `N` or `N/Dus`).
 pub fn set_cohort_limit(max_handoffs: u32, max_time: Duration) {

@@ -44,13 +44,15 @@ pub(crate) fn clock() -> u64 {
 /// wake-up time, and the turn ends there, so the length matters for
 /// processes that poll (fasteners, hence oslo.concurrency, and
 /// py-filelock), which find the file free only if they try during a turn:
-/// * with `others` (pollers are likely: another process was seen holding
-///   the file within [`OTHERS_RECENTLY`], but none took a turn quickly, as
-///   a process blocked in the kernel does), after a streak of at least
-///   [`STREAK`] in which this process kept the file (released only for
-///   moments), three times the streak, up to 3 ms: the file is free three
-///   quarters of the time this process would otherwise keep it, so a
-///   poller gets in within a try or two;
+/// * with `others` (another process was seen holding the file within
+///   [`OTHERS_RECENTLY`]), after a streak of at least [`STREAK`] in which
+///   this process kept the file (released only for moments), three times
+///   the streak, up to 3 ms: the file is free three quarters of the time
+///   this process would otherwise keep it, so a poller gets in within a try
+///   or two, while a blocked process ends the turn as soon as it is woken
+///   (a turn costs the others' wake-up, not its length). Whether those
+///   others poll or wait in the kernel cannot be told apart from here: in
+///   a short turn both take the file at once;
 /// * otherwise, after a batch of handoffs that reached its bound, an
 ///   eighth of it, 20 µs to 1 ms: what a poller nobody has seen yet
 ///   finds, and all the time a process alone loses.
@@ -65,10 +67,6 @@ pub(crate) fn turn_after(kept: Duration, others: bool) -> Duration {
 /// How long a sight of another process holding the file counts as
 /// evidence that others want it.
 const OTHERS_RECENTLY: Duration = Duration::from_secs(1);
-
-/// A turn taken this soon was taken by a process blocked in the kernel
-/// (woken by the unlock), not by one that polls.
-const QUICK_TAKE: Duration = Duration::from_micros(500);
 
 /// The shortest streak (see [`turn_after`]) that earns others a turn.
 const STREAK: Duration = Duration::from_millis(1);
@@ -169,10 +167,6 @@ pub(crate) struct Handoff<T> {
     /// none), and when it last let go of the file. Written by the writer.
     streak_start: AtomicU64,
     last_release: AtomicU64,
-    /// When the current turn began, and when (0: never) a turn was last
-    /// taken quickly (see [`QUICK_TAKE`]).
-    turn_start: AtomicU64,
-    quick_take: AtomicU64,
 }
 
 // SAFETY: `slot` is only reached through `put` and `take`, whose callers
@@ -191,8 +185,6 @@ impl<T> Handoff<T> {
             others_seen: AtomicU64::new(0),
             streak_start: AtomicU64::new(0),
             last_release: AtomicU64::new(0),
-            turn_start: AtomicU64::new(0),
-            quick_take: AtomicU64::new(0),
         }
     }
 
@@ -253,21 +245,13 @@ impl<T> Handoff<T> {
     /// Starts other processes' turn after this process kept the file for
     /// `kept` (see [`turn_after`]).
     pub(crate) fn give_turn(&self, kept: Duration, others: bool) {
-        let now = clock();
-        self.turn_start.store(now, Ordering::Relaxed);
-        let until = now + turn_after(kept, others).as_nanos() as u64;
+        let until = clock() + turn_after(kept, others).as_nanos() as u64;
         self.turn.store(until, Ordering::Relaxed);
     }
 
     /// Whether another process was seen holding the file lately.
     pub(crate) fn others_want_it(&self) -> bool {
         recent(self.others_seen.load(Ordering::Relaxed))
-    }
-
-    /// Whether others want the file but none takes it quickly: processes
-    /// that poll, which only long turns let in (see [`turn_after`]).
-    fn pollers_likely(&self) -> bool {
-        self.others_want_it() && !recent(self.quick_take.load(Ordering::Relaxed))
     }
 
     /// Records that another process was seen holding the file (which
@@ -314,7 +298,7 @@ impl<T> Handoff<T> {
 
     #[cold]
     fn letting_go_slow(&self) -> Option<Duration> {
-        if !self.pollers_likely() {
+        if !self.others_want_it() {
             return None;
         }
         let now = clock();
@@ -352,10 +336,6 @@ impl<T> Handoff<T> {
             }
         };
         if taken {
-            let now = clock();
-            if now - self.turn_start.load(Ordering::Relaxed) < QUICK_TAKE.as_nanos() as u64 {
-                self.quick_take.store(now, Ordering::Relaxed);
-            }
             self.saw_others();
         }
         // Over (or taken): later holders need not look.
@@ -499,12 +479,11 @@ mod tests {
         assert!(b.lasted().is_some());
     }
 
-    /// While other processes were seen holding the file and none took a
-    /// turn quickly (pollers), a streak of holding it earns them a turn of
-    /// three times the streak; a quick take (a process blocked in the
-    /// kernel) or nobody seen earns none.
+    /// While other processes were seen holding the file, a streak of
+    /// holding it earns them a turn of three times the streak; with nobody
+    /// seen, none.
     #[test]
-    fn a_streak_earns_pollers_a_long_turn_and_blocked_waiters_none() {
+    fn a_streak_earns_others_a_long_turn_and_nobody_seen_none() {
         let h: Handoff<()> = Handoff::new();
         h.took();
         assert_eq!(h.letting_go(), None, "nobody else was seen");
@@ -520,12 +499,6 @@ mod tests {
             turn_after(Duration::from_millis(1), true),
             Duration::from_millis(3)
         );
-        // A turn taken at once: a blocked process, which needs no long turn.
-        h.give_turn(kept, true);
-        h.quick_take.store(clock(), Ordering::Relaxed);
-        h.took();
-        std::thread::sleep(STREAK);
-        assert_eq!(h.letting_go(), None, "a long turn for a blocked waiter");
     }
 
     #[test]
