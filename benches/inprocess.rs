@@ -165,12 +165,12 @@ fn uncontended(samples: usize) {
         1.5,
     );
     verdict(
-        "lock(\"x\").acquire(), entry alive / parking_lot (median, issue 12)",
+        "lock(\"x\").acquire(), entry alive / parking_lot (median)",
         stats[3].median() / stats[0].median(),
         4.0,
     );
     verdict(
-        "lock(dyn).acquire(), entry created+freed / parking_lot (median, issue 12)",
+        "lock(dyn).acquire(), entry created+freed / parking_lot (median)",
         stats[4].median() / stats[0].median(),
         8.0,
     );

@@ -21,7 +21,7 @@ host=$(rustc +nightly -vV | sed -n 's/^host: //p')
 # The suites where processes, lock files, helper threads and the registry
 # meet (multi-process, semaphores, reader/writer, external, edges, cohort
 # handoffs), the lock-order check's async cases (lock_order.rs reproduces
-# issue 20's use-after-free), and chaos.rs for a few seconds. Left out, to
+# the use-after-free AddressSanitizer once found in them), and chaos.rs for a few seconds. Left out, to
 # keep CI under 20 minutes: the suites of in-process behaviour the unit
 # tests and chaos.rs already cover under the sanitizer (fair, api,
 # async_fn, shapes), the macro's UI tests, and the lock-server suites
