@@ -419,7 +419,7 @@ async fn one_thread_scenario() {
     waiter.await.unwrap();
 }
 
-// ------------------------------------- a call site's inline wait (issue 12)
+// ------------------------------------- a call site's inline wait
 
 #[synchronized("async-cached-wait", timeout = "40ms")]
 async fn cached_timed() -> Result<(), LockError> {

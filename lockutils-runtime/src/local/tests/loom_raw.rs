@@ -133,7 +133,7 @@ fn loom_counted_never_more_than_n() {
     });
 }
 
-/// issue 10 item 8: a reader queued in front of a writer (counted in
+/// A reader queued in front of a writer (counted in
 /// `writers_waiting`). The release must see that shared mode was used and
 /// wake both; waking only the reader, which then queues again behind the
 /// writer, leaves the writer parked with the lock free.
