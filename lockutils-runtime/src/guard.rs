@@ -227,15 +227,26 @@ impl LockGuard {
         self.hold.location().map(location_as_path)
     }
 
-    /// For a lock held on a lock server that provides one (etcd): a token
-    /// that grows with every acquisition, to fence writes with.
+    /// For a lock held on a lock server that provides one (PostgreSQL,
+    /// etcd, Redis, MariaDB; not MySQL, nor lock files): a token that grows
+    /// with every acquisition of the lock, to fence writes with. A store
+    /// that refuses a token lower than one it has seen refuses a holder
+    /// whose lock was given away while it was still working.
     pub fn fencing_token(&self) -> Option<u64> {
         self.hold.fencing_token()
     }
 
-    /// For a lock held on a lock server: whether the server may have given
-    /// it to someone else since (the session or lease was lost). Lock files
-    /// cannot be lost this way: always `false`.
+    /// For a lock held on a lock server: whether the backend's keepalive
+    /// found that the server may have given it to someone else (the
+    /// session, lease or key is gone). It reads a flag and asks no server,
+    /// so it can be late: between the server letting the lock go and this
+    /// turning `true` (PostgreSQL and MySQL: up to about a second, or 3 s
+    /// for a server that stops answering; etcd: milliseconds, or the TTL
+    /// when renewals stop getting through; Redis: up to a third of the
+    /// TTL) another holder may already have the lock; use
+    /// [`fencing_token`](Self::fencing_token) where that matters. In a
+    /// child forked while the lock was held, the lock is the parent's:
+    /// `true`. Lock files cannot be lost this way: always `false`.
     pub fn is_lost(&self) -> bool {
         self.hold.is_lost()
     }
