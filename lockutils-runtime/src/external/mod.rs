@@ -62,6 +62,11 @@ mod server;
     feature = "redis",
     feature = "mysql"
 ))]
+// MySQL alone uses only its certificate reading and signature checks.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "etcd", feature = "redis")),
+    allow(dead_code)
+)]
 mod tls;
 #[cfg(any(
     feature = "postgres",
