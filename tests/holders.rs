@@ -359,3 +359,80 @@ fn holders_on_overlayfs_over_two_file_systems() {
     let overlay = mounts.overlay(base.path(), "overlay", &lower, "xino=off");
     shows_holder_and_waiter(&overlay, "on-overlay");
 }
+
+/// `/proc/locks` longer than a page comes in several reads, and the
+/// kernel restarts each read at a position counted from the head of its
+/// lists: locks taken and let go meanwhile (here by another thread) move
+/// every older line, which a second read then shows twice or never. With
+/// hundreds of other locks on the host and a thread taking and dropping
+/// twenty more, a `flock` holder and its one waiter must still come out as
+/// exactly one holder and one waiter every time.
+#[test]
+fn a_table_longer_than_a_page_is_read_as_one_moment() {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn flock(file: &std::fs::File, op: i32) {
+        // SAFETY: flock(2) on a descriptor this test owns.
+        assert_eq!(unsafe { libc::flock(file.as_raw_fd(), op) }, 0);
+    }
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("watched");
+    // Taken first, so that the locks below come before it in the kernel's
+    // lists (each is added at the head) and it is printed pages down.
+    let holder = open(&path);
+    flock(&holder, libc::LOCK_EX);
+    let waiter = open(&path);
+    let blocked = std::thread::spawn(move || {
+        flock(&waiter, libc::LOCK_EX);
+        waiter
+    });
+    wait_for("the waiter blocks", &path, |h| {
+        h.waiters.as_ref().is_some_and(|w| !w.is_empty())
+    });
+    let fillers: Vec<std::fs::File> = (0..200)
+        .map(|i| {
+            let f = open(&dir.path().join(format!("filler-{i}")));
+            flock(&f, libc::LOCK_EX);
+            f
+        })
+        .collect();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        let files: Vec<std::fs::File> = (0..20)
+            .map(|i| open(&dir.path().join(format!("churn-{i}"))))
+            .collect();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                files.iter().for_each(|f| flock(f, libc::LOCK_EX));
+                files.iter().for_each(|f| flock(f, libc::LOCK_UN));
+            }
+        })
+    };
+    let table = std::fs::read_to_string("/proc/locks").unwrap();
+    assert!(table.len() > 8192, "{} bytes of /proc/locks", table.len());
+    // Children that other tests fork share the holder's open file until
+    // they exec: only this process's lines count.
+    let me = Some(std::process::id());
+    for round in 0..300 {
+        let found = lockutils::holders_of_file(&path).expect("holders_of_file");
+        let waiters = found.waiters.as_deref().unwrap_or_default();
+        let holding = found.holders.iter().filter(|h| h.pid == me).count();
+        let waiting = waiters.iter().filter(|h| h.pid == me).count();
+        assert!((holding, waiting) == (1, 1), "round {round}: {found:#?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    drop(fillers);
+    flock(&holder, libc::LOCK_UN);
+    drop(blocked.join().unwrap());
+}

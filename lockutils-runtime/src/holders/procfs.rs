@@ -44,25 +44,127 @@ type FileId = LocksId;
 /// from the one in its [`FileId`] (btrfs, overlayfs); both are stable.
 type StatId = (u64, u64);
 
-/// The text of `/proc/locks`, read in large pieces; `None` if it cannot
-/// be read. The kernel builds each `read`'s piece (up to a page) under the
-/// lock lists' locks, but between two calls the lists change, so tiny
-/// reads (the 32-byte probe `read_to_string` starts with on an empty
-/// buffer) skip lines while other locks come and go: a blocked waiter went
-/// unseen that way. A table of one page is thus read consistently.
-fn read_proc_locks() -> Option<String> {
+/// The lines of `/proc/locks` about the `wanted` files; `None` if it
+/// cannot be read.
+///
+/// The kernel builds each `read`'s piece (one page, about 70 lines) under
+/// the lock lists' locks, so a table of one page is one moment. A longer
+/// table comes in several pieces, and each piece starts again at a
+/// position counted from the head of the lists, where new locks are added.
+/// A lock taken between two pieces moves every older line one place down,
+/// and the next piece starts by showing again the last line of the one
+/// before; a lock let go moves them up, and the line that would have
+/// started the next piece is never shown. So repeats at a piece's start
+/// are dropped (see [`without_repeats`]), and a longer table is read again
+/// until two reads in a row agree on the wanted files' lines; after
+/// [`READS`] reads the last one is taken. This cost, like that of reading
+/// `/proc/locks` at all, grows with the locks on the host; only `holders`
+/// pays it.
+fn wanted_entries(wanted: &[FileId]) -> Option<Vec<Entry>> {
+    let mut last: Option<Vec<Entry>> = None;
+    for _ in 0..READS {
+        let pieces = read_proc_locks()?;
+        let entries: Vec<Entry> = without_repeats(&pieces)
+            .filter_map(parse)
+            .filter(|e| wanted.contains(&e.id))
+            .collect();
+        if pieces.len() <= 1 || last.as_ref().is_some_and(|l| same_lines(l, &entries)) {
+            return Some(entries);
+        }
+        last = Some(entries);
+    }
+    last
+}
+
+/// How many times a table longer than a page is read, at most.
+const READS: usize = 8;
+
+/// The lines of `pieces`, less the records at the start of each piece
+/// that show again what the pieces before showed (see [`repeats`]).
+fn without_repeats(pieces: &[String]) -> impl Iterator<Item = &str> {
+    let mut shown: Vec<Vec<&str>> = Vec::new();
+    for piece in pieces {
+        let piece = records(piece);
+        let skip = repeats(&shown, &piece);
+        shown.extend(piece.into_iter().skip(skip));
+    }
+    shown.into_iter().flatten()
+}
+
+/// How many records at the start of `piece` show again records of
+/// `shown`: the longest run that starts as some record of `shown` does and
+/// follows `shown` in order from there, passing over the records let go
+/// meanwhile. (When locks keep being taken, the kernel may even show the
+/// last lock of its lists again in piece after piece.) A record is a
+/// granted lock's line and its waiters' `->` lines, compared without their
+/// numbers. Two equal records that really are two locks (shared locks on
+/// one range, from two open files) lose one this way when a piece starts
+/// with the second: a line too few rather than a holder or waiter shown
+/// twice.
+fn repeats(shown: &[Vec<&str>], piece: &[Vec<&str>]) -> usize {
+    let Some(first) = piece.first() else {
+        return 0;
+    };
+    let run = |start: usize| {
+        let (mut t, mut n) = (start, 0);
+        while n < piece.len() && t < shown.len() {
+            match shown[t..].iter().position(|r| same_record(r, &piece[n])) {
+                Some(off) => (t, n) = (t + off + 1, n + 1),
+                None => break,
+            }
+        }
+        n
+    };
+    (0..shown.len())
+        .filter(|&s| same_record(&shown[s], first))
+        .map(run)
+        .max()
+        .unwrap_or(0)
+}
+
+/// A piece's records, each a list of lines.
+fn records(piece: &str) -> Vec<Vec<&str>> {
+    let mut records: Vec<Vec<&str>> = Vec::new();
+    for line in piece.lines() {
+        match records.last_mut() {
+            Some(record) if unnumbered(line).trim_start().starts_with("->") => record.push(line),
+            _ => records.push(vec![line]),
+        }
+    }
+    records
+}
+
+/// Whether two records have the same lines, numbers aside.
+fn same_record(a: &[&str], b: &[&str]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| unnumbered(x) == unnumbered(y))
+}
+
+/// A line without its leading `N:`.
+fn unnumbered(line: &str) -> &str {
+    line.split_once(':').map_or(line, |(_, rest)| rest)
+}
+
+/// Whether `a` and `b` hold the same lines, in any order.
+fn same_lines(a: &[Entry], b: &[Entry]) -> bool {
+    let count = |list: &[Entry], e: &Entry| list.iter().filter(|x| *x == e).count();
+    a.len() == b.len() && a.iter().all(|e| count(a, e) == count(b, e))
+}
+
+/// The text of `/proc/locks` in the pieces its `read`s gave. Pieces are
+/// asked for in 16 KiB: a small first read (the 32-byte probe
+/// `read_to_string` starts with) would split even a one-page table.
+fn read_proc_locks() -> Option<Vec<String>> {
     use std::io::Read;
     const PIECE: usize = 16 * 1024;
     let mut f = fs::File::open("/proc/locks").ok()?;
-    let mut text = Vec::new();
+    let mut pieces = Vec::new();
+    let mut buf = vec![0; PIECE];
     loop {
-        let at = text.len();
-        text.resize(at + PIECE, 0);
-        let n = f.read(&mut text[at..]).ok()?;
-        text.truncate(at + n);
+        let n = f.read(&mut buf).ok()?;
         if n == 0 {
-            return String::from_utf8(text).ok();
+            return Some(pieces);
         }
+        pieces.push(String::from_utf8(buf[..n].to_vec()).ok()?);
     }
 }
 
@@ -132,7 +234,6 @@ fn parse(line: &str) -> Option<Entry> {
 
 /// Answers for `paths` from `/proc`; `None` if `/proc/locks` is unreadable.
 pub(super) fn inspect<P: AsRef<Path>>(paths: &[P]) -> Option<Vec<Result<Holders, LockError>>> {
-    let text = read_proc_locks()?;
     // Each path's identities, or its answer when there is nothing to look up.
     let ids: Vec<Result<Option<(FileId, StatId)>, LockError>> = paths
         .iter()
@@ -148,11 +249,7 @@ pub(super) fn inspect<P: AsRef<Path>>(paths: &[P]) -> Option<Vec<Result<Holders,
         .collect();
     let both: Vec<(FileId, StatId)> = ids.iter().filter_map(|r| *r.as_ref().ok()?).collect();
     let wanted: Vec<FileId> = both.iter().map(|(id, _)| *id).collect();
-    let entries: Vec<Entry> = text
-        .lines()
-        .filter_map(parse)
-        .filter(|e| wanted.contains(&e.id))
-        .collect();
+    let entries = wanted_entries(&wanted)?;
     // Only OFD and flock locks need the (slower) look through open files.
     let by_file: Vec<(FileId, StatId)> = both
         .iter()
@@ -447,5 +544,43 @@ mod tests {
         assert!(started <= now, "{started:?} after {now:?}");
         // A test process is not a day old.
         assert!(now.duration_since(started).unwrap() < Duration::from_secs(86_400));
+    }
+
+    /// Pieces as the kernel gave them while a thread took and let go of
+    /// locks: the second piece starts with lines the first one ended with
+    /// (one of them, 4, let go in between), the third and fourth show the
+    /// last lock and its waiter again.
+    #[test]
+    fn lines_shown_again_in_a_later_piece_are_dropped() {
+        let pieces = [
+            "1: FLOCK  ADVISORY  WRITE 7 fe:00:1 0 EOF\n\
+             2: FLOCK  ADVISORY  WRITE 7 fe:00:2 0 EOF\n\
+             3: FLOCK  ADVISORY  WRITE 7 fe:00:3 0 EOF\n\
+             4: FLOCK  ADVISORY  WRITE 7 fe:00:4 0 EOF\n",
+            "5: FLOCK  ADVISORY  WRITE 7 fe:00:3 0 EOF\n\
+             6: FLOCK  ADVISORY  WRITE 7 fe:00:5 0 EOF\n\
+             6: -> FLOCK  ADVISORY  WRITE 8 fe:00:5 0 EOF\n",
+            "7: FLOCK  ADVISORY  WRITE 7 fe:00:5 0 EOF\n\
+             7: -> FLOCK  ADVISORY  WRITE 8 fe:00:5 0 EOF\n",
+            "8: FLOCK  ADVISORY  WRITE 7 fe:00:5 0 EOF\n\
+             8: -> FLOCK  ADVISORY  WRITE 8 fe:00:5 0 EOF\n",
+        ]
+        .map(String::from);
+        let inodes: Vec<u64> = without_repeats(&pieces)
+            .map(|l| parse(l).unwrap().id.ino)
+            .collect();
+        assert_eq!(inodes, [1, 2, 3, 4, 5, 5]);
+    }
+
+    /// A piece that starts with a lock not shown before is all kept.
+    #[test]
+    fn a_piece_of_new_lines_is_kept() {
+        let pieces = [
+            "1: POSIX  ADVISORY  WRITE 7 fe:00:1 0 EOF\n",
+            "2: POSIX  ADVISORY  WRITE 7 fe:00:2 0 EOF\n\
+             3: POSIX  ADVISORY  WRITE 7 fe:00:1 0 EOF\n",
+        ]
+        .map(String::from);
+        assert_eq!(without_repeats(&pieces).count(), 3);
     }
 }
