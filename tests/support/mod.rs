@@ -653,11 +653,46 @@ pub fn blocked_waiters(path: &Path) -> usize {
         libc::minor(dev),
         meta.ino()
     );
-    let table = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
-    table
-        .lines()
-        .filter(|l| l.contains(" -> ") && l.split_whitespace().any(|f| f == id))
-        .count()
+    // A table longer than a page comes in several reads, between which
+    // other tests' locks move the lines: a record (a lock and its waiters'
+    // lines, all with one number) may come twice or not at all. Records
+    // that repeat one already seen are dropped, and the table is read
+    // until two reads agree.
+    let count = || {
+        let table = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
+        let mut records: Vec<Vec<&str>> = Vec::new();
+        let mut number = "";
+        for line in table
+            .lines()
+            .filter(|l| l.split_whitespace().any(|f| f == id))
+        {
+            let (n, rest) = line.split_once(':').unwrap_or(("", line));
+            match records.last_mut() {
+                Some(record) if n == number => record.push(rest),
+                _ => records.push(vec![rest]),
+            }
+            number = n;
+        }
+        let mut seen: Vec<&Vec<&str>> = Vec::new();
+        for r in &records {
+            if !seen.contains(&r) {
+                seen.push(r);
+            }
+        }
+        seen.iter()
+            .flat_map(|r| r.iter())
+            .filter(|l| l.trim_start().starts_with("->"))
+            .count()
+    };
+    let mut last = count();
+    for _ in 0..8 {
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 /// Waits until `/proc/locks` shows no blocked waiter on the file at `path`.
