@@ -528,6 +528,8 @@ pub fn parse_cohort(report: &str) -> (u64, u32) {
 /// lock; reports `done <total added>`, then `span <first> <last>`: the
 /// lowest and highest counter values this process wrote; then `cohort
 /// <handoffs> <longest batch>` (lock cohorting, see `tests/cohort.rs`).
+/// With `UNTIL_STOP`, the threads go on past `INCREMENTS` until the parent
+/// orders `stop`.
 #[test]
 fn child_counter() {
     if !running_as("support::child_counter") {
@@ -538,6 +540,9 @@ fn child_counter() {
     let threads: usize = param_as("THREADS");
     let increments: u64 = param_as("INCREMENTS");
     let pause = Duration::from_micros(param_as("PAUSE_US"));
+    let until_stop = param_opt("UNTIL_STOP").is_some();
+    let stopped = std::sync::atomic::AtomicBool::new(!until_stop);
+    let added = AtomicU64::new(0);
     let first = AtomicU64::new(u64::MAX);
     let last = AtomicU64::new(0);
     // Taken once here, so this thread keeps the entry (and its cohort
@@ -552,13 +557,21 @@ fn child_counter() {
     );
     await_go();
     std::thread::scope(|s| {
+        if until_stop {
+            s.spawn(|| {
+                await_order("stop");
+                stopped.store(true, Ordering::Relaxed);
+            });
+        }
         for _ in 0..threads {
             s.spawn(|| {
                 let lock = lockutils::lock(&name)
                     .prefix(&prefix)
                     .external()
                     .lock_path(&dir);
-                for _ in 0..increments {
+                let mut mine = 0;
+                while mine < increments || !stopped.load(Ordering::Relaxed) {
+                    mine += 1;
                     let guard = lock
                         .acquire()
                         .unwrap_or_else(|e| panic!("child_counter: {e}"));
@@ -570,10 +583,11 @@ fn child_counter() {
                         std::thread::sleep(pause);
                     }
                 }
+                added.fetch_add(mine, Ordering::Relaxed);
             });
         }
     });
-    report(format!("done {}", threads as u64 * increments));
+    report(format!("done {}", added.into_inner()));
     report(format!("span {} {}", first.into_inner(), last.into_inner()));
     let full = format!("{prefix}{name}");
     let (handoffs, longest) = lockutils::__private_v0_1::cohort_stats(&full).unwrap_or((0, 0));
@@ -607,6 +621,69 @@ pub fn all_done(mut children: Vec<Child>, started: Instant) -> Duration {
         c.finish();
     }
     took
+}
+
+// ---------------------------------------------------------------------------
+// What every lock server's suite does the same way.
+
+/// Starts `c`, a child that reports `locked TOKEN` once it holds its lock
+/// on a server: the child and the fencing token.
+pub fn holding_with_token(c: ChildBuilder) -> (Child, u64) {
+    let mut c = c.spawn();
+    let got = c.next_report();
+    let token = got
+        .strip_prefix("locked ")
+        .unwrap_or_else(|| c.fail(&format!("expected `locked TOKEN`, got {got:?}")));
+    let token = token
+        .parse()
+        .unwrap_or_else(|_| panic!("a fencing token, not {token:?}"));
+    (c, token)
+}
+
+/// The body of a counter child: reports `ready`, waits for `go`, then
+/// `THREADS` threads each call `bump` on the `COUNTER` file `INCREMENTS`
+/// times; reports `done`.
+pub fn bump_in_threads(bump: impl Fn(&Path) + Sync) {
+    let counter = std::path::PathBuf::from(param("COUNTER"));
+    let (threads, increments): (usize, u64) = (param_as("THREADS"), param_as("INCREMENTS"));
+    await_go();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| (0..increments).for_each(|_| bump(&counter)));
+        }
+    });
+    report("done");
+}
+
+/// Runs `processes` [`bump_in_threads`] children made by `child`, sets them
+/// off together, and asserts that no increment was lost. Returns the
+/// increments and how long they took.
+pub fn exact_counter(
+    child: impl Fn() -> ChildBuilder,
+    processes: usize,
+    threads: usize,
+    increments: u64,
+) -> (u64, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("counter");
+    let mut children: Vec<Child> = (0..processes)
+        .map(|_| {
+            child()
+                .param("COUNTER", &counter)
+                .param("THREADS", threads.to_string())
+                .param("INCREMENTS", increments.to_string())
+                .spawn()
+        })
+        .collect();
+    let started = ready_set_go(&mut children);
+    let took = all_done(children, started);
+    let want = (processes * threads) as u64 * increments;
+    assert_eq!(
+        read_counter(&counter),
+        want,
+        "lost increments: holders overlapped"
+    );
+    (want, took)
 }
 
 /// Waits (yielding) until `cond` holds, for conditions only other threads
