@@ -9,7 +9,6 @@
 mod servers;
 mod support;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -139,16 +138,12 @@ fn try_in_child(name: &str, mode: &str) -> String {
 
 /// A child holding `name`; its fencing token.
 fn hold_in_child(name: &str, url: &str, mode: &str) -> (Child, u64) {
-    let mut c = etcd_child("child_etcd_hold")
-        .param("NAME", name)
-        .param("URL", url)
-        .param("MODE", mode)
-        .spawn();
-    let got = c.next_report();
-    let token = got
-        .strip_prefix("locked ")
-        .unwrap_or_else(|| panic!("{got}"));
-    (c, token.parse().unwrap())
+    support::holding_with_token(
+        etcd_child("child_etcd_hold")
+            .param("NAME", name)
+            .param("URL", url)
+            .param("MODE", mode),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -171,42 +166,16 @@ fn child_etcd_counter() {
         return;
     }
     lockutils::config::set_backend(servers::etcd()).unwrap();
-    let counter = PathBuf::from(param("COUNTER"));
-    let (threads, increments): (usize, u64) = (param_as("THREADS"), param_as("INCREMENTS"));
-    report("ready");
-    await_order("go");
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| (0..increments).for_each(|_| _ = bump(&counter).unwrap()));
-        }
-    });
-    report("done");
+    support::bump_in_threads(|c| _ = bump(c).unwrap());
 }
 
 #[test]
 fn counter_is_exact_across_processes_and_threads() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = dir.path().join("counter");
-    let mut children: Vec<Child> = (0..PROCESSES)
-        .map(|_| {
-            etcd_child("child_etcd_counter")
-                .param("COUNTER", &counter)
-                .param("THREADS", THREADS.to_string())
-                .param("INCREMENTS", INCREMENTS.to_string())
-                .spawn()
-        })
-        .collect();
-    children.iter_mut().for_each(|c| c.expect("ready"));
-    let started = Instant::now();
-    children.iter_mut().for_each(|c| c.send("go"));
-    children.iter_mut().for_each(|c| c.expect("done"));
-    let took = started.elapsed();
-    children.into_iter().for_each(Child::finish);
-    let want = (PROCESSES * THREADS) as u64 * INCREMENTS;
-    assert_eq!(
-        support::read_counter(&counter),
-        want,
-        "lost increments: holders overlapped"
+    let (want, took) = support::exact_counter(
+        || etcd_child("child_etcd_counter"),
+        PROCESSES,
+        THREADS,
+        INCREMENTS,
     );
     assert_eq!(queued("etcd-counter"), 0, "released locks leave no keys");
     println!(

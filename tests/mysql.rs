@@ -11,7 +11,6 @@
 mod servers;
 mod support;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -94,15 +93,11 @@ fn child_mysql_hold() {
 
 /// A child holding `name` on `url`; its fencing token.
 fn hold_in_child(name: &str, url: &str) -> (Child, u64) {
-    let mut c = mysql_child("child_mysql_hold")
-        .param("NAME", name)
-        .param("URL", url)
-        .spawn();
-    let got = c.next_report();
-    let token = got
-        .strip_prefix("locked ")
-        .unwrap_or_else(|| panic!("{got}"));
-    (c, token.parse().unwrap())
+    support::holding_with_token(
+        mysql_child("child_mysql_hold")
+            .param("NAME", name)
+            .param("URL", url),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -125,37 +120,16 @@ fn child_mysql_counter() {
         return;
     }
     lockutils::config::set_backend(servers::mysql()).unwrap();
-    let counter = PathBuf::from(param("COUNTER"));
-    let (threads, increments): (usize, u64) = (param_as("THREADS"), param_as("INCREMENTS"));
-    support::await_go();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| (0..increments).for_each(|_| _ = bump(&counter).unwrap()));
-        }
-    });
-    report("done");
+    support::bump_in_threads(|c| _ = bump(c).unwrap());
 }
 
 #[test]
 fn counter_is_exact_across_processes_and_threads() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = dir.path().join("counter");
-    let mut children: Vec<Child> = (0..PROCESSES)
-        .map(|_| {
-            mysql_child("child_mysql_counter")
-                .param("COUNTER", &counter)
-                .param("THREADS", THREADS.to_string())
-                .param("INCREMENTS", INCREMENTS.to_string())
-                .spawn()
-        })
-        .collect();
-    let started = support::ready_set_go(&mut children);
-    let took = support::all_done(children, started);
-    let want = (PROCESSES * THREADS) as u64 * INCREMENTS;
-    assert_eq!(
-        support::read_counter(&counter),
-        want,
-        "lost increments: holders overlapped"
+    let (want, took) = support::exact_counter(
+        || mysql_child("child_mysql_counter"),
+        PROCESSES,
+        THREADS,
+        INCREMENTS,
     );
     assert_eq!(holder("mysql-counter"), None, "released: nobody holds it");
     println!(
