@@ -908,10 +908,6 @@ async fn deleted_after(client: &mut Client, key: &str, seen: i64) {
 }
 
 impl ServerLock for EtcdLock {
-    fn release(self: Box<Self>) {
-        // Drop does it.
-    }
-
     fn describe(&self) -> String {
         format!(
             "{} key {} (lease {:x}, revision {})",

@@ -641,10 +641,6 @@ impl Inner {
 }
 
 impl ServerLock for MysqlLock {
-    fn release(self: Box<Self>) {
-        // Drop does it.
-    }
-
     fn describe(&self) -> String {
         self.held.describe.clone()
     }

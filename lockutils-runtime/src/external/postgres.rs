@@ -775,10 +775,6 @@ impl Pool {
 }
 
 impl ServerLock for PgLock {
-    fn release(self: Box<Self>) {
-        // Drop does it.
-    }
-
     fn describe(&self) -> String {
         self.held.describe.clone()
     }

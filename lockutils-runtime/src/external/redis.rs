@@ -540,10 +540,6 @@ struct RedisLock {
 }
 
 impl ServerLock for RedisLock {
-    fn release(self: Box<Self>) {
-        // Drop does it.
-    }
-
     fn describe(&self) -> String {
         self.state.describe.clone()
     }

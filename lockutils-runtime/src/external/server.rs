@@ -77,8 +77,12 @@ pub(crate) const NO_TOOZ_ELECTIONS: &str = "elections record their leader beside
 /// A lock held on a lock server. Dropping it without `release` must also
 /// release it (or let the server do so when the session ends).
 pub(crate) trait ServerLock: Send {
-    /// Releases the lock on the server.
-    fn release(self: Box<Self>);
+    /// Releases the lock on the server; by default, by dropping it (the
+    /// backends release in `Drop`, so that a guard dropped without a call
+    /// here releases too).
+    fn release(self: Box<Self>) {
+        drop(self);
+    }
 
     /// Where the lock is, for messages: e.g. `postgres://host/db` + key.
     fn describe(&self) -> String;
