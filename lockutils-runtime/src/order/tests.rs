@@ -306,7 +306,13 @@ fn take_entry(name: &str, task: Task) -> (AsyncOrderToken, Handle) {
 /// name lookup (`scripts/sanitizers.sh` runs it so).
 #[test]
 fn a_task_list_read_on_one_thread_while_another_frees_a_listed_name() {
-    for task in [fake_task(0x5afe), Task::of(Waker::noop())] {
+    // Each pass takes its own names: the graph keeps the first pass's
+    // edges, and the same names taken in another interleaving would be a
+    // true order inversion between the two passes.
+    for (pass, task) in [fake_task(0x5afe), Task::of(Waker::noop())]
+        .into_iter()
+        .enumerate()
+    {
         with_mode(LockOrderCheck::Panic, || {
             let start = Arc::new(Barrier::new(3));
             let threads: Vec<_> = (0..3)
@@ -315,7 +321,8 @@ fn a_task_list_read_on_one_thread_while_another_frees_a_listed_name() {
                     std::thread::spawn(move || {
                         start.wait();
                         for i in 0..ROUNDS {
-                            let (hold, entry) = take_entry(&format!("uaf-{t}-{i}"), task.clone());
+                            let name = format!("uaf-{pass}-{t}-{i}");
+                            let (hold, entry) = take_entry(&name, task.clone());
                             drop(hold);
                             drop(entry);
                         }
