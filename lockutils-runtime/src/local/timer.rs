@@ -246,25 +246,8 @@ mod tests {
     #[cfg(unix)]
     const FORK_HERE: &str = "LOCKUTILS_TEST_TIMER_FORK_HERE";
 
-    /// Polls `fut` to completion on this thread, parking between polls
-    /// (no timeout: only a wake-up moves it on).
     #[cfg(unix)]
-    fn block_on<F: Future>(fut: F) -> F::Output {
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut fut = std::pin::pin!(fut);
-        loop {
-            if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(&waker)) {
-                return v;
-            }
-            std::thread::park();
-        }
-    }
+    use crate::local::raw::tests::block_on;
 
     /// An async wait with a deadline for a lock this thread holds: false
     /// (timed out), and how long it took.
