@@ -163,19 +163,22 @@ fn run_on_a_server_excludes_and_lock_files_give_no_token() {
         &[],
     );
     assert_eq!(holder.first, "held");
-    let out = lockutils()
-        .args([
-            "run",
-            "cli-excl",
-            "--backend",
-            url,
-            "--nonblock",
-            "--",
-            "true",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let try_run = || {
+        lockutils()
+            .args([
+                "run",
+                "cli-excl",
+                "--backend",
+                url,
+                "--nonblock",
+                "--",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = try_run();
     assert_eq!(code(&out), support::code::BUSY, "{}", stderr(&out));
     let (code_holder, _, _) = holder.stop();
     assert_eq!(
@@ -183,19 +186,7 @@ fn run_on_a_server_excludes_and_lock_files_give_no_token() {
         128 + libc::SIGTERM,
         "the command died of the SIGTERM passed on"
     );
-    let out = lockutils()
-        .args([
-            "run",
-            "cli-excl",
-            "--backend",
-            url,
-            "--nonblock",
-            "--",
-            "true",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = try_run();
     assert_eq!(code(&out), 0, "released at exit: {}", stderr(&out));
 
     let dir = tempfile::tempdir().unwrap();
